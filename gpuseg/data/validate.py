@@ -1,0 +1,567 @@
+"""Streaming validation: user files in, canonical tables + rejects + a report out.
+
+Fatal problems (missing file or column, unparseable values, duplicate customer ids, non-finite
+amounts, empty tables) raise :class:`UserInputError` naming the table, column, first offending
+rows and the config key to change. Recoverable problems (rows without a customer id, events or
+texts of unknown customers, empty texts, duplicate events) follow the configured policy: ``error``
+stops the same way, ``reject`` sets the rows aside in ``rejects/<table>.parquet`` with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from gpuseg.data import convert
+from gpuseg.data.mapping import CustomersSpec, DataMapping, EventsSpec, FileSpec, TextsSpec
+from gpuseg.data.schema import EVENTS, REJECTS, SCHEMA_VERSION, TEXTS, validated_dir
+from gpuseg.runtime.errors import UserInputError
+from gpuseg.runtime.io import (
+    ParquetStreamWriter,
+    atomic_path,
+    iter_table_batches,
+    table_columns,
+    write_json,
+    write_parquet,
+)
+from gpuseg.runtime.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS_SHOWN = 5
+
+
+@dataclass
+class TableReport:
+    """What validation did to one table."""
+
+    rows_read: int = 0
+    rows_kept: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    repaired_utf8: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows_read": self.rows_read, "rows_kept": self.rows_kept,
+                "rejected": dict(self.rejected), "repaired_utf8": self.repaired_utf8}
+
+
+class _Batch:
+    """One batch of raw user rows and its position in the file, for error messages and rejects."""
+
+    def __init__(self, table: str, raw: pa.RecordBatch, offset: int):
+        self.table = table
+        self.raw = raw
+        self.offset = offset
+
+    def _take(self, idx: np.ndarray) -> list[dict[str, Any]]:
+        # CSV columns arrive as bytes: show them as text, whatever their encoding
+        return [{k: v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v for k, v in r.items()}
+                for r in self.raw.take(pa.array(idx)).to_pylist()]
+
+    def rows(self, mask: np.ndarray, limit: int = MAX_ROWS_SHOWN) -> list[str]:
+        """Format the first offending rows (0-based data row numbers) for an error message."""
+        idx = np.flatnonzero(mask)[:limit]
+        return [f"row {self.offset + int(i)}: " + ", ".join(f"{k}={v!r}" for k, v in r.items())
+                for i, r in zip(idx, self._take(idx), strict=True)]
+
+    def records(self, mask: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """Row numbers and JSON records of the rows in ``mask``, for the rejects file."""
+        idx = np.flatnonzero(mask)
+        return self.offset + idx, [json.dumps(r, default=str) for r in self._take(idx)]
+
+
+class _Rejects:
+    """Collects rejected rows of all tables; written once at the end."""
+
+    def __init__(self):
+        self.parts: dict[str, list[pa.Table]] = {}
+
+    def add(self, batch: _Batch, mask: np.ndarray, reason: str, customer_ids: pa.Array) -> int:
+        if not mask.any():
+            return 0
+        rows, records = batch.records(mask)
+        n = len(rows)
+        self.parts.setdefault(batch.table, []).append(pa.table({
+            "table": pa.array([batch.table] * n, pa.string()),
+            "row": pa.array(rows, pa.int64()),
+            "reason": pa.array([reason] * n, pa.string()),
+            "customer_id": customer_ids.filter(pa.array(mask)),
+            "record": pa.array(records, pa.string()),
+        }, schema=REJECTS))
+        return n
+
+    def write(self, folder: Path) -> dict[str, str]:
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.parquet"):
+            old.unlink()
+        written = {}
+        for table, parts in self.parts.items():
+            path = folder / f"{table}.parquet"
+            with atomic_path(path) as tmp:
+                pq.write_table(pa.concat_tables(parts), tmp, compression="zstd")
+            written[table] = str(path)
+        return written
+
+
+def _check_file(spec: FileSpec, table: str, required: list[str], key: str) -> None:
+    path = Path(spec.path)
+    if not path.exists():
+        raise UserInputError(f"file not found: '{path}'", table=table, config_key=f"{key}.path")
+    try:
+        present = table_columns(path, spec.format, delimiter=spec.delimiter)
+    except UserInputError:
+        raise
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserInputError(f"cannot read '{path}': {exc}", table=table, config_key=f"{key}.path") from None
+    missing = [c for c in required if c not in present]
+    if missing:
+        raise UserInputError(
+            f"column(s) {missing} not found in '{path}'; the file has {present}",
+            table=table, column=missing[0], config_key=f"{key}.columns",
+        )
+
+
+def _batches(spec: FileSpec, table: str, columns: list[str], batch_size: int, key: str):
+    offset = 0
+    try:
+        for raw in iter_table_batches(spec.path, columns, fmt=spec.format, batch_size=batch_size,
+                                      delimiter=spec.delimiter):
+            yield _Batch(table, raw, offset)
+            offset += raw.num_rows
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserInputError(f"cannot read '{spec.path}' after row {offset}: {exc}", table=table,
+                             config_key=f"{key}.path") from None
+
+
+def _fail_on(mask: np.ndarray, batch: _Batch, message: str, column: str, key: str) -> None:
+    if mask.any():
+        raise UserInputError(f"{message} ({int(mask.sum())} in this batch)", table=batch.table,
+                             column=column, config_key=key, rows=batch.rows(mask))
+
+
+def _apply_policy(policy: str, mask: np.ndarray, batch: _Batch, reason: str, column: str,
+                  key: str, rejects: _Rejects, ids: pa.Array, report: TableReport) -> np.ndarray:
+    """Return the keep-mask after handling ``mask`` rows by ``policy``."""
+    if not mask.any():
+        return ~mask
+    if policy == "error":
+        _fail_on(mask, batch, f"{reason}; set the policy to 'reject' to set such rows aside", column, key)
+    report.rejected[reason] += rejects.add(batch, mask, reason, ids)
+    return ~mask
+
+
+def _mask(arr: pa.Array) -> np.ndarray:
+    return arr.to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _null_mask(arr: pa.Array) -> np.ndarray:
+    return ~_mask(pc.is_valid(arr))
+
+
+# ---------------------------------------------------------------------------------------- customers
+
+
+def _validate_customers(spec: CustomersSpec, batch_size: int, out: Path, rejects: _Rejects,
+                        policy: str, show: bool) -> tuple[pa.Array, TableReport, dict[str, Any]]:
+    key = "data.customers"
+    attrs = list(dict.fromkeys(spec.numeric + spec.categorical + spec.labels))
+    source = [spec.customer_id] + [c for c in attrs if c != spec.customer_id]
+    _check_file(spec.file, "customers", source, key)
+    report = TableReport()
+    parts = []
+    bar = progress_bar(show, desc="validate customers", unit="rows")
+    for batch in _batches(spec.file, "customers", source, batch_size, key):
+        raw = batch.raw
+        report.rows_read += raw.num_rows
+        ids = convert.to_customer_id(raw.column(spec.customer_id))
+        keep = _apply_policy(policy, _null_mask(ids), batch, "missing customer_id", spec.customer_id,
+                             "data.policy.missing_customer_id", rejects, ids, report)
+        columns = {"customer_id": ids}
+        for name in spec.numeric:
+            values, bad = convert.to_float(raw.column(name))
+            _fail_on(bad, batch, "expected a number", name, f"{key}.numeric")
+            columns[name] = values
+        for name in spec.categorical:
+            values, repaired = convert.to_string(raw.column(name))
+            report.repaired_utf8 += repaired
+            columns[name] = values
+        for name in spec.labels:
+            values, bad = _to_label(raw.column(name))
+            _fail_on(bad, batch, "expected a label such as 0/1 or true/false", name, f"{key}.labels")
+            columns[name] = values
+        part = pa.table(columns).filter(pa.array(keep))
+        parts.append(part)
+        bar.update(raw.num_rows)
+    bar.close()
+    table = pa.concat_tables(parts) if parts else pa.table({"customer_id": pa.array([], pa.string())})
+    if table.num_rows == 0:
+        raise UserInputError(f"no customers with an id in '{spec.file.path}' (the table is empty)",
+                             table="customers", config_key=f"{key}.path")
+    counts = pc.value_counts(table["customer_id"])
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(dup):
+        shown = [f"customer_id={v['values']!r} appears {v['counts']} times" for v in dup.to_pylist()[:MAX_ROWS_SHOWN]]
+        raise UserInputError(f"{len(dup)} duplicate customer id(s): each customer must have one row",
+                             table="customers", column=spec.customer_id, rows=shown,
+                             config_key=f"{key}.columns.customer_id")
+    report.rows_kept = table.num_rows
+    write_parquet(out / "customers.parquet", table)
+    meta = {"numeric": spec.numeric, "categorical": spec.categorical, "labels": spec.labels}
+    return table["customer_id"].combine_chunks(), report, meta
+
+
+_TRUE = {"1", "true", "yes", "y", "t"}
+_FALSE = {"0", "false", "no", "n", "f"}
+
+
+def _to_label(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    values, bad = convert.to_float(arr)
+    if not bad.any():
+        return values, bad
+    strings = pc.utf8_lower(pc.utf8_trim_whitespace(convert.to_string(arr)[0])).to_pylist()
+    out, bad = [], np.zeros(len(strings), dtype=bool)
+    for i, s in enumerate(strings):
+        if s is None or s == "":
+            out.append(None)
+        elif s in _TRUE:
+            out.append(1.0)
+        elif s in _FALSE:
+            out.append(0.0)
+        else:
+            try:
+                out.append(float(s))
+            except ValueError:
+                out.append(None)
+                bad[i] = True
+    return pa.array(out, pa.float64()), bad
+
+
+# ------------------------------------------------------------------------------------------- events
+
+
+def _event_source_columns(spec: EventsSpec) -> list[str]:
+    cols = [c for c in spec.columns.values() if c]
+    if spec.event_type_rule and spec.event_type_rule.column:
+        cols.append(spec.event_type_rule.column)
+    cols += spec.amount_product or []
+    cols += list(spec.extra_columns.values())
+    cols += list(spec.numeric_attributes.values()) + list(spec.categorical_attributes.values())
+    return list(dict.fromkeys(cols))
+
+
+def _event_types(spec: EventsSpec, raw: pa.RecordBatch, amount: pa.Array, batch: _Batch) -> pa.Array:
+    n = raw.num_rows
+    if spec.columns["event_type"]:
+        types, _ = convert.to_string(raw.column(spec.columns["event_type"]))
+        _fail_on(_null_mask(types), batch, "missing event type", spec.columns["event_type"],
+                 "data.events.columns.event_type")
+        return types
+    rule = spec.event_type_rule
+    if rule.constant:
+        types = pa.array(np.full(n, rule.constant, dtype=object), pa.string())
+        default = rule.constant
+    else:
+        col, _ = convert.to_string(raw.column(rule.column))
+        starts = pc.fill_null(pc.starts_with(col, rule.prefix), False)
+        types = pc.if_else(starts, rule.match, rule.otherwise)
+        default = rule.otherwise
+    if spec.negative_amount_type:
+        # Returns show up as negative amounts in most transaction logs; a type set by the rule's
+        # match (e.g. cancellation) is kept.
+        negative = pc.fill_null(pc.less(amount, 0), False)
+        types = pc.if_else(pc.and_(negative, pc.equal(types, default)), spec.negative_amount_type, types)
+    return types
+
+
+def _event_amount(spec: EventsSpec, raw: pa.RecordBatch, batch: _Batch) -> pa.Array:
+    names = spec.amount_product or ([spec.columns["amount"]] if spec.columns["amount"] else [])
+    if not names:
+        return pa.nulls(raw.num_rows, pa.float64())
+    amount = None
+    for name in names:
+        values, bad = convert.to_float(raw.column(name))
+        key = "data.events.amount_product" if spec.amount_product else "data.events.columns.amount"
+        _fail_on(bad, batch, "expected a number", name, key)
+        amount = values if amount is None else pc.multiply(amount, values)
+    finite = pc.fill_null(pc.is_finite(amount), True)
+    _fail_on(~_mask(finite), batch, "amount must be finite (NaN or infinity found)", names[0],
+             "data.events.columns.amount")
+    return amount
+
+
+def _validate_events(spec: EventsSpec, batch_size: int, out: Path, rejects: _Rejects,
+                     mapping: DataMapping, known_ids: pa.Array | None, show: bool):
+    key = "data.events"
+    source = _event_source_columns(spec)
+    _check_file(spec.file, "events", source, key)
+    report = TableReport()
+    policy = mapping.policy
+    hashes = []
+    attr_counts: dict[str, list[pa.Table]] = {}
+    pass1 = out / ".events.pass1.parquet"
+    schema = pa.schema(list(EVENTS) + [(name, pa.string()) for name in spec.extra_columns])
+    bar = progress_bar(show, desc="validate events", unit="rows")
+    with ParquetStreamWriter(pass1, schema) as writer:
+        for batch in _batches(spec.file, "events", source, batch_size, key):
+            raw = batch.raw
+            report.rows_read += raw.num_rows
+            ids = convert.to_customer_id(raw.column(spec.columns["customer_id"]))
+            keep = _apply_policy(policy.missing_customer_id, _null_mask(ids), batch, "missing customer_id",
+                                 spec.columns["customer_id"], "data.policy.missing_customer_id", rejects, ids, report)
+            if known_ids is not None:
+                unknown = keep & ~_mask(pc.is_in(ids, value_set=known_ids))
+                keep &= _apply_policy(policy.unknown_customer, unknown, batch, "unknown customer",
+                                      spec.columns["customer_id"], "data.policy.unknown_customer", rejects, ids, report)
+            ts, bad = convert.to_timestamp(raw.column(spec.columns["timestamp"]), fmt=spec.timestamp_format,
+                                           unit=spec.timestamp_unit)
+            _fail_on(bad, batch, "unparseable timestamp (set timestamp_format, e.g. '%d/%m/%Y %H:%M')",
+                     spec.columns["timestamp"], f"{key}.timestamp_format")
+            _fail_on(keep & _null_mask(ts), batch, "missing timestamp", spec.columns["timestamp"],
+                     f"{key}.columns.timestamp")
+            amount = _event_amount(spec, raw, batch)
+            columns = {
+                "customer_id": ids,
+                "timestamp": ts,
+                "event_type": _event_types(spec, raw, amount, batch),
+                "amount": amount,
+            }
+            for name in ("category", "channel"):
+                src = spec.columns[name]
+                columns[name] = convert.to_string(raw.column(src))[0] if src else pa.nulls(raw.num_rows, pa.string())
+            for name, src in spec.extra_columns.items():
+                values, repaired = convert.to_string(raw.column(src))
+                report.repaired_utf8 += repaired
+                columns[name] = values
+            part = pa.table(columns).filter(pa.array(keep))
+            writer.write(part)
+            hashes.append(convert.hash_rows([part[c].combine_chunks() for c in part.column_names]))
+            if known_ids is None:
+                _count_attributes(spec, raw, ids, keep, attr_counts)
+            bar.update(raw.num_rows)
+    bar.close()
+    if writer.rows == 0:
+        pass1.unlink(missing_ok=True)
+        raise UserInputError(f"no usable events in '{spec.file.path}' (the table is empty or every row was "
+                             "rejected; see the rejects folder)", table="events", config_key=f"{key}.path")
+    duplicates = _duplicate_mask(np.concatenate(hashes))
+    final = out / "events.parquet"
+    if duplicates.any():
+        _handle_duplicate_events(pass1, final, duplicates, policy.duplicate_event, rejects, report, batch_size)
+    else:
+        pass1.replace(final)
+    report.rows_kept = writer.rows - int(duplicates.sum())
+    return report, attr_counts
+
+
+def _count_attributes(spec: EventsSpec, raw: pa.RecordBatch, ids: pa.Array, keep: np.ndarray,
+                      attr_counts: dict[str, list[pa.Table]]) -> None:
+    """Per batch, count (customer, value) pairs of each attribute column taken from events."""
+    attributes = {**spec.numeric_attributes, **spec.categorical_attributes}
+    for name, src in attributes.items():
+        values = convert.to_string(raw.column(src))[0]
+        t = pa.table({"customer_id": ids, "value": values}).filter(pa.array(keep))
+        attr_counts.setdefault(name, []).append(t.group_by(["customer_id", "value"]).aggregate([([], "count_all")]))
+
+
+def _duplicate_mask(hashes: np.ndarray) -> np.ndarray:
+    """True for every row whose full content repeats an earlier row (the first one is kept)."""
+    order = np.argsort(hashes, kind="stable")
+    same = hashes[order][1:] == hashes[order][:-1]
+    mask = np.zeros(len(hashes), dtype=bool)
+    mask[order[1:][same]] = True
+    return mask
+
+
+def _handle_duplicate_events(pass1: Path, final: Path, duplicates: np.ndarray, policy: str,
+                             rejects: _Rejects, report: TableReport, batch_size: int) -> None:
+    pf = pq.ParquetFile(pass1)
+    try:
+        if policy == "error":
+            first = pf.read_row_groups([0]) if pf.num_row_groups else None
+            idx = np.flatnonzero(duplicates)[:MAX_ROWS_SHOWN]
+            table = pq.read_table(pass1).take(pa.array(idx)) if first is not None else None
+            shown = [f"validated row {int(i)}: {r}" for i, r in zip(idx, table.to_pylist(), strict=True)]
+            raise UserInputError(
+                f"{int(duplicates.sum())} duplicate event(s) (same customer, time, type, amount and other "
+                "columns as an earlier row); set the policy to 'reject' to set them aside",
+                table="events", rows=shown, config_key="data.policy.duplicate_event")
+        offset = 0
+        with ParquetStreamWriter(final, pf.schema_arrow) as writer:
+            for raw in pf.iter_batches(batch_size=batch_size):
+                dup = duplicates[offset:offset + raw.num_rows]
+                batch = _Batch("events", raw, offset)
+                report.rejected["duplicate event"] += rejects.add(batch, dup, "duplicate event", raw.column("customer_id"))
+                writer.write(pa.Table.from_batches([raw]).filter(pa.array(~dup)))
+                offset += raw.num_rows
+    finally:
+        pass1.unlink(missing_ok=True)
+
+
+def _derive_customers(out: Path, spec: EventsSpec, attr_counts: dict[str, list[pa.Table]]) -> tuple[pa.Array, dict]:
+    """Customers are the distinct ids of the kept events; attributes are each one's most frequent value."""
+    ids = pq.read_table(out / "events.parquet", columns=["customer_id"])["customer_id"]
+    unique = pc.unique(ids)
+    unique = pc.take(unique, pc.sort_indices(unique))
+    columns: dict[str, pa.Array] = {"customer_id": unique}
+    for name, parts in attr_counts.items():
+        counts = pa.concat_tables(parts).group_by(["customer_id", "value"]).aggregate([("count_all", "sum")])
+        # most frequent value per customer; ties go to the smallest value for determinism
+        counts = counts.sort_by([("customer_id", "ascending"), ("count_all_sum", "descending"), ("value", "ascending")])
+        cid = counts["customer_id"].combine_chunks()
+        first = np.ones(len(cid), dtype=bool)
+        if len(cid) > 1:
+            first[1:] = _mask(pc.not_equal(cid[1:], cid[:-1]))
+        best = counts.filter(pa.array(first))
+        idx = pc.index_in(unique, value_set=best["customer_id"].combine_chunks())
+        value = pc.take(best["value"].combine_chunks(), idx)
+        if name in spec.numeric_attributes:
+            value = convert.to_float(value)[0]
+        columns[name] = value
+    table = pa.table(columns)
+    write_parquet(out / "customers.parquet", table)
+    meta = {"numeric": list(spec.numeric_attributes), "categorical": list(spec.categorical_attributes), "labels": []}
+    return unique, meta
+
+
+# -------------------------------------------------------------------------------------------- texts
+
+
+def _validate_texts(spec: TextsSpec, batch_size: int, out: Path, rejects: _Rejects,
+                    mapping: DataMapping, known_ids: pa.Array, show: bool) -> TableReport:
+    key = "data.texts"
+    source = list(dict.fromkeys(c for c in spec.columns.values() if c))
+    _check_file(spec.file, "texts", source, key)
+    report = TableReport()
+    policy = mapping.policy
+    bar = progress_bar(show, desc="validate texts", unit="rows")
+    with ParquetStreamWriter(out / "texts.parquet", TEXTS) as writer:
+        for batch in _batches(spec.file, "texts", source, batch_size, key):
+            raw = batch.raw
+            n = raw.num_rows
+            report.rows_read += n
+            ids = convert.to_customer_id(raw.column(spec.columns["customer_id"]))
+            keep = _apply_policy(policy.missing_customer_id, _null_mask(ids), batch, "missing customer_id",
+                                 spec.columns["customer_id"], "data.policy.missing_customer_id", rejects, ids, report)
+            unknown = keep & ~_mask(pc.is_in(ids, value_set=known_ids))
+            keep &= _apply_policy(policy.unknown_customer, unknown, batch, "unknown customer",
+                                  spec.columns["customer_id"], "data.policy.unknown_customer", rejects, ids, report)
+            text, repaired = convert.to_string(raw.column(spec.columns["text"]))
+            report.repaired_utf8 += repaired
+            empty = keep & ~_mask(pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False))
+            keep &= _apply_policy(policy.empty_text, empty, batch, "empty text", spec.columns["text"],
+                                  "data.policy.empty_text", rejects, ids, report)
+            if spec.columns["timestamp"]:
+                ts, bad = convert.to_timestamp(raw.column(spec.columns["timestamp"]), fmt=spec.timestamp_format,
+                                               unit=spec.timestamp_unit)
+                _fail_on(bad, batch, "unparseable timestamp (set timestamp_format)", spec.columns["timestamp"],
+                         f"{key}.timestamp_format")
+            else:
+                ts = pa.nulls(n, EVENTS.field("timestamp").type)
+            if spec.columns["source"]:
+                src, _ = convert.to_string(raw.column(spec.columns["source"]))
+                src = pc.fill_null(src, spec.source_constant or "unknown")
+            else:
+                src = pa.array(np.full(n, spec.source_constant, dtype=object), pa.string())
+            if spec.columns["rating"]:
+                rating, bad = convert.to_float(raw.column(spec.columns["rating"]))
+                _fail_on(bad, batch, "expected a numeric rating", spec.columns["rating"], f"{key}.columns.rating")
+                finite = pc.fill_null(pc.is_finite(rating), True)
+                _fail_on(~_mask(finite), batch, "rating must be finite", spec.columns["rating"], f"{key}.columns.rating")
+            else:
+                rating = pa.nulls(n, pa.float64())
+            part = pa.table({"customer_id": ids, "timestamp": ts, "source": src, "text": text, "rating": rating})
+            writer.write(part.filter(pa.array(keep)))
+            bar.update(n)
+    bar.close()
+    report.rows_kept = writer.rows
+    if report.rows_read == 0:
+        raise UserInputError(f"'{spec.file.path}' has no rows (the table is empty)", table="texts",
+                             config_key=f"{key}.path")
+    return report
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def validate_tables(mapping: DataMapping, work_dir: str | Path, *, as_of: str | None = None,
+                    roles: dict[str, list[str]] | None = None, progress: bool = False) -> dict[str, Any]:
+    """Validate the mapped input tables and write the canonical tables to ``<work_dir>/validated``.
+
+    Parameters
+    ----------
+    mapping : DataMapping
+        Parsed ``data`` config.
+    work_dir : path-like
+        Project work directory.
+    as_of : str, optional
+        Observation cut-off, recorded in the schema for downstream jobs.
+    roles : dict, optional
+        Event-type roles (purchase, return, ...), recorded in the schema.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    dict
+        The validation report (also written to ``validated/validation.json``).
+    """
+    out = validated_dir(work_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rejects = _Rejects()
+    reports: dict[str, TableReport] = {}
+    known = None
+    customer_meta: dict[str, Any]
+    if mapping.customers is not None:
+        known, reports["customers"], customer_meta = _validate_customers(
+            mapping.customers, mapping.batch_size, out, rejects, mapping.policy.missing_customer_id, progress)
+    reports["events"], attr_counts = _validate_events(mapping.events, mapping.batch_size, out, rejects,
+                                                      mapping, known, progress)
+    if mapping.customers is None:
+        known, customer_meta = _derive_customers(out, mapping.events, attr_counts)
+        reports["customers"] = TableReport(rows_read=len(known), rows_kept=len(known))
+        log.info("no customers table: %d customers derived from the events", len(known))
+    (out / "texts.parquet").unlink(missing_ok=True)
+    if mapping.texts is not None:
+        reports["texts"] = _validate_texts(mapping.texts, mapping.batch_size, out, rejects, mapping, known, progress)
+    rejects_written = rejects.write(out / "rejects")
+    events_summary = _events_summary(out / "events.parquet")
+    schema = {
+        "schema_version": SCHEMA_VERSION,
+        "tables": sorted(reports),
+        "customers": {**customer_meta, "derived_from_events": mapping.customers is None},
+        "events": {"extra_columns": list(mapping.events.extra_columns), **events_summary},
+        "texts": _texts_summary(out / "texts.parquet") if mapping.texts is not None else None,
+        "as_of": as_of,
+        "roles": roles,
+    }
+    write_json(out / "schema.json", schema)
+    report = {
+        "n_customers": len(known),
+        "tables": {name: r.as_dict() for name, r in reports.items()},
+        "rejects": rejects_written,
+        "output_dir": str(out),
+    }
+    write_json(out / "validation.json", report)
+    return report
+
+
+def _events_summary(path: Path) -> dict[str, Any]:
+    t = pq.read_table(path, columns=["timestamp", "event_type"])
+    types = pc.value_counts(t["event_type"]).to_pylist()
+    mm = pc.min_max(t["timestamp"]).as_py()
+    return {"event_types": {d["values"]: d["counts"] for d in sorted(types, key=lambda d: -d["counts"])},
+            "first": str(mm["min"]), "last": str(mm["max"])}
+
+
+def _texts_summary(path: Path) -> dict[str, Any]:
+    t = pq.read_table(path, columns=["source"])
+    return {"sources": {d["values"]: d["counts"] for d in pc.value_counts(t["source"]).to_pylist()}}

@@ -1,0 +1,35 @@
+"""The jobs ``gpuseg`` knows: name -> (module, one-line description, delivered yet)."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+#: name -> (module path or None while planned, one-line description)
+JOBS: dict[str, tuple[str | None, str]] = {
+    "generate": ("gpuseg.jobs.generate", "make the synthetic multi-table dataset with planted personas"),
+    "validate": ("gpuseg.jobs.validate", "check the input tables and write the canonical tables + rejects"),
+    "features": ("gpuseg.jobs.features", "RFM+ tabular features at as_of, and their fitted transform"),
+    "text": (None, "embed reviews and tickets with a transformers encoder, per customer"),
+    "journeys": (None, "train the LSTM journey encoder and embed each customer"),
+    "fuse": (None, "align, scale and weight the blocks into one fused matrix"),
+    "segment": (None, "mini-batch k-means segments with auto-k, confidence and outliers"),
+    "profile": (None, "segment profiles, personas, churn risk and the HTML report"),
+    "lookalike": (None, "FAISS nearest-neighbour expansion of a seed audience"),
+    "assign": (None, "re-score new data against saved models, with drift"),
+    "bench": (None, "every heavy stage against a CPU baseline and the peers"),
+    "run": ("gpuseg.jobs.run", "the whole pipeline; makes synthetic data first when none is configured"),
+}
+
+
+def available(name: str) -> bool:
+    """Whether the job is delivered (not only planned)."""
+    return JOBS.get(name, (None, ""))[0] is not None
+
+
+def load(name: str) -> ModuleType:
+    """Import a delivered job's module."""
+    module, _ = JOBS[name]
+    if module is None:
+        raise KeyError(name)
+    return importlib.import_module(module)

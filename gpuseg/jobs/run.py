@@ -1,0 +1,39 @@
+"""``gpuseg run``: chain the pipeline's jobs; a first run makes synthetic data."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from omegaconf import DictConfig
+
+from gpuseg.jobs import generate, registry
+from gpuseg.jobs.common import finish, start, work_dir
+from gpuseg.runtime.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run ``stages`` in order and return each stage's result plus where the outputs are."""
+    ctx = start(cfg, "run", needs_device=True)
+    results: dict[str, Any] = {}
+    if cfg.data.get("generate_if_missing", False) and not generate.exists(cfg):
+        log.info("no input data in %s: generating the synthetic dataset first", cfg.data.dir)
+        results["generate"] = generate.run(cfg)
+    for stage in cfg.stages:
+        if stage not in registry.JOBS or stage == "run":
+            raise ConfigError(f"unknown stage {stage!r}; stages are jobs among "
+                              f"{[j for j in registry.JOBS if registry.available(j) and j != 'run']}",
+                              config_key="stages")
+        if not registry.available(stage):
+            raise ConfigError(f"stage {stage!r} is not available in this version of gpuseg", config_key="stages")
+        log.info("== %s ==", stage)
+        results[stage] = registry.load(stage).run(cfg)
+    outputs = {"work_dir": str(work_dir(cfg).resolve())}
+    for stage, result in results.items():
+        for key, value in result.items():
+            if key.endswith(("_path", "_dir")) or key in ("output_dir", "outputs"):
+                outputs[f"{stage}.{key}"] = value
+    result = {"stages": list(results), "outputs": outputs, "results": results}
+    return finish(cfg, "run", ctx["manifest"], result)

@@ -1,0 +1,53 @@
+"""Shared fixtures: composed configs, tiny canonical tables, CUDA parametrisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+REPO = Path(__file__).resolve().parents[1]
+ONLINE_RETAIL = REPO.parent / "shared" / "data" / "online_retail" / "online_retail_II_2009_2011_combined.csv.gz"
+
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.requires_cuda),
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "requires_cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """Compose a job's config the way ``gpuseg <job> overrides`` does, with a tmp work dir."""
+
+    def _make(job: str, *overrides: str):
+        with initialize_config_module(config_module="gpuseg.conf", version_base="1.3"):
+            return compose(config_name=job, overrides=[f"paths.work_dir={tmp_path / 'work'}", "progress=false",
+                                                       *overrides])
+
+    return _make
+
+
+def write_table(path: Path, columns: dict) -> Path:
+    """Write a small table as Parquet or CSV (by extension) for a test."""
+    table = pa.table(columns)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".csv":
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, path)
+    else:
+        pq.write_table(table, path)
+    return path
