@@ -28,9 +28,9 @@ def _report(job: str, result: dict) -> None:
         for key, value in result.get("outputs", {}).items():
             print(f"  {key}: {value}")
     elif isinstance(result, dict):
-        paths = {k: v for k, v in result.items() if k.endswith(("_path", "_dir", "paths"))}
-        for key, value in paths.items():
-            print(f"{key}: {value}")
+        for key, value in result.items():
+            if key.endswith(("_path", "_dir")):
+                print(f"{key}: {value}")
 
 
 def _log_to_files(message: str) -> None:

@@ -280,8 +280,9 @@ def test_large_input_streams_in_batches(tmp_path):
 
 
 @pytest.mark.skipif(not ONLINE_RETAIL.exists(), reason="shared Online Retail data not beside the checkout")
-def test_online_retail_example_config_validates(make_cfg):
-    from gpuseg.jobs import validate
+def test_online_retail_example_config_validates_and_features(make_cfg):
+    """The documented real-data config runs validate then features with no other step."""
+    from gpuseg.jobs import features, validate
 
     cfg = make_cfg("validate", "data=online_retail", f"paths.data_dir={ONLINE_RETAIL.parent}")
     report = validate.run(cfg)
@@ -293,3 +294,15 @@ def test_online_retail_example_config_validates(make_cfg):
     assert set(schema["events"]["event_types"]) >= {"purchase", "cancellation"}
     assert schema["customers"] == {"numeric": [], "categorical": ["country"], "labels": [],
                                    "derived_from_events": True}
+    cfg = make_cfg("features", "data=online_retail", f"paths.data_dir={ONLINE_RETAIL.parent}")
+    result = features.run(cfg)
+    table = pq.read_table(result["features_path"])
+    assert table.num_rows == 5942 and table["customer_id"].null_count == 0
+    # point in time: nobody's recency or tenure reaches past as_of (2011-09-01)
+    assert np.nanmin(table["recency_days"].to_numpy(zero_copy_only=False)) >= 0
+    assert np.nanmax(table["tenure_days"].to_numpy(zero_copy_only=False)) <= (
+        np.datetime64("2011-09-01") - np.datetime64("2009-12-01")).astype(int) + 1
+    matrix = pq.read_table(result["matrix_path"])
+    values = np.column_stack([matrix[c].to_numpy() for c in matrix.column_names[1:]])
+    assert np.isfinite(values).all()
+    assert "country=United Kingdom" in matrix.column_names

@@ -42,5 +42,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         chunk_size=int(gen.chunk_size),
         progress=bool(cfg.progress),
     )
-    log.info("synthetic data written to %s", cfg.data.dir)
-    return finish(cfg, "generate", ctx["manifest"], result)
+    log.info("synthetic data written to %s: %s", cfg.data.dir, result["rows"])
+    summary = {"output_dir": str(result["out_dir"]), "rows": result["rows"],
+               "paths": {name: str(path) for name, path in result["paths"].items()}}
+    return finish(cfg, "generate", ctx["manifest"], summary)

@@ -1,0 +1,126 @@
+"""Clustering quality metrics computed with torch on the data's device.
+
+Each takes data and integer labels as tensors and returns a Python float; the scores follow
+scikit-learn's definitions (tests compare them) but run chunked on CPU or CUDA.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _as_labels(labels: torch.Tensor) -> torch.Tensor:
+    labels = torch.as_tensor(labels).long().reshape(-1)
+    if labels.numel() and labels.min() < 0:
+        raise ValueError("labels must be non-negative integers")
+    return labels
+
+
+def contingency(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Contingency table of two labelings (rows: values of ``a``, columns: values of ``b``)."""
+    a, b = _as_labels(a), _as_labels(b)
+    if a.shape != b.shape:
+        raise ValueError(f"labelings differ in length: {a.numel()} and {b.numel()}")
+    _, a = torch.unique(a, return_inverse=True)
+    _, b = torch.unique(b, return_inverse=True)
+    ka, kb = int(a.max()) + 1, int(b.max()) + 1
+    return torch.bincount(a * kb + b, minlength=ka * kb).reshape(ka, kb).double()
+
+
+def adjusted_rand_index(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Adjusted Rand index between two labelings (1 = identical partitions, ~0 = chance)."""
+    table = contingency(a, b)
+    n = table.sum()
+
+    def comb2(x: torch.Tensor) -> torch.Tensor:
+        return (x * (x - 1) / 2).sum()
+
+    sum_cells = comb2(table)
+    sum_rows, sum_cols = comb2(table.sum(1)), comb2(table.sum(0))
+    expected = sum_rows * sum_cols / (n * (n - 1) / 2)
+    maximum = (sum_rows + sum_cols) / 2
+    if float(maximum - expected) == 0.0:
+        return 1.0
+    return float((sum_cells - expected) / (maximum - expected))
+
+
+def cluster_means(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-cluster means and counts (float64 accumulation)."""
+    labels = _as_labels(labels).to(x.device)
+    sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
+    sums.index_add_(0, labels, x.double())
+    counts = torch.bincount(labels, minlength=k).double()
+    return sums / counts.clamp_min(1).unsqueeze(1), counts
+
+
+def calinski_harabasz(x: torch.Tensor, labels: torch.Tensor) -> float:
+    """Calinski-Harabasz index: between- over within-cluster dispersion (higher is better)."""
+    labels = _as_labels(labels).to(x.device)
+    k = int(labels.max()) + 1
+    means, counts = cluster_means(x, labels, k)
+    present = counts > 0
+    n_clusters = int(present.sum())
+    n = x.shape[0]
+    if n_clusters < 2 or n_clusters >= n:
+        raise ValueError(f"calinski_harabasz needs 2 <= n_clusters < n_samples, got {n_clusters} and {n}")
+    overall = x.double().mean(0)
+    between = (counts[present] * ((means[present] - overall) ** 2).sum(1)).sum()
+    within = ((x.double() - means[labels]) ** 2).sum()
+    if float(within) == 0.0:
+        return 1.0
+    return float(between * (n - n_clusters) / (within * (n_clusters - 1)))
+
+
+def davies_bouldin(x: torch.Tensor, labels: torch.Tensor) -> float:
+    """Davies-Bouldin index: mean worst-case ratio of scatter to separation (lower is better)."""
+    labels = _as_labels(labels).to(x.device)
+    k = int(labels.max()) + 1
+    means, counts = cluster_means(x, labels, k)
+    present = counts > 0
+    scatter = torch.zeros(k, dtype=torch.float64, device=x.device)
+    scatter.index_add_(0, labels, torch.linalg.vector_norm(x.double() - means[labels], dim=1))
+    scatter = scatter / counts.clamp_min(1)
+    means, scatter = means[present], scatter[present]
+    if means.shape[0] < 2:
+        raise ValueError("davies_bouldin needs at least 2 clusters")
+    separation = torch.cdist(means, means)
+    ratio = (scatter[:, None] + scatter[None, :]) / separation
+    ratio.fill_diagonal_(float("-inf"))
+    ratio = torch.nan_to_num(ratio, nan=0.0, posinf=0.0)
+    return float(ratio.max(1).values.mean())
+
+
+def silhouette(x: torch.Tensor, labels: torch.Tensor, *, sample_size: int | None = 4000,
+               generator: torch.Generator | None = None, chunk_size: int = 2048) -> float:
+    """Mean silhouette coefficient, on a random sample of ``sample_size`` points (all if None).
+
+    Distances are Euclidean, as in scikit-learn's ``silhouette_score``; a point alone in its
+    cluster scores 0.
+    """
+    labels = _as_labels(labels).to(x.device)
+    n = x.shape[0]
+    if sample_size is not None and sample_size < n:
+        idx = torch.randperm(n, generator=generator)[:sample_size].to(x.device)
+        x, labels = x[idx], labels[idx]
+    _, labels = torch.unique(labels, return_inverse=True)
+    k = int(labels.max()) + 1
+    if k < 2 or k >= x.shape[0]:
+        raise ValueError(f"silhouette needs 2 <= n_clusters < n_samples, got {k} and {x.shape[0]}")
+    x = x.double()
+    onehot = torch.zeros(x.shape[0], k, dtype=torch.float64, device=x.device)
+    onehot[torch.arange(x.shape[0], device=x.device), labels] = 1.0
+    counts = onehot.sum(0)
+    scores = []
+    for start in range(0, x.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        dist_sums = torch.cdist(x[rows], x) @ onehot  # (chunk, k): summed distance to each cluster
+        own = labels[rows]
+        own_count = counts[own]
+        a = dist_sums.gather(1, own[:, None]).squeeze(1) / (own_count - 1).clamp_min(1)
+        mean_other = dist_sums / counts
+        mean_other.scatter_(1, own[:, None], float("inf"))
+        b = mean_other.min(1).values
+        s = (b - a) / torch.maximum(a, b)
+        s = torch.where(own_count > 1, torch.nan_to_num(s, nan=0.0), torch.zeros_like(s))
+        scores.append(s)
+    return float(torch.cat(scores).mean())

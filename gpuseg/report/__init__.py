@@ -1,0 +1,1 @@
+"""Self-contained report pieces (inline SVG charts, no network, no plotting dependency)."""
