@@ -18,6 +18,10 @@ _LAZY = {
     "TabularTransform": "gpuseg.features.transform",
     "compute_rfm_features": "gpuseg.features.rfm",
     "generate_synthetic": "gpuseg.data.synthetic",
+    "MiniBatchKMeans": "gpuseg.cluster.kmeans",
+    "TextEmbedder": "gpuseg.text.embedder",
+    "JourneyEncoder": "gpuseg.journey.model",
+    "SequenceBuilder": "gpuseg.journey.sequences",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -51,5 +51,5 @@ def resolve_device(spec: str | torch.device | None = "auto", *, key: str = "devi
             )
     else:
         raise ConfigError(f"device must be one of {_VALID} or 'cuda:N', got {spec!r}", config_key=key)
-    log.info("using device %s", device)
+    log.debug("using device %s", device)
     return device

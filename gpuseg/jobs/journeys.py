@@ -1,0 +1,289 @@
+"""``gpuseg journeys``: train the LSTM journey encoder on event sequences and embed every customer.
+
+Customers are split once (by ``seed``) into train / validation (early stopping) / test; the
+vocabularies and the network see only the training side, and ``metrics.json`` scores the
+test customers: next-event accuracy against a unigram and a first-order Markov baseline, the
+label head's ROC AUC against a logistic regression on the RFM+ features, and (on synthetic
+data) the ARI of k-means on the journey embeddings against the planted personas.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from gpuseg.data.schema import validated_dir
+from gpuseg.features.rfm import to_microseconds
+from gpuseg.jobs.common import finish, start, work_dir
+from gpuseg.journey.baselines import (
+    MarkovBaseline,
+    UnigramBaseline,
+    accuracy,
+    adjusted_rand_index,
+    fit_logistic,
+    kmeans_labels,
+    roc_auc,
+)
+from gpuseg.journey.model import JourneyEncoder
+from gpuseg.journey.sequences import SequenceBuilder, Sequences
+from gpuseg.journey.train import distributed_context
+from gpuseg.runtime.errors import ConfigError, UserInputError
+from gpuseg.runtime.io import read_json, write_json, write_parquet
+
+log = logging.getLogger(__name__)
+
+#: the synthetic personas that differ only in the order of their events
+ORDER_PAIR = ("gadget_planner", "gadget_impulse")
+
+
+def journeys_dir(work: Path) -> Path:
+    """Folder of the journey block artifacts."""
+    return Path(work) / "journeys"
+
+
+def _load_validated(work: Path) -> tuple[dict[str, Any], pa.Table]:
+    folder = validated_dir(work)
+    if not (folder / "schema.json").exists():
+        raise UserInputError(f"no validated data in '{folder}': run `gpuseg validate` (or `gpuseg run`) first "
+                             "with the same paths.work_dir", config_key="paths.work_dir")
+    return read_json(folder / "schema.json"), pq.read_table(folder / "customers.parquet")
+
+
+def _label(jcfg: DictConfig, schema: dict[str, Any], customers: pa.Table) -> tuple[str | None, np.ndarray | None]:
+    """Name and values (float, NaN = unknown) of the auxiliary label, or (None, None)."""
+    name = jcfg.label
+    labels = list(schema.get("customers", {}).get("labels") or [])
+    if name is None or str(name).lower() in ("null", "none", ""):
+        return None, None
+    if str(name) == "auto":
+        if not labels:
+            return None, None
+        name = labels[0]
+    name = str(name)
+    if name not in customers.column_names:
+        raise ConfigError(f"label {name!r} is not a column of the customers table; labels there: {labels}",
+                          config_key="journey.label")
+    col = customers[name].cast(pa.float64())
+    return name, np.asarray(col.fill_null(np.nan).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _split(n: int, val_fraction: float, test_fraction: float,
+           seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Customer-level train / validation / test rows of ``n`` customers, drawn from ``seed``."""
+    if not 0 <= test_fraction < 1 or not 0 <= val_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ConfigError(f"journey.val_fraction ({val_fraction}) and journey.test_fraction ({test_fraction}) "
+                          "must be in [0, 1) with a sum below 1", config_key="journey.test_fraction")
+    rng = np.random.default_rng([seed, 5])
+    rows = rng.permutation(n)
+    n_test = int(round(len(rows) * test_fraction))
+    n_val = int(round(len(rows) * val_fraction))
+    test, val, train = rows[:n_test], rows[n_test:n_test + n_val], rows[n_test + n_val:]
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def _rfm_matrix(work: Path, ids: pa.Array) -> np.ndarray | None:
+    """RFM+ model matrix (or raw numeric features) aligned to ``ids``, if `gpuseg features` ran."""
+    folder = work / "features"
+    path = folder / "matrix.parquet"
+    if not path.exists():
+        path = folder / "features.parquet"
+        if not path.exists():
+            return None
+    table = pq.read_table(path)
+    cols = [c for c in table.column_names
+            if c != "customer_id" and (pa.types.is_floating(table[c].type) or pa.types.is_integer(table[c].type))]
+    if not cols:
+        return None
+    index = pc.index_in(ids, value_set=table["customer_id"].combine_chunks())
+    if index.null_count:
+        log.warning("features cover only part of the customers: no RFM+ comparison")
+        return None
+    X = np.column_stack([table[c].cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+                         for c in cols])
+    return X[index.to_numpy(zero_copy_only=False)]
+
+
+def _ari(cfg: DictConfig, ids: pa.Array, embeddings: np.ndarray, has_events: np.ndarray,
+         seed: int) -> dict[str, Any] | None:
+    """ARI of k-means on the embeddings against the synthetic personas (ground_truth.parquet)."""
+    path = Path(str(cfg.data.dir)) / "ground_truth.parquet"
+    if not path.exists():
+        return None
+    truth = pq.read_table(path)
+    index = pc.index_in(ids, value_set=truth["customer_id"].combine_chunks())
+    known = index.is_valid().to_numpy(zero_copy_only=False) & has_events
+    if known.sum() < 10:
+        return None
+    persona = np.asarray(truth["persona"].to_numpy(zero_copy_only=False), dtype=object)
+    persona = persona[index.to_numpy(zero_copy_only=False)[known].astype(np.int64)]
+    X = embeddings[known]
+    names = sorted(set(persona.tolist()))
+    result: dict[str, Any] = {"n_customers": int(known.sum()), "n_personas": len(names)}
+    labels = kmeans_labels(X, len(names), seed=seed)
+    result["all_personas"] = adjusted_rand_index(labels, persona)
+    if all(p in names for p in ORDER_PAIR):
+        pair = np.isin(persona, ORDER_PAIR)
+        result["order_pair"] = {
+            "personas": list(ORDER_PAIR),
+            "n_customers": int(pair.sum()),
+            "ari": adjusted_rand_index(kmeans_labels(X[pair], 2, seed=seed), persona[pair]),
+        }
+    return result
+
+
+def _next_event_metrics(encoder: JourneyEncoder, train: Sequences, test: Sequences) -> dict[str, Any]:
+    model = accuracy(*encoder.predict_next(test))
+    unigram = accuracy(*UnigramBaseline().fit(train).predict_next(test))
+    markov = accuracy(*MarkovBaseline().fit(train).predict_next(test))
+    _, actual = UnigramBaseline().fit(train).predict_next(test)
+    return {"model": model, "unigram": unigram, "markov": markov, "n_steps": int(len(actual)),
+            "model_beats_both": bool(model > max(unigram, markov))}
+
+
+def _label_metrics(work: Path, encoder: JourneyEncoder, seqs: Sequences, y: np.ndarray, label: str,
+                   train_rows: np.ndarray, test_rows: np.ndarray) -> dict[str, Any]:
+    test = test_rows[~np.isnan(y[test_rows])]
+    result: dict[str, Any] = {"label": label, "n_test": int(len(test)),
+                              "positive_rate": float(np.mean(y[test])) if len(test) else None}
+    result["journey_head_auc"] = roc_auc(y[test], encoder.predict_proba(seqs.subset(test)))
+    X = _rfm_matrix(work, seqs.customer_ids)
+    if X is None:
+        result["rfm_logistic_auc"] = None
+        result["note"] = "run `gpuseg features` first for the RFM+ logistic regression comparison"
+        return result
+    train = train_rows[~np.isnan(y[train_rows])]
+    predict = fit_logistic(X[train], y[train])
+    result["rfm_logistic_auc"] = roc_auc(y[test], predict(X[test]))
+    result["n_rfm_features"] = int(X.shape[1])
+    return result
+
+
+def _embedding_table(ids: pa.Array, seqs: Sequences, emb: np.ndarray) -> pa.Table:
+    dim = emb.shape[1]
+    values = pa.array(np.ascontiguousarray(emb, dtype=np.float32).reshape(-1), type=pa.float32())
+    return pa.table({
+        "customer_id": ids,
+        "has_journey": pa.array(seqs.lengths > 0),
+        "n_events": pa.array(seqs.n_events.astype(np.int64)),
+        "journey": pa.FixedSizeListArray.from_arrays(values, dim),
+    })
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train (or resume) the journey encoder, score it on held-out customers, embed everyone."""
+    ctx = start(cfg, "journeys", needs_device=True)
+    device = ctx["device"]
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        torch.cuda.set_device(device)
+    rank, world = distributed_context(device)
+    work = work_dir(cfg)
+    jcfg = cfg.journey
+    seed = int(cfg.seed)
+    schema, customers = _load_validated(work)
+    folder = validated_dir(work)
+    ids = customers["customer_id"].combine_chunks()
+    as_of = str(cfg.data.as_of)
+    if schema.get("as_of") not in (None, as_of):
+        log.warning("data was validated with as_of=%s but journeys use as_of=%s", schema["as_of"], as_of)
+    extra = jcfg.extra_columns
+    if extra is None:
+        extra = []
+    elif str(extra) == "auto":
+        extra = list(schema.get("events", {}).get("extra_columns") or [])
+    else:
+        extra = list(OmegaConf.to_container(extra, resolve=True))
+    t0 = time.perf_counter()
+
+    # sequences: vocabularies from the training customers only, applied to everyone
+    events = folder / "events.parquet"
+    train_rows, val_rows, test_rows = _split(len(ids), float(jcfg.val_fraction), float(jcfg.test_fraction), seed)
+    builder = SequenceBuilder(
+        max_len=int(jcfg.max_len), as_of=to_microseconds(as_of), extra_columns=extra,
+        min_count=int(jcfg.min_count), max_vocab=None if jcfg.max_vocab is None else int(jcfg.max_vocab),
+        progress=bool(cfg.progress),
+    ).fit(events, ids.take(pa.array(train_rows)))
+    seqs = builder.transform(events, ids)
+    # customers without events have no journey to learn from or to score
+    train_rows, val_rows, test_rows = (r[seqs.lengths[r] > 0] for r in (train_rows, val_rows, test_rows))
+    if len(train_rows) == 0:
+        raise UserInputError(f"no training customer has an event before as_of={as_of}: no journeys to learn",
+                             table="events", config_key="data.as_of")
+    t_seq = time.perf_counter() - t0
+    label, y = _label(jcfg, schema, customers)
+
+    out = journeys_dir(work)
+    ckpt = out / "checkpoints"
+    if not bool(jcfg.resume) and ckpt.exists() and rank == 0:
+        shutil.rmtree(ckpt)
+    embed_dims = OmegaConf.to_container(jcfg.embed_dims, resolve=True) if isinstance(
+        jcfg.embed_dims, DictConfig) else jcfg.embed_dims
+    encoder = JourneyEncoder(
+        embed_dims=embed_dims, hidden_size=int(jcfg.hidden_size), num_layers=int(jcfg.num_layers),
+        out_dim=int(jcfg.out_dim), dropout=float(jcfg.dropout), batch_size=int(jcfg.batch_size),
+        epochs=int(jcfg.epochs), lr=float(jcfg.lr), weight_decay=float(jcfg.weight_decay),
+        patience=int(jcfg.patience), val_fraction=float(jcfg.val_fraction), grad_clip=float(jcfg.grad_clip),
+        aux_weight=float(jcfg.aux_weight), gap_weight=float(jcfg.gap_weight),
+        mix_weight=float(jcfg.mix_weight), precision=str(jcfg.precision),
+        device=device, encode_batch_size=int(jcfg.encode_batch_size),
+        num_threads=None if jcfg.cpu_threads is None else int(jcfg.cpu_threads), seed=seed, checkpoint_dir=ckpt,
+        progress=bool(cfg.progress),
+    )
+    t1 = time.perf_counter()
+    encoder.fit(seqs, y, train_rows=train_rows, validation_rows=val_rows)
+    t_train = time.perf_counter() - t1
+    if rank != 0:
+        return {"rank": rank, "world_size": world}
+
+    t2 = time.perf_counter()
+    embeddings = encoder.transform(seqs)
+    t_encode = time.perf_counter() - t2
+    train_seqs, test_seqs = seqs.subset(train_rows), seqs.subset(test_rows)
+    metrics: dict[str, Any] = {
+        "n_customers": len(ids),
+        "customers_without_events": int(np.sum(seqs.lengths == 0)),
+        "split": {"train": int(len(train_rows)), "validation": int(len(val_rows)), "test": int(len(test_rows))},
+        "max_len": int(jcfg.max_len),
+        "mean_length": float(seqs.lengths[seqs.lengths > 0].mean()) if (seqs.lengths > 0).any() else 0.0,
+        "fields": seqs.categorical_names,
+        "vocab_sizes": dict(zip(seqs.categorical_names, seqs.vocab_sizes, strict=True)),
+        "device": str(device),
+        "world_size": world,
+        "training": {k: v for k, v in encoder.train_info_.items()},
+        "history": encoder.history_,
+    }
+    metrics["next_event_accuracy"] = (_next_event_metrics(encoder, train_seqs, test_seqs)
+                                      if len(test_rows) else None)
+    if label is not None and len(test_rows):
+        metrics["label_auc"] = _label_metrics(work, encoder, seqs, y, label, train_rows, test_rows)
+    ari = _ari(cfg, ids, embeddings, seqs.lengths > 0, seed)
+    if ari is not None:
+        metrics["persona_ari"] = ari
+    metrics["seconds"] = {"sequences": round(t_seq, 3), "train": round(t_train, 3), "encode": round(t_encode, 3),
+                          "total": round(time.perf_counter() - t0, 3)}
+
+    write_parquet(out / "embeddings.parquet", _embedding_table(ids, seqs, embeddings))
+    encoder.save(out / "encoder", extra={"sequences": builder.to_dict(), "label": label, "as_of": as_of})
+    builder.save(out / "vocabularies.json")
+    write_json(out / "metrics.json", metrics)
+    nea = metrics["next_event_accuracy"] or {}
+    log.info("journeys: next-event accuracy %.3f (unigram %.3f, Markov %.3f); %d customers embedded in %.1fs",
+             nea.get("model", float("nan")), nea.get("unigram", float("nan")), nea.get("markov", float("nan")),
+             len(ids), metrics["seconds"]["total"])
+    result = {**{k: metrics[k] for k in ("n_customers", "customers_without_events", "split", "seconds")},
+              "next_event_accuracy": metrics["next_event_accuracy"],
+              "label_auc": metrics.get("label_auc"), "persona_ari": metrics.get("persona_ari"),
+              "output_dir": str(out), "embeddings_path": str(out / "embeddings.parquet"),
+              "encoder_path": str(out / "encoder.safetensors"), "metrics_path": str(out / "metrics.json")}
+    return finish(cfg, "journeys", ctx["manifest"], result)

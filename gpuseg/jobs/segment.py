@@ -1,0 +1,227 @@
+"""``gpuseg segment``: k-means segments for every customer, with confidence and outliers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from gpuseg.cluster import MiniBatchKMeans
+from gpuseg.cluster.confidence import (
+    calibrated_confidence,
+    fit_logistic_1d,
+    margin,
+    match_labels,
+    outlier_thresholds,
+    two_nearest,
+)
+from gpuseg.cluster.hierarchy import choose_n_macro, cut_tree, ward_linkage
+from gpuseg.cluster.metrics import calinski_harabasz, davies_bouldin, silhouette
+from gpuseg.cluster.selection import select_k
+from gpuseg.jobs.common import finish, start, work_dir
+from gpuseg.report.svg import small_multiples
+from gpuseg.runtime.errors import ConfigError, UserInputError
+from gpuseg.runtime.io import atomic_path, write_json, write_parquet
+from gpuseg.runtime.matrix import read_matrix
+
+log = logging.getLogger(__name__)
+
+#: upstream matrices in order of preference for input=auto
+_INPUTS = ("fuse/fused.parquet", "features/matrix.parquet")
+
+
+def input_path(cfg: DictConfig, work: Path) -> Path:
+    """The matrix to segment: the configured path, else the fused matrix, else the features."""
+    if cfg.segment.input not in (None, "auto"):
+        path = Path(cfg.segment.input)
+        if not path.exists():
+            raise UserInputError(f"segment input '{path}' does not exist", config_key="segment.input")
+        return path
+    for rel in _INPUTS:
+        if (work / rel).exists():
+            return work / rel
+    raise UserInputError(f"nothing to segment in '{work}': run `gpuseg features` (or `gpuseg run`) first",
+                         config_key="paths.work_dir")
+
+
+def _kmeans(k: int, seed: int, device: torch.device, params: dict[str, Any]) -> MiniBatchKMeans:
+    return MiniBatchKMeans(n_clusters=k, random_state=seed, device=device, **params)
+
+
+def _sample(n: int, size: int, seed: int) -> np.ndarray:
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
+def _nearest_two(model: MiniBatchKMeans, x: torch.Tensor, chunk: int = 65536):
+    """Nearest and second-nearest centre of every row, chunk by chunk (never n x k at once)."""
+    parts = [two_nearest(model.transform(x[s:s + chunk])) for s in range(0, x.shape[0], chunk)]
+    return [torch.cat([p[i] for p in parts]).cpu().numpy() for i in range(4)]
+
+
+def _choose_k(cfg: DictConfig, x: torch.Tensor, seed: int, device, params, out: Path) -> tuple[int, dict | None]:
+    scfg = cfg.segment
+    if scfg.n_clusters != "auto":
+        k = scfg.n_clusters
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ConfigError(f"n_clusters must be a positive integer or 'auto', got {k!r}",
+                              config_key="segment.n_clusters")
+        return int(k), None
+    sel = scfg.selection
+    idx = torch.as_tensor(_sample(x.shape[0], int(sel.sample_size), seed), device=x.device)
+    sample = x[idx]
+    k_max = min(int(scfg.k_max), sample.shape[0] - 1)
+    ks = list(range(max(2, int(scfg.k_min)), k_max + 1))
+    if not ks:
+        raise ConfigError(f"no candidate k in [{scfg.k_min}, {scfg.k_max}] for {x.shape[0]} customers",
+                          config_key="segment.k_min")
+
+    # the search compares many fits: one seeding each keeps it cheap; the final fit uses n_init
+    search_params = {**params, "n_init": 1}
+
+    def fit(k: int, data: torch.Tensor, s: int) -> torch.Tensor:
+        return torch.as_tensor(_kmeans(k, s, device, search_params).fit(data).cluster_centers_)
+
+    evidence = select_k(sample, ks, fit, seed=seed, min_share=float(sel.min_share),
+                        silhouette_sample=int(sel.silhouette_sample), n_bootstrap=int(sel.n_bootstrap),
+                        bootstrap_fraction=float(sel.bootstrap_fraction), rule=str(sel.rule))
+    write_json(out / "k_selection.json", evidence)
+    panels = {name: (ks, [c[name] for c in evidence["candidates"]])
+              for name in ("silhouette", "calinski_harabasz", "davies_bouldin", "stability", "inertia",
+                           "min_share")}
+    with atomic_path(out / "k_selection.svg") as tmp:
+        tmp.write_text(small_multiples(panels, title=f"k selection (chosen k = {evidence['k']}, rule: "
+                                       f"{evidence['rule']})", marker_x=evidence["k"]))
+    log.info("auto k: %d (%s); knee at %d", evidence["k"], evidence["rule"], evidence["knee_k"])
+    return int(evidence["k"]), evidence
+
+
+def _calibrate(cfg, x, labels_full, margins, k, seed, device, params) -> dict[str, Any]:
+    """Fit P(same segment on a resampled refit | margin) from bootstrap refits."""
+    ccfg = cfg.segment.confidence
+    n = x.shape[0]
+    if int(ccfg.n_bootstrap) < 1 or k < 2:
+        return {"method": "margin", "a": None, "b": None}
+    m_all, agree_all = [], []
+    for b in range(int(ccfg.n_bootstrap)):
+        sub = _sample(n, max(k + 1, min(int(ccfg.sample_size), int(0.8 * n))), seed + 7919 * (b + 1))
+        refit = _kmeans(k, seed + b + 1, device, {**params, "n_init": 1}).fit(x[torch.as_tensor(sub, device=x.device)])
+        other = np.asarray(refit.predict(x)).astype(np.int64)
+        mapped = match_labels(labels_full, other, k, k)
+        m_all.append(margins)
+        agree_all.append((mapped == labels_full).astype(np.float64))
+    m, y = np.concatenate(m_all), np.concatenate(agree_all)
+    if y.min() == y.max():
+        # every customer kept (or lost) its segment: the calibration is the observed rate
+        return {"method": "constant", "a": float(np.log((y[0] + 1e-3) / (1 - y[0] + 1e-3))), "b": 0.0,
+                "agreement": float(y.mean())}
+    a, b = fit_logistic_1d(m, y)
+    return {"method": "bootstrap_logistic", "a": a, "b": b, "agreement": float(y.mean()),
+            "n_bootstrap": int(ccfg.n_bootstrap)}
+
+
+def _macro(cfg, centers: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    mcfg = cfg.segment.macro
+    k = centers.shape[0]
+    if mcfg.n_clusters is None or k <= 2:
+        return np.arange(k), {"n_clusters": k, "method": "none (one level)"}
+    linkage = ward_linkage(centers, np.maximum(counts, 1e-6))
+    if mcfg.n_clusters == "auto":
+        n = choose_n_macro(linkage, int(mcfg.min_clusters), int(mcfg.max_clusters))
+    else:
+        n = int(mcfg.n_clusters)
+        if not 1 <= n <= k:
+            raise ConfigError(f"macro.n_clusters must be in [1, {k}] or auto, got {n}",
+                              config_key="segment.macro.n_clusters")
+    return cut_tree(linkage, n), {"n_clusters": n, "method": "ward on micro centres weighted by size",
+                                  "linkage_heights": linkage[:, 2].tolist()}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Segment every customer of the input matrix and write segments, model and evidence."""
+    ctx = start(cfg, "segment", needs_device=True)
+    device: torch.device = ctx["device"]
+    seed = int(cfg.seed)
+    work = work_dir(cfg)
+    out = work / "segment"
+    out.mkdir(parents=True, exist_ok=True)
+    source = input_path(cfg, work)
+    ids, matrix, names = read_matrix(source)
+    n = matrix.shape[0]
+    if n < 2:
+        raise UserInputError(f"'{source}' has {n} customer(s); segmentation needs at least 2")
+    params = OmegaConf.to_container(cfg.segment.kmeans, resolve=True)
+    t0 = time.perf_counter()
+    x = torch.from_numpy(matrix).to(device)
+    k, evidence = _choose_k(cfg, x, seed, device, params, out)
+    if k > n:
+        raise ConfigError(f"n_clusters={k} is more than the {n} customers", config_key="segment.n_clusters")
+    model = _kmeans(k, seed, device, params).fit(x)
+    labels, d1, second, d2 = _nearest_two(model, x)
+    m = margin(d1, d2)
+    calibration = _calibrate(cfg, x, labels.astype(np.int64), m, k, seed, device, params)
+    conf = m if calibration["a"] is None else calibrated_confidence(m, calibration["a"], calibration["b"])
+    thresholds = outlier_thresholds(labels, d1, k, float(cfg.segment.outliers.quantile))
+    outlier = d1 > thresholds[labels]
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    macro_of, macro_info = _macro(cfg, np.asarray(model.cluster_centers_, dtype=np.float64), counts)
+    seconds = time.perf_counter() - t0
+
+    segments = pa.table({
+        "customer_id": ids,
+        "segment": pa.array(labels.astype(np.int32)),
+        "macro_segment": pa.array(macro_of[labels].astype(np.int32)),
+        "distance": pa.array(d1.astype(np.float32)),
+        "confidence": pa.array(conf.astype(np.float32)),
+        "margin": pa.array(m.astype(np.float32)),
+        "second_segment": pa.array(np.where(np.isfinite(d2), second, -1).astype(np.int32)),
+        "is_outlier": pa.array(outlier),
+    })
+    write_parquet(out / "segments.parquet", segments)
+    model.save(out / "kmeans")
+    sample = torch.as_tensor(_sample(n, 20000, seed), device=device)
+    lab = torch.as_tensor(labels, device=device)
+    quality = {}
+    if len(np.unique(labels)) > 1:
+        quality = {"silhouette_sampled": silhouette(x[sample], lab[sample], sample_size=None),
+                   "calinski_harabasz": calinski_harabasz(x, lab), "davies_bouldin": davies_bouldin(x, lab)}
+    segmentation = {
+        "schema_version": 1,
+        "input": str(source),
+        "columns": names,
+        "n_clusters": k,
+        "macro": {"of_segment": macro_of.tolist(), **{k_: v for k_, v in macro_info.items()
+                                                      if k_ != "linkage_heights"}},
+        "outlier_quantile": float(cfg.segment.outliers.quantile),
+        "outlier_thresholds": thresholds.tolist(),
+        "calibration": calibration,
+        "model": "kmeans.json",
+        "config_hash": ctx["manifest"]["config_hash"],
+    }
+    write_json(out / "segmentation.json", segmentation)
+    metrics = {
+        "n_customers": n,
+        "n_features": matrix.shape[1],
+        "n_clusters": k,
+        "n_macro": int(macro_info["n_clusters"]),
+        "k_chosen_by": evidence["rule"] if evidence else "config",
+        "inertia": float(model.inertia_),
+        "n_iter": int(model.n_iter_),
+        "sizes": counts.astype(int).tolist(),
+        "outlier_rate": float(outlier.mean()),
+        "mean_confidence": float(conf.mean()),
+        **quality,
+        "device": str(device),
+        "seconds": round(seconds, 3),
+    }
+    write_json(out / "metrics.json", metrics)
+    log.info("segment: %d customers into %d segments (%d macro) in %.1fs", n, k, metrics["n_macro"], seconds)
+    result = {**metrics, "output_dir": str(out), "segments_path": str(out / "segments.parquet")}
+    return finish(cfg, "segment", ctx["manifest"], result)

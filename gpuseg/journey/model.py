@@ -1,0 +1,542 @@
+"""The journey network (per-field embeddings -> multi-layer LSTM -> heads) and its estimator."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from gpuseg.journey.sequences import GAP, Sequences
+from gpuseg.journey.train import (
+    TrainSettings,
+    autocast,
+    fingerprint,
+    fit_network,
+    iter_rows,
+    make_batch,
+)
+from gpuseg.runtime.device import resolve_device
+from gpuseg.runtime.errors import ConfigError, UserInputError
+from gpuseg.runtime.io import atomic_path, read_json, write_json
+from gpuseg.runtime.progress import progress_bar
+
+
+class JourneyNet(nn.Module):
+    """LSTM over event steps with next-event, next-gap, transition-mix and optional label heads.
+
+    Parameters
+    ----------
+    vocab_sizes : sequence of int
+        Codes per categorical field (code 0 is padding); field 0 is the event type.
+    embed_dims : sequence of int
+        Embedding width per categorical field.
+    n_continuous : int
+        Continuous values per step; they are standardised with the ``cont_mean`` / ``cont_std``
+        buffers (set from the training data before fitting, saved with the weights).
+    hidden_size, num_layers, dropout : int, int, float
+        LSTM size; dropout applies between LSTM layers and to the customer vector's input.
+    out_dim : int
+        Size of the customer vector (projection of the last hidden state and the masked mean of
+        the step outputs).
+    gap_index : int
+        Which continuous value is the time gap predicted for the next step.
+    aux : bool
+        Add a binary label head on the customer vector.
+    """
+
+    def __init__(self, vocab_sizes: Sequence[int], embed_dims: Sequence[int], n_continuous: int, *,
+                 hidden_size: int = 128, num_layers: int = 2, out_dim: int = 64, dropout: float = 0.1,
+                 gap_index: int = 1, aux: bool = False):
+        super().__init__()
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(int(v), int(d), padding_idx=0) for v, d in zip(vocab_sizes, embed_dims, strict=True))
+        self.register_buffer("cont_mean", torch.zeros(n_continuous))
+        self.register_buffer("cont_std", torch.ones(n_continuous))
+        width = sum(int(d) for d in embed_dims) + n_continuous
+        self.lstm = nn.LSTM(width, hidden_size, num_layers=num_layers, batch_first=True,
+                            dropout=dropout if num_layers > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
+        self.next_type = nn.Linear(hidden_size, int(vocab_sizes[0]))
+        self.next_gap = nn.Linear(hidden_size, 1)
+        self.project = nn.Linear(2 * hidden_size, out_dim)
+        # sequence-level self-supervision: the customer vector predicts the sequence's own
+        # distribution of event-type transitions, so order (not only mix) shapes the embedding
+        self.transitions = nn.Linear(out_dim, int(vocab_sizes[0]) ** 2)
+        self.aux = nn.Linear(out_dim, 1) if aux else None
+        self.gap_index = gap_index
+
+    def normalise(self, continuous: torch.Tensor) -> torch.Tensor:
+        """Standardised continuous values (padding steps are masked by the caller)."""
+        return (continuous - self.cont_mean) / self.cont_std
+
+    def forward(self, categorical: torch.Tensor, continuous: torch.Tensor, lengths: torch.Tensor,
+                *, heads: bool = True) -> dict[str, torch.Tensor]:
+        """Run a batch of left-aligned sequences.
+
+        Parameters
+        ----------
+        categorical : LongTensor, shape (B, T, F)
+        continuous : FloatTensor, shape (B, T, C)
+        lengths : LongTensor, shape (B,)
+            Steps per sequence, all >= 1 and <= T.
+        heads : bool
+            Also compute the per-step prediction heads (training); False returns only the
+            customer vector (and the auxiliary logit when there is a head).
+
+        Returns
+        -------
+        dict
+            ``vector`` (B, out_dim); with ``heads``: ``type_logits`` (B, T, V), ``gap`` (B, T) and
+            ``transition_logits`` (B, V * V);
+            ``aux_logit`` (B,) when the network has an auxiliary head.
+        """
+        T = categorical.shape[1]
+        parts = [emb(categorical[..., i]) for i, emb in enumerate(self.embeddings)]
+        parts.append(self.normalise(continuous).to(parts[0].dtype))
+        x = torch.cat(parts, dim=-1)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, (h, _) = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
+        mask = (torch.arange(T, device=out.device)[None, :] < lengths.to(out.device)[:, None])
+        mean = (out * mask[..., None].to(out.dtype)).sum(1) / lengths.to(out.device)[:, None].to(out.dtype)
+        vector = self.project(self.dropout(torch.cat([h[-1].to(out.dtype), mean], dim=-1)))
+        result = {"vector": vector}
+        if heads:
+            result["type_logits"] = self.next_type(out)
+            result["gap"] = self.next_gap(out).squeeze(-1)
+            result["transition_logits"] = self.transitions(vector)
+        if self.aux is not None:
+            result["aux_logit"] = self.aux(vector).squeeze(-1)
+        return result
+
+
+# ------------------------------------------------------------------------------------ estimator
+
+_FORMAT_VERSION = 1
+_DEFAULT_EMBED = {"event_type": 16}
+_OTHER_EMBED = 8
+
+
+def _check(name: str, value: Any, kind: type | tuple, low: float | None = None, *, allow_none: bool = False,
+           strict_low: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if ok and low is not None:
+        ok = value > low if strict_low else value >= low
+    if not ok:
+        names = "a float" if float in (kind if isinstance(kind, tuple) else (kind,)) else "an int"
+        bound = "" if low is None else f" {'>' if strict_low else '>='} {low}"
+        raise ConfigError(f"The '{name}' parameter of JourneyEncoder must be {names}{bound}"
+                          f"{' or None' if allow_none else ''}. Got {value!r} instead.")
+
+
+class JourneyEncoder:
+    """Self-supervised LSTM encoder of customer event sequences (scikit-learn style).
+
+    Trained to predict the next event type and the next time gap at every step (plus, when
+    labels are given, a binary label from the customer vector); :meth:`transform` returns the
+    customer vector: the last hidden state and the masked mean of the LSTM outputs, projected
+    to ``out_dim``.
+
+    Parameters
+    ----------
+    embed_dims : dict of str -> int or int, optional
+        Embedding width per categorical field (``default`` key for the others); an int applies
+        to every field. Default: 16 for event_type, 8 for the others.
+    hidden_size : int, default 128
+        LSTM width (256 is a good choice on a GPU).
+    num_layers : int, default 2
+    out_dim : int, default 64
+        Size of the customer vector.
+    dropout : float, default 0.1
+    batch_size : int, default 256
+        Training sequences per step (batches group sequences of similar length).
+    epochs : int, default 8
+        Maximum epochs.
+    lr, weight_decay : float
+        AdamW settings; the learning rate decays on a cosine to 5% over ``epochs``.
+    patience : int, default 2
+        Stop after this many epochs without a lower validation loss (best weights are kept).
+    val_fraction : float, default 0.1
+        Share of the training customers held out for early stopping when no validation rows
+        are given.
+    grad_clip : float, default 1.0
+        Maximum gradient norm (0 disables clipping).
+    aux_weight, gap_weight, mix_weight : float
+        Weights in the objective of the label head's BCE, of the next-gap squared error, and of
+        the transition-mix cross-entropy (the customer vector predicts its sequence's
+        distribution of consecutive event-type pairs; this is what makes journeys that differ
+        only in order land apart).
+    precision : {"auto", "bf16", "fp32"}
+        ``auto`` and ``bf16`` use bf16 autocast on CUDA; CPU always runs in fp32.
+    device : str or torch.device, default "cpu"
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    encode_batch_size : int, default 4096
+        Sequences per inference batch.
+    num_threads : int, optional
+        torch CPU threads while fitting and encoding (restored afterwards). A small LSTM gains
+        little from intra-op threads and loses a lot when the cores are busy, so 1 is often
+        fastest; None keeps torch's setting.
+    seed : int, default 0
+        Initial weights, validation split, batch order and dropout derive from it.
+    checkpoint_dir : path-like, optional
+        Write a checkpoint each epoch there and resume from the last complete one.
+    progress : bool, default False
+
+    Attributes
+    ----------
+    net_ : JourneyNet
+    history_ : list of dict
+        Train/validation loss per epoch.
+    best_epoch_ : int
+    fields_ : list of str
+        Categorical fields of the sequences it was fitted on.
+    vocab_sizes_ : list of int
+    has_aux_ : bool
+        Whether the label head exists.
+    train_info_ : dict
+        Rows used, resume information, world size.
+    """
+
+    def __init__(self, *, embed_dims: Mapping[str, int] | int | None = None, hidden_size: int = 128,
+                 num_layers: int = 2, out_dim: int = 64, dropout: float = 0.1, batch_size: int = 256,
+                 epochs: int = 8, lr: float = 2e-3, weight_decay: float = 0.01, patience: int = 2,
+                 val_fraction: float = 0.1, grad_clip: float = 1.0, aux_weight: float = 0.5,
+                 gap_weight: float = 0.5, mix_weight: float = 0.5, precision: str = "auto", device: str | torch.device = "cpu",
+                 encode_batch_size: int = 4096, num_threads: int | None = None, seed: int = 0, checkpoint_dir: str | Path | None = None,
+                 progress: bool = False):
+        self.embed_dims = embed_dims
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.out_dim = out_dim
+        self.dropout = dropout
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.grad_clip = grad_clip
+        self.aux_weight = aux_weight
+        self.gap_weight = gap_weight
+        self.mix_weight = mix_weight
+        self.precision = precision
+        self.device = device
+        self.encode_batch_size = encode_batch_size
+        self.num_threads = num_threads
+        self.seed = seed
+        self.checkpoint_dir = checkpoint_dir
+        self.progress = progress
+
+    # ----------------------------------------------------------------------------- params
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters (JSON-able; device and checkpoint_dir as strings)."""
+        params = {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters
+                  if name != "self"}
+        params["device"] = str(params["device"])
+        params["checkpoint_dir"] = None if self.checkpoint_dir is None else str(self.checkpoint_dir)
+        return params
+
+    def _validate_params(self) -> None:
+        for name in ("hidden_size", "num_layers", "out_dim", "batch_size", "epochs", "patience",
+                     "encode_batch_size"):
+            _check(name, getattr(self, name), (int, np.integer), 1)
+        _check("seed", self.seed, (int, np.integer), 0)
+        _check("num_threads", self.num_threads, (int, np.integer), 1, allow_none=True)
+        for name in ("lr",):
+            _check(name, getattr(self, name), (int, float), 0, strict_low=True)
+        for name in ("weight_decay", "grad_clip", "aux_weight", "gap_weight", "mix_weight", "dropout"):
+            _check(name, getattr(self, name), (int, float), 0)
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ConfigError(f"The 'dropout' parameter of JourneyEncoder must be in [0, 1). Got {self.dropout!r} instead.")
+        _check("val_fraction", self.val_fraction, (int, float), 0)
+        if float(self.val_fraction) >= 1.0:
+            raise ConfigError("The 'val_fraction' parameter of JourneyEncoder must be a float in [0, 1). "
+                              f"Got {self.val_fraction!r} instead.")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError("The 'precision' parameter of JourneyEncoder must be one of 'auto', 'bf16', "
+                              f"'fp32'. Got {self.precision!r} instead.")
+        if self.embed_dims is not None and not isinstance(self.embed_dims, (int, Mapping)):
+            raise ConfigError("The 'embed_dims' parameter of JourneyEncoder must be an int, a dict of "
+                              f"field -> int or None. Got {self.embed_dims!r} instead.")
+
+    def _embed_dims(self, fields: Sequence[str]) -> list[int]:
+        spec = self.embed_dims
+        if isinstance(spec, (int, np.integer)):
+            dims = [int(spec)] * len(fields)
+        else:
+            table = {**_DEFAULT_EMBED, **(dict(spec) if spec else {})}
+            default = int(table.get("default", _OTHER_EMBED))
+            dims = [int(table.get(f, default)) for f in fields]
+        for f, d in zip(fields, dims, strict=True):
+            if d < 1:
+                raise ConfigError(f"The 'embed_dims' parameter of JourneyEncoder must give every field a "
+                                  f"width >= 1. Got {d} for {f!r} instead.")
+        return dims
+
+    def _build_net(self, vocab_sizes, fields, n_cont, aux: bool) -> JourneyNet:
+        return JourneyNet(vocab_sizes, self._embed_dims(fields), n_cont, hidden_size=int(self.hidden_size),
+                          num_layers=int(self.num_layers), out_dim=int(self.out_dim),
+                          dropout=float(self.dropout), gap_index=GAP, aux=aux)
+
+    def _settings(self) -> TrainSettings:
+        return TrainSettings(batch_size=int(self.batch_size), epochs=int(self.epochs), lr=float(self.lr),
+                             weight_decay=float(self.weight_decay), patience=int(self.patience),
+                             grad_clip=float(self.grad_clip), aux_weight=float(self.aux_weight),
+                             gap_weight=float(self.gap_weight),
+                             mix_weight=float(self.mix_weight), seed=int(self.seed),
+                             precision=str(self.precision), progress=bool(self.progress))
+
+    # -------------------------------------------------------------------------------- fit
+    def fit(self, sequences: Sequences, y: np.ndarray | None = None, *, train_rows: np.ndarray | None = None,
+            validation_rows: np.ndarray | None = None,
+            callback: Callable[[int, dict[str, Any]], None] | None = None,
+            max_epochs_this_run: int | None = None) -> JourneyEncoder:
+        """Train on ``sequences`` (resuming from ``checkpoint_dir`` when it holds this training).
+
+        Parameters
+        ----------
+        sequences : Sequences
+        y : array-like of shape (n,), optional
+            Binary label per row (0/1, NaN = unknown) for the auxiliary head.
+        train_rows, validation_rows : array of int, optional
+            Rows used for training and for early stopping. By default every row with events
+            trains, except a random ``val_fraction`` of them kept for validation.
+        callback : callable, optional
+            ``callback(epoch, record)`` after each epoch (and its checkpoint).
+        max_epochs_this_run : int, optional
+            Stop after this many epochs (resumable later from the checkpoint).
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        if not isinstance(sequences, Sequences):
+            raise UserInputError(f"JourneyEncoder.fit expects Sequences (from SequenceBuilder), got "
+                                 f"{type(sequences).__name__}")
+        device = resolve_device(self.device, key="device")
+        n = len(sequences)
+        has_events = sequences.lengths > 0
+        if train_rows is None:
+            rows = np.flatnonzero(has_events)
+            if validation_rows is None:
+                rng = np.random.default_rng(self.seed)
+                shuffled = rng.permutation(rows)
+                n_val = int(round(len(rows) * float(self.val_fraction)))
+                validation_rows, train_rows = np.sort(shuffled[:n_val]), np.sort(shuffled[n_val:])
+            else:
+                train_rows = np.setdiff1d(rows, validation_rows)
+        train_rows = np.asarray(train_rows, dtype=np.int64)
+        train_rows = train_rows[sequences.lengths[train_rows] > 0]
+        validation_rows = np.asarray(validation_rows if validation_rows is not None else [], dtype=np.int64)
+        validation_rows = validation_rows[sequences.lengths[validation_rows] > 0]
+        if len(train_rows) == 0:
+            raise UserInputError("no training customer has an event before as_of: nothing to learn from",
+                                 table="events")
+        labels = None
+        if y is not None:
+            labels = np.asarray(y, dtype=np.float64).reshape(-1)
+            if len(labels) != n:
+                raise UserInputError(f"y has {len(labels)} labels for {n} sequences")
+            known = labels[~np.isnan(labels)]
+            if not np.isin(known, (0.0, 1.0)).all():
+                raise UserInputError("y must hold binary labels (0/1, NaN for unknown); got values "
+                                     f"{sorted(set(known.tolist()))[:5]}")
+            if len(known) == 0:
+                labels = None
+        torch.manual_seed(int(self.seed))
+        net = self._build_net(sequences.vocab_sizes, sequences.categorical_names,
+                              len(sequences.continuous_names), labels is not None)
+        mean, std = _continuous_stats(sequences, train_rows)
+        net.cont_mean.copy_(torch.from_numpy(mean))
+        net.cont_std.copy_(torch.from_numpy(std))
+        net.to(device)
+        fp = fingerprint(
+            {k: v for k, v in self.get_params().items() if k not in ("checkpoint_dir", "progress", "device")},
+            sequences.vocab_sizes, sequences.categorical_names, train_rows, validation_rows,
+            sequences.lengths, sequences.categorical.sum(axis=(0, 1), dtype=np.int64),
+            float(np.float64(sequences.continuous.sum(dtype=np.float64))), labels if labels is not None else "none",
+            str(device.type),
+        )
+        with _threads(self.num_threads):
+            info = fit_network(net, sequences, labels, train_rows, validation_rows, self._settings(), device,
+                               checkpoint_dir=self.checkpoint_dir, run_fingerprint=fp, callback=callback,
+                               max_epochs_this_run=max_epochs_this_run)
+        self.net_ = net.eval()
+        self.device_ = device
+        self.fields_ = list(sequences.categorical_names)
+        self.continuous_ = list(sequences.continuous_names)
+        self.vocab_sizes_ = list(sequences.vocab_sizes)
+        self.has_aux_ = labels is not None
+        self.history_ = info["history"]
+        self.best_epoch_ = info["best_epoch"]
+        self.train_info_ = {"n_train": int(len(train_rows)), "n_validation": int(len(validation_rows)),
+                            **{k: v for k, v in info.items() if k != "history"}}
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "net_"):
+            raise UserInputError("This JourneyEncoder instance is not fitted yet. Call 'fit' with "
+                                 "appropriate arguments before using this estimator.")
+
+    def _check_sequences(self, sequences: Sequences) -> None:
+        if list(sequences.categorical_names) != self.fields_ or list(sequences.vocab_sizes) != self.vocab_sizes_:
+            raise UserInputError(
+                f"sequences have fields {sequences.categorical_names} with vocabularies {sequences.vocab_sizes}; "
+                f"the encoder was fitted on {self.fields_} with {self.vocab_sizes_}: build them with the "
+                "SequenceBuilder saved with the encoder")
+
+    # -------------------------------------------------------------------------- inference
+    def _run(self, sequences: Sequences, fn, *, heads: bool, desc: str) -> None:
+        self._check_fitted()
+        self._check_sequences(sequences)
+        rows = np.flatnonzero(sequences.lengths > 0)
+        net = self.net_.eval()
+        bar = progress_bar(self.progress, total=len(rows), desc=desc, unit="seq")
+        with _threads(self.num_threads), torch.inference_mode(), autocast(self.device_, self.precision):
+            for batch_rows in iter_rows(rows, sequences.lengths, int(self.encode_batch_size)):
+                batch = make_batch(sequences, batch_rows, None, self.device_)
+                fn(batch_rows, batch, net(batch["categorical"], batch["continuous"], batch["lengths"],
+                                          heads=heads))
+                bar.update(len(batch_rows))
+        bar.close()
+
+    def transform(self, sequences: Sequences) -> np.ndarray:
+        """Customer vectors, shape (n, out_dim) float32; zeros for customers without events."""
+        out = np.zeros((len(sequences), int(self.out_dim)), dtype=np.float32)
+
+        def keep(rows, batch, result):
+            out[rows] = result["vector"].float().cpu().numpy()
+
+        self._run(sequences, keep, heads=False, desc="journeys encode")
+        return out
+
+    def predict_proba(self, sequences: Sequences) -> np.ndarray:
+        """Label probability of the auxiliary head per row (NaN for customers without events)."""
+        self._check_fitted()
+        if not self.has_aux_:
+            raise UserInputError("this JourneyEncoder has no label head: fit it with y")
+        out = np.full(len(sequences), np.nan)
+
+        def keep(rows, batch, result):
+            out[rows] = torch.sigmoid(result["aux_logit"].float()).cpu().numpy()
+
+        self._run(sequences, keep, heads=False, desc="journeys label")
+        return out
+
+    def predict_next(self, sequences: Sequences) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted and true next event-type codes at every step that has a next step.
+
+        Returns
+        -------
+        predicted, actual : ndarray of int64
+            Flat over customers and steps (step t predicts the event at t + 1).
+        """
+        predicted, actual = [], []
+
+        def keep(rows, batch, result):
+            cat, lengths = batch["categorical"], batch["lengths"].to(batch["categorical"].device)
+            T = cat.shape[1]
+            valid = torch.arange(T - 1, device=cat.device)[None, :] < (lengths - 1)[:, None]
+            predicted.append(result["type_logits"][:, :-1].argmax(-1)[valid].cpu().numpy())
+            actual.append(cat[:, 1:, 0][valid].cpu().numpy())
+
+        self._run(sequences, keep, heads=True, desc="journeys next")
+        if not predicted:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(predicted).astype(np.int64), np.concatenate(actual).astype(np.int64)
+
+    # ------------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:
+        """Write ``<path>.safetensors`` (weights) and ``<path>.json`` (settings, fields, stats).
+
+        ``extra`` (e.g. the fitted SequenceBuilder's ``to_dict()`` under ``sequences``) is stored
+        in the JSON so that one pair of files is enough to encode new data.
+        """
+        self._check_fitted()
+        stem = Path(path)
+        stem = stem.with_suffix("") if stem.suffix in (".json", ".safetensors") else stem
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
+        with atomic_path(stem.with_suffix(".safetensors")) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "gpuseg.journey", "version": str(_FORMAT_VERSION)})
+        meta = {
+            "format_version": _FORMAT_VERSION,
+            "params": self.get_params(),
+            "fields": self.fields_,
+            "continuous": self.continuous_,
+            "vocab_sizes": self.vocab_sizes_,
+            "embed_dims": self._embed_dims(self.fields_),
+            "has_aux": self.has_aux_,
+            "continuous_mean": self.net_.cont_mean.cpu().tolist(),
+            "continuous_std": self.net_.cont_std.cpu().tolist(),
+            "best_epoch": self.best_epoch_,
+            "history": self.history_,
+            **(dict(extra) if extra else {}),
+        }
+        write_json(stem.with_suffix(".json"), meta)
+        return stem.with_suffix(".safetensors")
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | torch.device | None = None) -> JourneyEncoder:
+        """Read an encoder written by :meth:`save` (``extra`` entries land in ``metadata_``)."""
+        stem = Path(path)
+        stem = stem.with_suffix("") if stem.suffix in (".json", ".safetensors") else stem
+        for suffix in (".json", ".safetensors"):
+            if not stem.with_suffix(suffix).exists():
+                raise UserInputError(f"no journey encoder at '{stem.with_suffix(suffix)}': run `gpuseg journeys` first",
+                                     config_key="paths.work_dir")
+        meta = read_json(stem.with_suffix(".json"))
+        if meta.get("format_version") != _FORMAT_VERSION:
+            raise UserInputError(f"unsupported journey encoder format {meta.get('format_version')!r}")
+        params = dict(meta["params"])
+        if device is not None:
+            params["device"] = str(device)
+        enc = cls(**params)
+        enc.device_ = resolve_device(enc.device, key="device")
+        net = enc._build_net(meta["vocab_sizes"], meta["fields"], len(meta["continuous"]), meta["has_aux"])
+        net.load_state_dict(load_file(str(stem.with_suffix(".safetensors"))))
+        enc.net_ = net.to(enc.device_).eval()
+        enc.fields_, enc.continuous_ = list(meta["fields"]), list(meta["continuous"])
+        enc.vocab_sizes_, enc.has_aux_ = list(meta["vocab_sizes"]), bool(meta["has_aux"])
+        enc.history_, enc.best_epoch_ = meta.get("history", []), meta.get("best_epoch")
+        enc.train_info_ = {}
+        enc.metadata_ = {k: v for k, v in meta.items() if k not in ("params", "history")}
+        return enc
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """Use ``n`` torch CPU threads inside the block (no change when None)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _continuous_stats(seqs: Sequences, rows: np.ndarray, max_rows: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of each continuous value over the real steps of (up to ``max_rows``) rows."""
+    rows = rows[:max_rows]
+    cont = seqs.continuous[rows]
+    mask = np.arange(seqs.max_len)[None, :] < seqs.lengths[rows][:, None]
+    values = cont[mask].astype(np.float64)
+    if len(values) == 0:
+        return np.zeros(cont.shape[-1], np.float32), np.ones(cont.shape[-1], np.float32)
+    mean = values.mean(axis=0)
+    std = values.std(axis=0)
+    std[std < 1e-6] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)

@@ -1,0 +1,109 @@
+"""``gpuseg journeys`` end to end on a small synthetic dataset (generate -> validate -> features)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gpuseg.jobs import features, generate, journeys, validate
+from gpuseg.journey import JourneyEncoder, SequenceBuilder
+from gpuseg.runtime.errors import ConfigError, UserInputError
+
+JOB = ("device=cpu", "journey.epochs=10")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """One synthetic project (1500 customers) shared by the tests; journeys run once."""
+    from hydra import compose, initialize_config_module
+
+    work = tmp_path_factory.mktemp("journeys") / "work"
+
+    def make(job, *overrides):
+        with initialize_config_module(config_module="gpuseg.conf", version_base="1.3"):
+            return compose(config_name=job, overrides=[f"paths.work_dir={work}", "progress=false", *overrides])
+
+    generate.run(make("generate", "data.generator.n_customers=1500"))
+    validate.run(make("validate"))
+    features.run(make("features"))
+    result = journeys.run(make("journeys", *JOB))
+    return make, work, result
+
+
+def test_artifacts_cover_every_customer_in_order(project):
+    _, work, result = project
+    out = work / "journeys"
+    customers = pq.read_table(work / "validated" / "customers.parquet")
+    emb = pq.read_table(out / "embeddings.parquet")
+    assert emb["customer_id"].to_pylist() == customers["customer_id"].to_pylist()
+    assert emb.schema.field("journey").type == pa.list_(pa.float32(), 64)
+    assert emb.schema.field("has_journey").type == pa.bool_()
+    X = np.stack(emb["journey"].to_numpy(zero_copy_only=False))
+    has = emb["has_journey"].to_numpy(zero_copy_only=False)
+    assert has.all() and np.isfinite(X).all() and (np.abs(X).sum(1) > 0).all()  # synthetic: all active
+    assert (emb["n_events"].to_numpy() > 0).all()
+    for name in ("encoder.safetensors", "encoder.json", "vocabularies.json", "metrics.json"):
+        assert (out / name).exists()
+    assert not list(out.rglob("*.pt")) and not list(out.rglob("*.pkl"))
+    assert result["embeddings_path"] == str(out / "embeddings.parquet")
+    assert (work / "manifests" / "journeys.json").exists()
+
+
+def test_metrics_show_the_model_beats_baselines_and_separates_order(project):
+    _, work, result = project
+    metrics = json.loads((work / "journeys" / "metrics.json").read_text())
+    nea = metrics["next_event_accuracy"]
+    assert nea["n_steps"] > 1000
+    assert nea["model"] > nea["markov"] > nea["unigram"] + 0.2
+    auc = metrics["label_auc"]
+    assert auc["label"] == "churned" and auc["n_test"] == metrics["split"]["test"]
+    assert auc["journey_head_auc"] > 0.65 and auc["rfm_logistic_auc"] > 0.65  # both reported
+    ari = metrics["persona_ari"]
+    assert ari["n_personas"] == 9 and ari["all_personas"] > 0.1
+    # planner vs impulse differ only in the order of their events
+    assert ari["order_pair"]["ari"] > 0.5
+    assert metrics["split"]["train"] + metrics["split"]["validation"] + metrics["split"]["test"] == 1500
+    assert len(metrics["history"]) >= 1 and metrics["training"]["resumed_from"] is None
+
+
+def test_saved_encoder_and_vocabularies_encode_new_data_alone(project):
+    _, work, _ = project
+    out = work / "journeys"
+    enc = JourneyEncoder.load(out / "encoder")
+    builder = SequenceBuilder.from_dict(enc.metadata_["sequences"])
+    ids = pq.read_table(work / "validated" / "customers.parquet")["customer_id"].combine_chunks()
+    seqs = builder.transform(work / "validated" / "events.parquet", ids)
+    X = np.stack(pq.read_table(out / "embeddings.parquet")["journey"].to_numpy(zero_copy_only=False))
+    assert np.allclose(enc.transform(seqs), X, atol=1e-6)
+
+
+def test_rerun_resumes_the_finished_training(project):
+    make, work, _ = project
+    before = pq.read_table(work / "journeys" / "embeddings.parquet")
+    result = journeys.run(make("journeys", *JOB))
+    metrics = json.loads((work / "journeys" / "metrics.json").read_text())
+    assert metrics["training"]["epochs_run"] == 0 and metrics["training"]["resumed_from"] is not None
+    assert pq.read_table(work / "journeys" / "embeddings.parquet").equals(before)
+    assert result["next_event_accuracy"]["model"] > 0
+
+
+def test_no_label_no_head_and_bad_label_is_a_config_error(project, tmp_path):
+    make, work, _ = project
+    cfg = make("journeys", "device=cpu", "journey.label=null", "journey.epochs=1", "journey.resume=false",
+               "journey.hidden_size=16")
+    result = journeys.run(cfg)
+    assert result["label_auc"] is None
+    assert not JourneyEncoder.load(work / "journeys" / "encoder").has_aux_
+    with pytest.raises(ConfigError, match="label 'nope'") as err:
+        journeys.run(make("journeys", "device=cpu", "journey.label=nope"))
+    assert err.value.config_key == "journey.label"
+
+
+def test_missing_validated_data_names_the_work_dir(make_cfg):
+    with pytest.raises(UserInputError, match="run `gpuseg validate`") as err:
+        journeys.run(make_cfg("journeys", "device=cpu"))
+    assert err.value.config_key == "paths.work_dir"

@@ -1,0 +1,92 @@
+"""``gpuseg segment`` on a small synthetic project: every customer, evidence, model, two levels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from gpuseg.cluster import MiniBatchKMeans
+from gpuseg.jobs import features, generate, segment, validate
+from gpuseg.runtime.matrix import read_matrix
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A validated, featurised synthetic project of 800 customers."""
+    from hydra import compose, initialize_config_module
+
+    work = tmp_path_factory.mktemp("segproj") / "work"
+
+    def cfg(job, *overrides):
+        with initialize_config_module(config_module="gpuseg.conf", version_base="1.3"):
+            return compose(config_name=job, overrides=[f"paths.work_dir={work}", "progress=false",
+                                                       "data.generator.n_customers=800", *overrides])
+
+    generate.run(cfg("generate"))
+    validate.run(cfg("validate"))
+    features.run(cfg("features"))
+    return work, cfg
+
+
+def test_auto_k_segments_every_customer(project):
+    work, cfg = project
+    result = segment.run(cfg("segment", "device=cpu", "segment.k_min=3", "segment.k_max=6",
+                             "segment.selection.n_bootstrap=2"))
+    seg = pq.read_table(Path(result["segments_path"])).to_pandas()
+    customers = pq.read_table(work / "validated" / "customers.parquet")["customer_id"].to_pylist()
+    assert seg["customer_id"].tolist() == customers
+    k = result["n_clusters"]
+    assert 3 <= k <= 6 and sorted(seg["segment"].unique()) == list(range(k))
+    assert seg["confidence"].between(0, 1).all() and seg["margin"].between(0, 1).all()
+    assert (seg["second_segment"] != seg["segment"]).all()
+    assert 0 < seg["is_outlier"].mean() < 0.05
+    assert (seg["macro_segment"] == seg["segment"]).all()  # one level by default
+    evidence = json.loads((work / "segment" / "k_selection.json").read_text())
+    assert evidence["k"] == k and [c["k"] for c in evidence["candidates"]] == [3, 4, 5, 6]
+    assert (work / "segment" / "k_selection.svg").read_text().startswith("<svg")
+    # the saved model alone reproduces the segments
+    _, x, _ = read_matrix(work / "features" / "matrix.parquet")
+    model = MiniBatchKMeans.load(work / "segment" / "kmeans", device="cpu")
+    np.testing.assert_array_equal(model.predict(x), seg["segment"].to_numpy())
+    # the calibrated confidence grows with the margin
+    cal = json.loads((work / "segment" / "segmentation.json").read_text())["calibration"]
+    assert cal["method"] in ("bootstrap_logistic", "constant")
+    if cal["method"] == "bootstrap_logistic":
+        assert cal["b"] > 0
+
+
+def test_micro_segments_nest_in_macro_segments(project):
+    work, cfg = project
+    result = segment.run(cfg("segment", "device=cpu", "segment.n_clusters=40", "segment.macro.n_clusters=4",
+                             "segment.confidence.n_bootstrap=1"))
+    seg = pq.read_table(result["segments_path"]).to_pandas()
+    assert seg["segment"].nunique() == 40 and seg["macro_segment"].nunique() == 4
+    # every micro-segment sits inside exactly one macro segment
+    assert (seg.groupby("segment")["macro_segment"].nunique() == 1).all()
+    meta = json.loads((work / "segment" / "segmentation.json").read_text())
+    assert len(meta["macro"]["of_segment"]) == 40
+
+
+def test_same_seed_same_segments(project):
+    work, cfg = project
+    runs = []
+    for _ in range(2):
+        segment.run(cfg("segment", "device=cpu", "segment.n_clusters=5", "seed=3"))
+        runs.append(pq.read_table(work / "segment" / "segments.parquet"))
+    assert runs[0].equals(runs[1])
+
+
+def test_bad_segment_config(project):
+    from gpuseg.runtime.errors import ConfigError, UserInputError
+
+    _, cfg = project
+    with pytest.raises(ConfigError) as err:
+        segment.run(cfg("segment", "device=cpu", "segment.n_clusters=0"))
+    assert err.value.config_key == "segment.n_clusters"
+    with pytest.raises(UserInputError) as err:
+        segment.run(cfg("segment", "device=cpu", "segment.input=/nope.parquet"))
+    assert err.value.config_key == "segment.input"
