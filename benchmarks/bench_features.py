@@ -16,29 +16,24 @@ features (n_events, tenure, recency, distinct purchase occasions, spend); skip i
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
-import os
-import platform
 import resource
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# _common first: it puts the repository root on sys.path for the gpuseg imports
+from _common import RESULTS, library_versions, machine_info, result_path, utc_now, write_result
 
-from gpuseg.data.schema import EVENTS  # noqa: E402
-from gpuseg.features import RFMFeaturizer, TabularTransform  # noqa: E402
-from gpuseg.runtime.io import ParquetStreamWriter  # noqa: E402
-from gpuseg.runtime.manifest import library_versions  # noqa: E402
+from gpuseg.data.schema import EVENTS
+from gpuseg.features import RFMFeaturizer, TabularTransform
+from gpuseg.runtime.io import ParquetStreamWriter
 
 AS_OF = np.datetime64("2024-01-01T00:00:00", "us")
 TYPES = np.array(["purchase", "view", "add_to_cart", "support_ticket", "review", "return"])
@@ -121,7 +116,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--events", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=1_000_000)
     parser.add_argument("--no-baseline", action="store_true", help="skip the pandas baseline")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     n_customers = args.customers or (100_000 if args.quick else 1_000_000)
@@ -149,22 +144,13 @@ def main(argv=None) -> dict:
         baseline_s = None if args.no_baseline else pandas_baseline(path, ids)
 
     rfm_s = fit_s + transform_s
-    try:
-        pandas_version = metadata.version("pandas")
-    except metadata.PackageNotFoundError:
-        pandas_version = None
     result = {
         "benchmark": "features",
         "mode": "quick" if args.quick else "full",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "note": "shared 2-core machine; numbers are provisional",
-        },
+        "date": utc_now(),
+        "machine": {**machine_info("cpu"), "note": "shared 2-core machine; numbers are provisional"},
         "device": "cpu",
-        "versions": {**library_versions(), "pandas": pandas_version},
+        "versions": library_versions("pandas"),
         "params": {"customers": n_customers, "events": n_events, "batch_size": args.batch_size},
         "generate_s": round(gen_s, 3),
         "rfm_fit_s": round(fit_s, 3),
@@ -181,10 +167,7 @@ def main(argv=None) -> dict:
         "peak_rss_mib_before_baseline": round(peak_rss),
         "stats": feat.stats_,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    out = args.out / f"features_{dt.date.today().isoformat()}{suffix}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(result_path("features", None, args.quick, results_dir=args.out), result)
     sys.stdout.write(json.dumps(result, indent=2) + f"\nwritten to {out}\n")
     return result
 

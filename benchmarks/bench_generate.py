@@ -14,10 +14,7 @@ Writes ``benchmarks/results/generate_<date>[_quick].json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import resource
 import shutil
 import sys
@@ -27,13 +24,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# _common first: it puts the repository root on sys.path for the gpuseg imports
+from _common import RESULTS, library_versions, machine_info, result_path, utc_now, write_result
 
-from gpuseg.data.synthetic import generate_synthetic  # noqa: E402
-from gpuseg.runtime.io import ParquetStreamWriter  # noqa: E402
-from gpuseg.runtime.manifest import library_versions  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from gpuseg.data.synthetic import generate_synthetic
+from gpuseg.runtime.io import ParquetStreamWriter
 
 
 def _peak_rss_mib() -> float:
@@ -80,16 +75,13 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
     rows = result["rows"]
+    machine = machine_info("cpu")
+    machine["load_avg_1m"] = machine["load_average"][0] if machine["load_average"] else None
     total_rows = sum(rows.values())
     report = {
         "benchmark": "generate",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        },
+        "date": utc_now(),
+        "machine": machine,
         "device": "cpu",
         "versions": library_versions(),
         "params": {"n_customers": n, "chunk_size": args.chunk_size, "seed": args.seed},
@@ -108,10 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
         "file_bytes": sizes,
         "provisional": "2 shared cores; re-run on a quiet machine",
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    path = args.results / f"generate_{dt.date.today():%Y-%m-%d}{suffix}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = write_result(result_path("generate", None, args.quick, results_dir=args.results), report)
     print(json.dumps(report, indent=2))
     print(f"written {path}")
     return report

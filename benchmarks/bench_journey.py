@@ -25,13 +25,8 @@ logistic regression and the persona ARIs. Writes ``benchmarks/results/journey_<d
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import importlib.metadata as md
 import json
 import logging
-import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,47 +35,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# _common first: it puts the repository root on sys.path for the gpuseg imports
+from _common import library_versions, machine_info, result_path, sync, today, write_result
 
-from gpuseg.journey import JourneyEncoder, SequenceBuilder, Sequences  # noqa: E402
-from gpuseg.runtime.device import resolve_device  # noqa: E402
-from gpuseg.runtime.io import write_json  # noqa: E402
+from gpuseg.journey import JourneyEncoder, SequenceBuilder, Sequences
+from gpuseg.runtime.device import resolve_device
 
-RESULTS = Path(__file__).resolve().parent / "results"
 log = logging.getLogger("bench_journey")
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "numpy", "pyarrow", "gpuseg"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    out["cuda"] = torch.version.cuda or "none"
-    return out
-
-
-def machine(device: torch.device, threads: int) -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, object] = {"hostname": platform.node(), "platform": platform.platform(), "cpu": cpu,
-                               "cpu_count": os.cpu_count(), "torch_threads": threads,
-                               "load_average": list(os.getloadavg())}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ------------------------------------------------------------------------------------ build
@@ -256,8 +217,9 @@ def main(argv: list[str] | None = None) -> dict:
     n = args.n or (1000 if args.quick else (200_000 if cuda else 4000))
     build_c = args.build_customers or (50_000 if args.quick else 1_000_000)
     build_e = args.build_events or (1_000_000 if args.quick else 20_000_000)
-    result: dict = {"benchmark": "journey", "date": dt.date.today().isoformat(), "quick": args.quick,
-                    "device": str(device), "machine": machine(device, threads), "versions": versions(),
+    result: dict = {"benchmark": "journey", "date": today(), "quick": args.quick,
+                    "device": str(device), "machine": machine_info(device, threads),
+                    "versions": {**library_versions(), "cuda": torch.version.cuda or "none"},
                     "note": "one run each; on a shared machine the numbers are provisional"}
     if not args.skip_build:
         log.info("building sequences: %d customers, %d events", build_c, build_e)
@@ -271,8 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quality:
         result["quality"] = quality(args.device, args.quality_customers)
         log.info("quality: %s", json.dumps(result["quality"], default=str)[:2000])
-    out = args.out or RESULTS / f"journey_{device.type}_{result['date']}{'_quick' if args.quick else ''}.json"
-    write_json(out, result)
+    out = write_result(result_path("journey", device, args.quick, args.out), result)
     log.info("wrote %s", out)
     return result
 

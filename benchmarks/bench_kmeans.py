@@ -42,22 +42,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# _common first: it puts the repository root on sys.path for the gpuseg import
+from _common import library_versions, machine_info, result_path, sync, utc_now, write_result
 
-from gpuseg.cluster import MiniBatchKMeans  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
-
+from gpuseg.cluster import MiniBatchKMeans
 
 # ----------------------------------------------------------------------------- data
 
@@ -125,16 +119,11 @@ class Evaluator:
                 float(adjusted_rand_score(self.y[blob], labels[blob])))
 
 
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def timed(fn, device="cpu"):
-    _sync(device)
+    sync(device)
     t = time.perf_counter()
     out = fn()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - t, out
 
 
@@ -271,16 +260,6 @@ def time_to(rungs, level):
     return min(hits) if hits else None
 
 
-def versions():
-    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-    for name in ("sklearn", "faiss"):
-        try:
-            out[name] = __import__(name).__version__
-        except ImportError:
-            out[name] = None
-    return out
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small data, finishes in < 1 minute")
@@ -322,13 +301,11 @@ def main(argv=None):
 
     result = {
         "benchmark": "kmeans",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "threads_option": args.threads,
+        "date": utc_now(),
+        "machine": {**machine_info(device), "threads_option": args.threads,
                     "load_average_at_start": os.getloadavg()},
         "device": str(device),
-        "versions": versions(),
+        "versions": library_versions("sklearn", "faiss"),
         "data": {"n": args.n, "d": args.d, "k": args.k, "noise": args.noise, "seed": args.seed,
                  "kind": "gaussian blobs + uniform background noise", "source": args.source},
         "method_notes": __doc__.split("How inertia over time is measured")[1].split("Results go")[0]
@@ -407,11 +384,7 @@ def run_out_of_core(args, device):
 
 
 def _write(result, args, device):
-    out = Path(args.out) if args.out else RESULTS / (
-        f"kmeans_{device.type}_{datetime.now().strftime('%Y-%m-%d')}"
-        f"{'_quick' if args.quick else ''}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    out = write_result(result_path("kmeans", device, args.quick, args.out), result)
     summary = {name: {"time_to_target_s": r.get("time_to_target_s"),
                       "best_inertia": r.get("best_inertia"),
                       "default_wall_s": (r.get("default") or {}).get("wall_s"),

@@ -23,14 +23,9 @@ records which weights were used.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import importlib.metadata as md
 import json
 import logging
-import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,12 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# _common first: it puts the repository root on sys.path for the gpuseg import
+from _common import library_versions, machine_info, result_path, sync, utc_now, write_result
 
-from gpuseg.runtime.io import write_json  # noqa: E402
-from gpuseg.text import TextEmbedder, resolve_model  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from gpuseg.text import TextEmbedder, resolve_model
 
 # ---------------------------------------------------------------------- corpus
 
@@ -165,42 +158,6 @@ def random_weights_dir(model_dir: str, workdir: Path, seed: int) -> Path:
     return target
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "sentence-transformers", "tokenizers", "numpy", "gpuseg"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def machine(device: torch.device) -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, object] = {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device: torch.device) -> tuple[np.ndarray, float]:
     sync(device)
     start = time.perf_counter()
@@ -249,9 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
             weights = "real"
         result = run(args, device, model_dir, texts, weights)
 
-    date = dt.datetime.now().strftime("%Y-%m-%d")
-    out = args.out or RESULTS / f"text_{device.type}_{date}{'_quick' if args.quick else ''}.json"
-    write_json(out, result)
+    out = write_result(result_path("text", device, args.quick, args.out), result)
     print(json.dumps({k: result[k] for k in ("device", "weights", "texts_per_s", "ratios")}, indent=2))
     print(f"wrote {out}")
     return result
@@ -297,10 +252,10 @@ def run(args, device: torch.device, model_dir: str, texts: list[str], weights: s
         }
     return {
         "benchmark": "text_embedding",
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "date": utc_now(),
         "device": str(device),
-        "machine": machine(device),
-        "versions": versions(),
+        "machine": machine_info(device),
+        "versions": library_versions("sentence-transformers", "tokenizers"),
         "weights": weights,
         "model": embedder.model_path if weights == "real" else f"random weights, config of {args.model or 'default'}",
         "precision_gpuseg": embedder.precision,

@@ -22,6 +22,8 @@ _LAZY = {
     "TextEmbedder": "gpuseg.text.embedder",
     "JourneyEncoder": "gpuseg.journey.model",
     "SequenceBuilder": "gpuseg.journey.sequences",
+    "BlockFuser": "gpuseg.fusion.fuse",
+    "LookalikeIndex": "gpuseg.lookalike.index",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

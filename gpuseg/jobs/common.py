@@ -6,10 +6,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
+from gpuseg.data.schema import validated_dir
 from gpuseg.runtime.device import resolve_device
-from gpuseg.runtime.io import write_json
+from gpuseg.runtime.errors import UserInputError
+from gpuseg.runtime.io import read_json, write_json
 from gpuseg.runtime.manifest import run_manifest
 from gpuseg.runtime.seeding import seed_everything
 
@@ -43,3 +47,12 @@ def finish(cfg: DictConfig, job: str, manifest: dict[str, Any], result: dict[str
 def data_mapping(cfg: DictConfig) -> dict[str, Any]:
     """The ``data`` config section as a plain dict, resolved."""
     return OmegaConf.to_container(cfg.data, resolve=True)
+
+
+def load_validated(work: Path) -> tuple[dict[str, Any], pa.Table]:
+    """The validated schema and customers table, or a clear error telling to validate first."""
+    folder = validated_dir(work)
+    if not (folder / "schema.json").exists():
+        raise UserInputError(f"no validated data in '{folder}': run `gpuseg validate` (or `gpuseg run`) first "
+                             "with the same paths.work_dir", config_key="paths.work_dir")
+    return read_json(folder / "schema.json"), pq.read_table(folder / "customers.parquet")

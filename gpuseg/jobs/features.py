@@ -9,15 +9,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
 from gpuseg.data.schema import validated_dir
 from gpuseg.features.rfm import RFMFeaturizer
 from gpuseg.features.transform import TabularTransform
-from gpuseg.jobs.common import finish, start, work_dir
-from gpuseg.runtime.errors import UserInputError
-from gpuseg.runtime.io import read_json, write_json, write_parquet
+from gpuseg.jobs.common import finish, load_validated, start, work_dir
+from gpuseg.runtime.io import write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +23,6 @@ log = logging.getLogger(__name__)
 def features_dir(work: Path) -> Path:
     """Folder of the features block artifacts."""
     return Path(work) / "features"
-
-
-def load_validated(work: Path) -> tuple[dict[str, Any], pa.Table]:
-    """The validated schema and customers table, or a clear error telling to validate first."""
-    folder = validated_dir(work)
-    if not (folder / "schema.json").exists():
-        raise UserInputError(f"no validated data in '{folder}': run `gpuseg validate` (or `gpuseg run`) first "
-                             "with the same paths.work_dir", config_key="paths.work_dir")
-    return read_json(folder / "schema.json"), pq.read_table(folder / "customers.parquet")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpuseg.data.schema import validated_dir
 from gpuseg.features.rfm import to_microseconds
-from gpuseg.jobs.common import finish, start, work_dir
+from gpuseg.jobs.common import finish, load_validated, start, work_dir
 from gpuseg.journey.baselines import (
     MarkovBaseline,
     UnigramBaseline,
@@ -39,7 +39,7 @@ from gpuseg.journey.model import JourneyEncoder
 from gpuseg.journey.sequences import SequenceBuilder, Sequences
 from gpuseg.journey.train import distributed_context
 from gpuseg.runtime.errors import ConfigError, UserInputError
-from gpuseg.runtime.io import read_json, write_json, write_parquet
+from gpuseg.runtime.io import write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,6 @@ ORDER_PAIR = ("gadget_planner", "gadget_impulse")
 def journeys_dir(work: Path) -> Path:
     """Folder of the journey block artifacts."""
     return Path(work) / "journeys"
-
-
-def _load_validated(work: Path) -> tuple[dict[str, Any], pa.Table]:
-    folder = validated_dir(work)
-    if not (folder / "schema.json").exists():
-        raise UserInputError(f"no validated data in '{folder}': run `gpuseg validate` (or `gpuseg run`) first "
-                             "with the same paths.work_dir", config_key="paths.work_dir")
-    return read_json(folder / "schema.json"), pq.read_table(folder / "customers.parquet")
 
 
 def _label(jcfg: DictConfig, schema: dict[str, Any], customers: pa.Table) -> tuple[str | None, np.ndarray | None]:
@@ -191,7 +183,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     work = work_dir(cfg)
     jcfg = cfg.journey
     seed = int(cfg.seed)
-    schema, customers = _load_validated(work)
+    schema, customers = load_validated(work)
     folder = validated_dir(work)
     ids = customers["customer_id"].combine_chunks()
     as_of = str(cfg.data.as_of)

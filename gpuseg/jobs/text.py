@@ -21,8 +21,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
 from gpuseg.data.schema import validated_dir
-from gpuseg.jobs.common import finish, start, work_dir
-from gpuseg.jobs.features import load_validated
+from gpuseg.jobs.common import finish, load_validated, start, work_dir
 from gpuseg.runtime.distributed import barrier, init_from_env
 from gpuseg.runtime.errors import UserInputError
 from gpuseg.runtime.io import read_json, write_json, write_numpy, write_parquet

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gpuseg.cluster import MiniBatchKMeans
+from gpuseg.cluster import metrics as cluster_metrics
 from gpuseg.journey.sequences import Sequences
 from gpuseg.runtime.errors import UserInputError
 
@@ -126,22 +128,11 @@ def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
     """Adjusted Rand index of two labelings (1 = same partition, about 0 = chance)."""
     _, a = np.unique(np.asarray(a), return_inverse=True)
     _, b = np.unique(np.asarray(b), return_inverse=True)
-    table = np.bincount(a * (b.max() + 1) + b, minlength=(a.max() + 1) * (b.max() + 1)).astype(np.float64)
-    table = table.reshape(a.max() + 1, b.max() + 1)
-
-    def comb2(x):
-        return float((x * (x - 1) / 2.0).sum())
-
-    n = table.sum()
-    cells, rows, cols = comb2(table), comb2(table.sum(1)), comb2(table.sum(0))
-    expected = rows * cols / (n * (n - 1) / 2.0) if n > 1 else 0.0
-    top = 0.5 * (rows + cols)
-    return 1.0 if top == expected else float((cells - expected) / (top - expected))
+    return cluster_metrics.adjusted_rand_index(torch.as_tensor(a), torch.as_tensor(b))
 
 
-def kmeans_labels(X: np.ndarray, k: int, *, seed: int = 0, n_init: int = 4, max_iter: int = 100,
-                  standardize: bool = True) -> np.ndarray:
-    """Lloyd k-means with k-means++ seeding (best of ``n_init``), in float64 numpy.
+def kmeans_labels(X: np.ndarray, k: int, *, seed: int = 0, n_init: int = 4, standardize: bool = True) -> np.ndarray:
+    """k-means labels (gpuseg's own MiniBatchKMeans on CPU, best of ``n_init`` seedings).
 
     With ``standardize`` every column is z-scored first, so that each embedding dimension
     counts alike whatever its scale.
@@ -150,29 +141,5 @@ def kmeans_labels(X: np.ndarray, k: int, *, seed: int = 0, n_init: int = 4, max_
     if standardize:
         std = X.std(0)
         X = (X - X.mean(0)) / np.where(std > 0, std, 1.0)
-    rng = np.random.default_rng(seed)
-    best, best_inertia = None, np.inf
-    sq = (X * X).sum(1)
-    for _ in range(n_init):
-        centers = [X[rng.integers(len(X))]]
-        d2 = ((X - centers[0]) ** 2).sum(1)
-        for _ in range(1, k):
-            p = d2 / d2.sum() if d2.sum() > 0 else None
-            centers.append(X[rng.choice(len(X), p=p)])
-            d2 = np.minimum(d2, ((X - centers[-1]) ** 2).sum(1))
-        C = np.array(centers)
-        labels = np.zeros(len(X), dtype=np.int64)
-        for it in range(max_iter):
-            dist = sq[:, None] - 2 * X @ C.T + (C * C).sum(1)[None, :]
-            new = dist.argmin(1)
-            if it and np.array_equal(new, labels):
-                break
-            labels = new
-            for j in range(k):
-                members = labels == j
-                if members.any():
-                    C[j] = X[members].mean(0)
-        inertia = float(dist[np.arange(len(X)), labels].sum())
-        if inertia < best_inertia:
-            best, best_inertia = labels.copy(), inertia
-    return best
+    model = MiniBatchKMeans(k, n_init=n_init, random_state=seed, device="cpu")
+    return np.asarray(model.fit_predict(X.astype(np.float32)), dtype=np.int64)

@@ -1,0 +1,127 @@
+"""``gpuseg fuse``: align the tabular, text and journey blocks and fuse them into one matrix.
+
+Reads the configured block artifacts (``fuse.blocks``), fits a :class:`~gpuseg.fusion.BlockFuser`
+on every validated customer and writes ``fuse/fused.parquet`` (customer_id + a ``fused``
+vector column, what ``gpuseg segment`` and ``gpuseg lookalike`` read), ``fuse/fused.npy`` (the
+same float32 matrix, memory-mappable, same row order), the fitted transform
+(``transform.json`` + ``transform.safetensors``) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from omegaconf import DictConfig, OmegaConf
+
+from gpuseg.data.schema import validated_dir
+from gpuseg.fusion import BlockFuser, block_from_table
+from gpuseg.jobs.common import finish, start, work_dir
+from gpuseg.runtime.errors import ConfigError, UserInputError
+from gpuseg.runtime.io import write_json, write_numpy, write_parquet
+
+log = logging.getLogger(__name__)
+
+
+def fuse_dir(work: Path) -> Path:
+    """Folder of the fusion artifacts."""
+    return Path(work) / "fuse"
+
+
+def _read_blocks(cfg: DictConfig, work: Path) -> tuple[dict[str, tuple], dict[str, str]]:
+    blocks, paths = {}, {}
+    for name, bcfg in cfg.fuse.blocks.items():
+        if bcfg is None or not bool(bcfg.get("enabled", True)):
+            continue
+        path = Path(str(bcfg.path))
+        path = path if path.is_absolute() else work / path
+        if not path.exists():
+            if bool(bcfg.get("optional", False)):
+                log.warning("fuse: block %r skipped, '%s' does not exist", name, path)
+                continue
+            raise UserInputError(f"block {name!r}: '{path}' does not exist; run the job that makes it "
+                                 "(`gpuseg features`, `gpuseg text`, `gpuseg journeys`) first, or disable "
+                                 f"the block with fuse.blocks.{name}.enabled=false",
+                                 config_key=f"fuse.blocks.{name}.path")
+        columns = bcfg.get("columns")
+        columns = None if columns is None else [str(c) for c in OmegaConf.to_container(columns, resolve=True)]
+        try:
+            blocks[name] = block_from_table(pq.read_table(path), columns, block=name)
+        except UserInputError as exc:
+            raise UserInputError(str(exc.args[0]), config_key=f"fuse.blocks.{name}.columns") from None
+        paths[name] = str(path)
+    if not blocks:
+        raise ConfigError("no block to fuse: every block is disabled or absent", config_key="fuse.blocks")
+    return blocks, paths
+
+
+def _weights(cfg: DictConfig, names: list[str]) -> str | dict[str, float]:
+    mode = str(cfg.fuse.weights)
+    if mode not in ("equal_variance", "none"):
+        raise ConfigError(f"fuse.weights must be equal_variance or none, got {mode!r}", config_key="fuse.weights")
+    if mode == "none":
+        return "none"
+    shares = {n: float(cfg.fuse.blocks[n].get("weight", 1.0)) for n in names}
+    return "equal_variance" if all(s == 1.0 for s in shares.values()) else shares
+
+
+def _customers(work: Path) -> pa.Array | None:
+    path = validated_dir(work) / "customers.parquet"
+    if not path.exists():
+        return None
+    return pq.read_table(path, columns=["customer_id"])["customer_id"].combine_chunks()
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the fusion transform on every customer and write the fused matrix."""
+    ctx = start(cfg, "fuse", needs_device=True)
+    device = ctx["device"]
+    work = work_dir(cfg)
+    out = fuse_dir(work)
+    t0 = time.perf_counter()
+    blocks, paths = _read_blocks(cfg, work)
+    fcfg = cfg.fuse
+    pca = fcfg.pca_components
+    fuser = BlockFuser(weights=_weights(cfg, list(blocks)), pca_components=None if pca is None else pca,
+                       l2_normalize=bool(fcfg.l2_normalize), standardize=bool(fcfg.standardize), device=device)
+    try:
+        ids, fused = fuser.fit_transform(blocks, ids=_customers(work))
+    except UserInputError as exc:
+        if exc.config_key is None and "parameter" in str(exc):
+            exc.config_key = "fuse"
+        raise
+    seconds = time.perf_counter() - t0
+
+    dim = fused.shape[1]
+    table = pa.table({"customer_id": ids,
+                      "fused": pa.FixedSizeListArray.from_arrays(pa.array(fused.reshape(-1), pa.float32()), dim)})
+    write_parquet(out / "fused.parquet", table)
+    write_numpy(out / "fused.npy", fused)
+    fuser.save(out / "transform")
+    metrics = {
+        "n_customers": len(ids),
+        "n_features": dim,
+        "blocks": {n: {"path": paths[n], "n_columns": len(fuser.block_columns_[n]),
+                       "presence_flag": fuser.flagged_[n], "coverage": fuser.coverage_[n],
+                       "weight": fuser.block_weights_[n], "variance_share": fuser.variance_shares_[n]}
+                   for n in fuser.blocks_},
+        "pca_components": None if fuser.components_ is None else int(fuser.components_.shape[0]),
+        "explained_variance": None if fuser.explained_variance_ratio_ is None
+        else float(np.sum(fuser.explained_variance_ratio_)),
+        "l2_normalize": bool(fcfg.l2_normalize),
+        "device": str(device),
+        "seconds": round(seconds, 3),
+    }
+    write_json(out / "metrics.json", metrics)
+    log.info("fuse: %d customers, blocks %s -> %d columns in %.1fs", len(ids),
+             {n: b["n_columns"] for n, b in metrics["blocks"].items()}, dim, seconds)
+    result = {**{k: metrics[k] for k in ("n_customers", "n_features", "pca_components", "explained_variance")},
+              "variance_shares": fuser.variance_shares_, "output_dir": str(out),
+              "fused_path": str(out / "fused.parquet"), "matrix_path": str(out / "fused.npy"),
+              "transform_path": str(out / "transform.json")}
+    return finish(cfg, "fuse", ctx["manifest"], result)

@@ -1,0 +1,619 @@
+"""``LookalikeIndex``: nearest-neighbour search over customer vectors, exact or approximate.
+
+Backends (``backend=``), with their documented defaults (``benchmarks/bench_lookalike.py``
+measures recall@100 against exact search at exactly these settings):
+
+- ``exact``: faiss ``IndexFlatIP``/``IndexFlatL2`` on CPU; on CUDA a tiled matmul + running
+  top-k in torch (``engine="torch"``): queries in batches of ``query_batch``, the base in tiles,
+  never an N x N (or queries x N) matrix. ``precision="float16"|"bfloat16"`` computes the scores
+  in reduced precision, keeps ``k + rerank`` candidates and re-scores them in float32.
+- ``ivf_flat``: faiss ``IndexIVFFlat``; ``nlist="auto"`` (4 sqrt(N), at least 39 training points
+  per list), ``nprobe="auto"`` (nlist / 8, at least 16).
+- ``ivf_pq``: faiss ``IndexIVFPQ`` (``m="auto"``: d/4 sub-quantisers, or the largest divisor of
+  d below it; ``nbits=8``), same ``nlist``/``nprobe``, then the ``k * refine`` (default 10) best
+  candidates re-scored exactly from the stored float32 vectors.
+- ``hnsw``: faiss ``IndexHNSWFlat`` (``M=32``, ``ef_construction=100``, ``ef_search=256``,
+  at least ``k``).
+
+With ``device="cuda"`` and a faiss GPU build the flat and IVF indexes move to the GPU; without
+one, exact search uses torch on CUDA and the approximate backends stay on CPU (logged). The
+backend actually used is in :attr:`LookalikeIndex.backend_used_` and the log.
+
+Metrics: ``ip`` (inner product), ``cosine`` (vectors L2-normalised, then inner product) and
+``l2``. Scores are similarities for ``ip``/``cosine`` (descending) and squared L2 distances for
+``l2`` (ascending). The index keeps the float32 vectors (``vectors_``), which the expansion
+scoring and the re-ranking use; :meth:`save` writes them as ``vectors.npy`` (memory-mapped on
+:meth:`load`), ids as ``ids.parquet``, the faiss index (approximate backends) with
+``faiss.write_index`` and the parameters as JSON; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from gpuseg.cluster._validation import (
+    InputDataError,
+    InvalidParameterError,
+    NotFittedError,
+    check_device,
+)
+from gpuseg.runtime.device import resolve_device
+from gpuseg.runtime.io import read_json, write_json, write_numpy, write_parquet
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_NAME = "LookalikeIndex"
+BACKENDS = ("exact", "ivf_flat", "ivf_pq", "hnsw")
+METRICS = ("ip", "cosine", "l2")
+#: documented defaults per backend; ``auto`` values depend on the data (see module docstring)
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "exact": {"engine": "auto", "precision": "float32", "rerank": 64, "query_batch": 4096,
+              "tile_elements": 1 << 26},
+    "ivf_flat": {"nlist": "auto", "nprobe": "auto", "train_size": "auto", "seed": 0},
+    "ivf_pq": {"nlist": "auto", "nprobe": "auto", "m": "auto", "nbits": 8, "refine": 10, "train_size": "auto",
+               "seed": 0},
+    "hnsw": {"M": 32, "ef_construction": 100, "ef_search": 256},
+}
+_PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def faiss_has_gpu() -> bool:
+    """Whether the installed faiss is a GPU build with a visible GPU."""
+    try:
+        import faiss
+    except ImportError:  # pragma: no cover - faiss is a dependency
+        return False
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _as_ids(ids: Any) -> pa.Array:
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    arr = ids if isinstance(ids, pa.Array) else pa.array(list(ids) if not isinstance(ids, np.ndarray)
+                                                         else ids.tolist())
+    if arr.null_count:
+        raise InputDataError(f"{arr.null_count} customer ids are null")
+    return arr.cast(pa.string())
+
+
+def _as_matrix(X: Any, name: str, d: int | None = None) -> np.ndarray:
+    X = np.asarray(X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else X)
+    if X.ndim == 1 and d is not None and X.shape[0] == d:
+        X = X[None, :]
+    if X.ndim != 2:
+        raise InputDataError(f"{name} must be 2-D (n, d), got shape {X.shape}")
+    if d is not None and X.shape[1] != d:
+        raise InputDataError(f"{name} has {X.shape[1]} columns, but the index holds {d}-dim vectors")
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if not np.isfinite(X).all():
+        raise InputDataError(f"{name} holds NaN or infinity (first rows "
+                             f"{np.flatnonzero(~np.isfinite(X).all(1))[:5].tolist()})")
+    return X
+
+
+def _normalize(X: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return (X / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def torch_knn(base: torch.Tensor, queries: torch.Tensor, k: int, *, metric: str = "ip",
+              precision: str = "float32", rerank: int = 64, query_batch: int = 4096,
+              tile_elements: int = 1 << 26, base_sqnorms: torch.Tensor | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k nearest neighbours by tiled matmul and a running top-k (no queries x N matrix).
+
+    Parameters
+    ----------
+    base : Tensor of shape (N, d)
+        The vectors searched (on the device the search runs on), float32 or the compute dtype.
+    queries : Tensor of shape (Q, d)
+    k : int
+    metric : {"ip", "l2"}
+        ``l2`` ranks by ``2 q.x - |x|^2`` and returns squared distances.
+    precision : {"float32", "float16", "bfloat16"}
+        Dtype of the score matmul. Below float32, ``k + rerank`` candidates are kept and
+        re-scored in float32 from ``base``.
+    query_batch, tile_elements : int
+        Queries per batch; score-tile size in elements (bounds memory to ~4 x tile_elements bytes).
+
+    Returns
+    -------
+    scores : Tensor (Q, k) float32
+        Inner products (descending) or squared L2 distances (ascending).
+    rows : Tensor (Q, k) int64
+    """
+    n = base.shape[0]
+    k = min(k, n)
+    dtype = _PRECISIONS[precision]
+    reduced = dtype != torch.float32
+    kc = min(n, k + rerank) if reduced else k
+    base_c = base if base.dtype == dtype else base.to(dtype)
+    if metric == "l2" and base_sqnorms is None:
+        base_sqnorms = base.float().pow(2).sum(1)
+    out_s, out_i = [], []
+    for qs in range(0, queries.shape[0], query_batch):
+        q = queries[qs:qs + query_batch].to(base.device, torch.float32)
+        qc = q.to(dtype)
+        tile = max(kc, tile_elements // max(q.shape[0], 1))
+        best_s = torch.full((q.shape[0], 0), -math.inf, device=q.device)
+        best_i = torch.zeros((q.shape[0], 0), dtype=torch.long, device=q.device)
+        for ts in range(0, n, tile):
+            s = (qc @ base_c[ts:ts + tile].T).float()
+            if metric == "l2":
+                s = 2 * s - base_sqnorms[ts:ts + tile]
+            top = s.topk(min(kc, s.shape[1]), dim=1)
+            best_s, pos = torch.cat([best_s, top.values], 1).topk(min(kc, best_s.shape[1] + s.shape[1]), dim=1)
+            best_i = torch.cat([best_i, top.indices + ts], 1).gather(1, pos)
+        if reduced:
+            cand = base[best_i].float()  # (b, kc, d)
+            exact = torch.einsum("bkd,bd->bk", cand, q)
+            if metric == "l2":
+                exact = 2 * exact - base_sqnorms[best_i]
+            best_s, pos = exact.topk(k, dim=1)
+            best_i = best_i.gather(1, pos)
+        else:
+            best_s, best_i = best_s[:, :k], best_i[:, :k]
+        if metric == "l2":
+            best_s = (q.pow(2).sum(1, keepdim=True) - best_s).clamp_min(0)
+        out_s.append(best_s)
+        out_i.append(best_i)
+    return torch.cat(out_s), torch.cat(out_i)
+
+
+class LookalikeIndex:
+    """Nearest-neighbour index over customer vectors, with seed-audience expansion.
+
+    Parameters
+    ----------
+    backend : {"exact", "ivf_flat", "ivf_pq", "hnsw"}, default="exact"
+    metric : {"ip", "cosine", "l2"}, default="ip"
+    device : str or torch.device, default="auto"
+        ``cuda`` runs exact search in torch (or faiss GPU when installed).
+    **params
+        Backend parameters; see :data:`DEFAULTS` and the module docstring.
+
+    Attributes
+    ----------
+    ids_ : pyarrow.Array of str
+    vectors_ : ndarray (N, d) float32 (normalised for ``cosine``)
+    backend_used_ : str
+        What actually searches, e.g. ``"faiss.IndexIVFFlat(nlist=400, nprobe=50) on cpu"``.
+    params_ : dict
+        Resolved parameters (``auto`` replaced by values).
+    """
+
+    def __init__(self, backend: str = "exact", metric: str = "ip", device: str | torch.device = "auto",
+                 **params: Any):
+        self.backend = backend
+        self.metric = metric
+        self.device = device
+        self.params = params
+
+    # ------------------------------------------------------------------ checks
+    def _check_params(self) -> None:
+        if self.backend not in BACKENDS:
+            raise InvalidParameterError(f"The 'backend' parameter of {_NAME} must be a str among "
+                                        f"{set(BACKENDS)}. Got {self.backend!r} instead.")
+        if self.metric not in METRICS:
+            raise InvalidParameterError(f"The 'metric' parameter of {_NAME} must be a str among "
+                                        f"{set(METRICS)}. Got {self.metric!r} instead.")
+        check_device(_NAME, self.device)
+        known = DEFAULTS[self.backend]
+        unknown = sorted(set(self.params) - set(known))
+        if unknown:
+            raise InvalidParameterError(f"{_NAME}(backend={self.backend!r}) got unknown parameter(s) {unknown}; "
+                                        f"its parameters are {sorted(known)}.")
+        p = {**known, **self.params}
+        for name in ("nlist", "nprobe", "m", "train_size"):
+            if name in p and p[name] != "auto" and not _pos_int(p[name]):
+                raise InvalidParameterError(f"The '{name}' parameter of {_NAME} must be an int in the range "
+                                            f"[1, inf) or 'auto'. Got {p[name]!r} instead.")
+        for name in ("M", "ef_construction", "ef_search", "refine", "query_batch", "tile_elements", "nbits"):
+            if name in p and not _pos_int(p[name]):
+                raise InvalidParameterError(f"The '{name}' parameter of {_NAME} must be an int in the range "
+                                            f"[1, inf). Got {p[name]!r} instead.")
+        if "rerank" in p and not (_pos_int(p["rerank"]) or p["rerank"] == 0):
+            raise InvalidParameterError(f"The 'rerank' parameter of {_NAME} must be an int in the range [0, inf). "
+                                        f"Got {p['rerank']!r} instead.")
+        if "engine" in p and p["engine"] not in ("auto", "faiss", "torch"):
+            raise InvalidParameterError(f"The 'engine' parameter of {_NAME} must be a str among "
+                                        f"{{'auto', 'faiss', 'torch'}}. Got {p['engine']!r} instead.")
+        if "precision" in p and p["precision"] not in _PRECISIONS:
+            raise InvalidParameterError(f"The 'precision' parameter of {_NAME} must be a str among "
+                                        f"{set(_PRECISIONS)}. Got {p['precision']!r} instead.")
+
+    def _check_built(self) -> None:
+        if not hasattr(self, "vectors_"):
+            raise NotFittedError(f"This {_NAME} instance is not built yet. Call 'build' with the customer "
+                                 "vectors and ids before searching.")
+
+    # ------------------------------------------------------------------ build / add
+    def build(self, X: Any, ids: Any) -> LookalikeIndex:
+        """Index the vectors ``X`` (N, d) of the customers ``ids`` (N distinct strings).
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        X = _as_matrix(X, "X")
+        ids = _as_ids(ids)
+        if X.shape[0] != len(ids):
+            raise InputDataError(f"X has {X.shape[0]} rows but {len(ids)} ids were given")
+        if X.shape[0] == 0:
+            raise InputDataError("cannot build an index over 0 vectors")
+        if pc.count_distinct(ids).as_py() != len(ids):
+            raise InputDataError("customer ids must be distinct")
+        self._device = resolve_device(self.device, key="device")
+        t0 = time.perf_counter()
+        self.vectors_ = _normalize(X) if self.metric == "cosine" else X
+        self.ids_ = ids
+        self.d_ = X.shape[1]
+        self.params_ = self._resolve(X.shape[0], X.shape[1])
+        self._make_engine(train=True)
+        self._add_to_engine(self.vectors_)
+        self.build_seconds_ = time.perf_counter() - t0
+        log.info("lookalike index: %d x %d vectors, %s, built in %.2fs", X.shape[0], X.shape[1],
+                 self.backend_used_, self.build_seconds_)
+        return self
+
+    def add(self, X: Any, ids: Any) -> LookalikeIndex:
+        """Add vectors of new customers (ids must not be in the index yet)."""
+        self._check_built()
+        X = _as_matrix(X, "X", self.d_)
+        ids = _as_ids(ids)
+        if X.shape[0] != len(ids):
+            raise InputDataError(f"X has {X.shape[0]} rows but {len(ids)} ids were given")
+        clash = pc.is_in(ids, value_set=self.ids_)
+        if pc.any(clash).as_py() or pc.count_distinct(ids).as_py() != len(ids):
+            dup = ids.filter(clash).to_pylist()[:5]
+            raise InputDataError(f"ids already in the index or repeated (e.g. {dup}); ids must be distinct")
+        X = _normalize(X) if self.metric == "cosine" else X
+        self.vectors_ = np.concatenate([np.asarray(self.vectors_), X])
+        self.ids_ = pa.concat_arrays([self.ids_, ids])
+        self._add_to_engine(X)
+        return self
+
+    def _resolve(self, n: int, d: int) -> dict[str, Any]:
+        p = {**DEFAULTS[self.backend], **self.params}
+        if self.backend in ("ivf_flat", "ivf_pq"):
+            if p["nlist"] == "auto":
+                p["nlist"] = int(max(1, min(round(4 * math.sqrt(n)), n // 39)))
+            p["nlist"] = min(int(p["nlist"]), n)
+            if p["nprobe"] == "auto":
+                p["nprobe"] = int(min(p["nlist"], max(16, p["nlist"] // 8)))
+            if p["train_size"] == "auto":
+                p["train_size"] = int(min(n, 256 * p["nlist"]))
+        if self.backend == "ivf_pq":
+            if p["m"] == "auto":
+                target = max(1, d // 4)
+                p["m"] = max(m for m in range(1, target + 1) if d % m == 0)
+            if d % int(p["m"]):
+                raise InvalidParameterError(f"The 'm' parameter of {_NAME} must divide the dimension {d}. "
+                                            f"Got {p['m']!r} instead.")
+            if n < 2 ** int(p["nbits"]):
+                raise InputDataError(f"ivf_pq with nbits={p['nbits']} needs at least {2 ** int(p['nbits'])} "
+                                     f"vectors to train, got {n}; use backend='exact' or lower nbits")
+        if self.backend == "exact" and p["engine"] == "auto":
+            p["engine"] = "torch" if self._device.type == "cuda" and not faiss_has_gpu() else "faiss"
+        return p
+
+    @property
+    def _mips(self) -> bool:
+        return self.backend == "hnsw" and self.metric == "ip"
+
+    def _faiss_metric(self):
+        import faiss
+
+        return faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+    def _make_engine(self, *, train: bool, index: Any = None) -> None:
+        """Create (and train) the search structure; ``index`` is a loaded faiss index."""
+        import faiss
+
+        p, d, n = self.params_, self.d_, np.asarray(self.vectors_).shape[0]
+        on_gpu = self._device.type == "cuda" and faiss_has_gpu()
+        self._faiss = None
+        self._base = None
+        if self.backend == "exact" and p["engine"] == "torch":
+            self._base = torch.empty((0, d), device=self._device)
+            self.backend_used_ = (f"torch tiled matmul + top-k ({p['precision']}) on {self._device}")
+            return
+        if index is None:
+            if self.backend == "exact":
+                index = faiss.IndexFlatL2(d) if self.metric == "l2" else faiss.IndexFlatIP(d)
+            elif self.backend == "hnsw":
+                if self._mips:
+                    # HNSW graphs search inner products poorly on vectors of unequal norms: index
+                    # [x, sqrt(R^2 - |x|^2)] under L2, whose order is the inner product's (Bachrach 2014)
+                    p.setdefault("mips_radius", float(np.linalg.norm(np.asarray(self.vectors_), axis=1).max()))
+                    index = faiss.IndexHNSWFlat(d + 1, int(p["M"]), faiss.METRIC_L2)
+                else:
+                    index = faiss.IndexHNSWFlat(d, int(p["M"]), self._faiss_metric())
+                index.hnsw.efConstruction = int(p["ef_construction"])
+            else:
+                quantizer = faiss.IndexFlatL2(d) if self.metric == "l2" else faiss.IndexFlatIP(d)
+                if self.backend == "ivf_flat":
+                    index = faiss.IndexIVFFlat(quantizer, d, int(p["nlist"]), self._faiss_metric())
+                else:
+                    index = faiss.IndexIVFPQ(quantizer, d, int(p["nlist"]), int(p["m"]), int(p["nbits"]),
+                                             self._faiss_metric())
+                index.own_fields = True
+                quantizer.this.disown()
+                if train:
+                    rng = np.random.default_rng(int(p["seed"]))
+                    size = int(p["train_size"])
+                    sample = np.sort(rng.choice(n, size, replace=False)) if size < n else np.arange(n)
+                    index.cp.seed = int(p["seed"])
+                    index.train(np.asarray(self.vectors_)[sample])
+        if on_gpu and self.backend != "hnsw":
+            self._gpu_res = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(self._gpu_res, self._device.index or 0, index)
+        if self.backend in ("ivf_flat", "ivf_pq"):
+            index.nprobe = int(p["nprobe"])
+        self._faiss = index
+        where = "gpu" if on_gpu and self.backend != "hnsw" else "cpu"
+        detail = ""
+        if self.backend == "hnsw":
+            detail = f"(M={p['M']}, ef_search={p['ef_search']})"
+        elif self.backend == "ivf_flat":
+            detail = f"(nlist={p['nlist']}, nprobe={p['nprobe']})"
+        elif self.backend == "ivf_pq":
+            detail = (f"(nlist={p['nlist']}, nprobe={p['nprobe']}, m={p['m']}, nbits={p['nbits']}, "
+                      f"refine={p['refine']})")
+        name = {"exact": "IndexFlatL2" if self.metric == "l2" else "IndexFlatIP", "hnsw": "IndexHNSWFlat",
+                "ivf_flat": "IndexIVFFlat", "ivf_pq": "IndexIVFPQ"}[self.backend]
+        self.backend_used_ = f"faiss.{name}{detail} on {where}"
+        if self._device.type == "cuda" and where == "cpu":
+            log.warning("lookalike: %s runs on CPU (%s)", self.backend,
+                        "faiss has no GPU HNSW" if self.backend == "hnsw" else "faiss is a CPU-only build")
+
+    def _add_to_engine(self, X: np.ndarray) -> None:
+        if self._base is not None:
+            self._base = torch.cat([self._base, torch.as_tensor(np.asarray(X), device=self._device)])
+            self._sqnorms = self._base.pow(2).sum(1) if self.metric == "l2" else None
+        elif self._faiss is not None:
+            X = np.ascontiguousarray(X, dtype=np.float32)
+            if self._mips:
+                radius = float(self.params_["mips_radius"])
+                sq = (X.astype(np.float64) ** 2).sum(1)
+                if (sq > radius ** 2 * (1 + 1e-6)).any():
+                    log.warning("hnsw/ip: added vectors are longer than those at build; their ranking is approximate")
+                X = np.hstack([X, np.sqrt(np.maximum(radius ** 2 - sq, 0))[:, None]]).astype(np.float32)
+            self._faiss.add(X)
+
+    # ------------------------------------------------------------------ search
+    @property
+    def ntotal(self) -> int:
+        """Number of indexed customers."""
+        self._check_built()
+        return len(self.ids_)
+
+    def search(self, Q: Any, k: int, *, return_rows: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest indexed customers of each query vector.
+
+        Parameters
+        ----------
+        Q : array-like (n_queries, d)
+            Query vectors (normalised here for ``cosine``).
+        k : int
+            Neighbours per query; more than the index holds is capped, with a warning.
+        return_rows : bool
+            Return row positions (int64, -1 = none) instead of customer ids.
+
+        Returns
+        -------
+        scores : ndarray (n_queries, k) float32
+            Similarities (descending) for ip/cosine, squared L2 distances (ascending) for l2.
+        ids : ndarray (n_queries, k)
+            Customer ids (object array, None where fewer than k were found) or rows.
+        """
+        self._check_built()
+        if not _pos_int(k):
+            raise InvalidParameterError(f"The 'k' parameter of {_NAME}.search must be an int in the range "
+                                        f"[1, inf). Got {k!r} instead.")
+        if k > self.ntotal:
+            log.warning("k=%d is more than the %d indexed customers: returning %d", k, self.ntotal, self.ntotal)
+            k = self.ntotal
+        Q = _as_matrix(Q, "Q", self.d_)
+        if self.metric == "cosine":
+            Q = _normalize(Q)
+        scores, rows = self._search_rows(Q, k)
+        if return_rows:
+            return scores, rows
+        ids = np.asarray(self.ids_.to_numpy(zero_copy_only=False), dtype=object)
+        out = np.where(rows >= 0, ids[np.clip(rows, 0, None)], None)
+        return scores, out
+
+    def _search_rows(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        p = self.params_
+        metric = "l2" if self.metric == "l2" else "ip"
+        if self._base is not None:
+            s, i = torch_knn(self._base, torch.as_tensor(Q, device=self._device), k, metric=metric,
+                             precision=p["precision"], rerank=int(p["rerank"]), query_batch=int(p["query_batch"]),
+                             tile_elements=int(p["tile_elements"]), base_sqnorms=self._sqnorms)
+            return s.float().cpu().numpy(), i.cpu().numpy().astype(np.int64)
+        if self.backend == "hnsw":
+            self._faiss.hnsw.efSearch = max(int(p["ef_search"]), k)
+            if self._mips:
+                _, cand = self._faiss.search(np.hstack([Q, np.zeros((Q.shape[0], 1), np.float32)]), k)
+                return self._rescore(Q, cand, k)
+        if self.backend == "ivf_pq" and int(p["refine"]) > 1:
+            kc = min(self.ntotal, k * int(p["refine"]))
+            _, cand = self._faiss.search(Q, kc)
+            return self._rescore(Q, cand, k)
+        scores, rows = self._faiss.search(Q, k)
+        return scores.astype(np.float32), rows.astype(np.int64)
+
+    def _rescore(self, Q: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores of candidate rows from the stored vectors; keep the best ``k``."""
+        V = np.asarray(self.vectors_)
+        valid = cand >= 0
+        vec = V[np.where(valid, cand, 0)]  # (q, kc, d)
+        if self.metric == "l2":
+            s = -((vec - Q[:, None, :]) ** 2).sum(-1)
+        else:
+            s = np.einsum("qkd,qd->qk", vec, Q)
+        s = np.where(valid, s, -np.inf)
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        best = np.take_along_axis(s, order, 1)
+        rows = np.where(np.isfinite(best), np.take_along_axis(cand, order, 1), -1)
+        scores = -best if self.metric == "l2" else best
+        return scores.astype(np.float32), rows.astype(np.int64)
+
+    # ------------------------------------------------------------------ expansion
+    def rows_of(self, ids: Any) -> tuple[np.ndarray, list[str]]:
+        """Row positions of the known ``ids`` and the list of unknown ones (in input order)."""
+        self._check_built()
+        arr = _as_ids(ids)
+        index = pc.index_in(arr, value_set=self.ids_)
+        known = index.is_valid().to_numpy(zero_copy_only=False)
+        unknown = arr.filter(pa.array(~known)).to_pylist()
+        return index.drop_null().to_numpy(zero_copy_only=False).astype(np.int64), unknown
+
+    def expand(self, seed_ids: Any, size: int | None = None, threshold: float | None = None, mode: str = "centroid",
+               exclude: Any = None, *, top_m: int = 5, on_unknown: str = "error",
+               candidates: str = "auto") -> pa.Table:
+        """Expand seed customers into a ranked audience of lookalikes (seeds excluded).
+
+        Parameters
+        ----------
+        seed_ids : sequence of str, or dict of name -> sequence of str
+            One seed list, or several (one audience per name, computed in one batched pass).
+        size : int, optional
+            Audience size per query; capped (with a warning) at the customers available.
+        threshold : float, optional
+            Keep only customers scoring at least this (for ``l2``: the score is minus the squared
+            distance). At least one of ``size`` and ``threshold`` is needed.
+        mode : {"max", "mean_top_m", "centroid"}
+            Similarity to the nearest seed, mean of the ``top_m`` best seed similarities, or
+            similarity to the seeds' centroid.
+        exclude : sequence of str, optional
+            Customers never returned (e.g. those already in a segment); unknown ids are ignored.
+        top_m : int
+            Seeds averaged by ``mean_top_m``.
+        on_unknown : {"error", "warn"}
+            Seed ids not in the index: a :class:`~gpuseg.runtime.errors.UserInputError` listing a
+            few, or a warning (the known seeds are used).
+        candidates : {"auto", "all", "index"}
+            ``all`` scores every customer exactly (streamed in tiles on the device); ``index``
+            scores only the union of the index's ``size + n_seeds + n_excluded`` neighbours of
+            every seed (or of the centroid), a superset of the exact answer for ``max`` and
+            ``centroid`` when the backend is exact; ``auto``: ``all`` unless that is more than
+            2e9 similarity evaluations and a size is given.
+
+        Returns
+        -------
+        pyarrow.Table
+            ``rank`` (1-based), ``customer_id``, ``score``, ``nearest_seed``, ``nearest_seed_score``
+            (plus ``query`` first when ``seed_ids`` is a dict).
+        """
+        from gpuseg.lookalike.expand import expand_rows
+
+        self._check_built()
+        queries = seed_ids if isinstance(seed_ids, dict) else {None: seed_ids}
+        seed_rows = {name: self._seed_rows(name, seeds, on_unknown) for name, seeds in queries.items()}
+        exclude_rows = None
+        if exclude is not None:
+            exclude_rows, _ = self.rows_of(exclude)
+        tables = expand_rows(self, seed_rows, size=size, threshold=threshold, mode=mode, top_m=top_m,
+                             exclude_rows=exclude_rows, candidates=candidates)
+        if not isinstance(seed_ids, dict):
+            return tables[None]
+        parts = [t.add_column(0, "query", pa.array([str(name)] * t.num_rows, pa.string()))
+                 for name, t in tables.items()]
+        return pa.concat_tables(parts)
+
+    def _seed_rows(self, name: Any, seeds: Any, on_unknown: str) -> np.ndarray:
+        from gpuseg.runtime.errors import UserInputError
+
+        if on_unknown not in ("error", "warn"):
+            raise InvalidParameterError(f"The 'on_unknown' parameter of {_NAME}.expand must be a str among "
+                                        f"{{'error', 'warn'}}. Got {on_unknown!r} instead.")
+        label = "" if name is None else f" of query {name!r}"
+        if isinstance(seeds, str):
+            seeds = [seeds]
+        seeds = list(dict.fromkeys(seeds if not isinstance(seeds, (pa.Array, pa.ChunkedArray)) else seeds.to_pylist()))
+        if not seeds:
+            raise UserInputError(f"the seed list{label} is empty: give at least one customer id")
+        rows, unknown = self.rows_of(seeds)
+        if unknown:
+            listed = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            msg = f"{len(unknown)} of {len(seeds)} seed ids{label} are not in the index: {listed}"
+            if on_unknown == "error" or len(rows) == 0:
+                raise UserInputError(msg + ("" if len(rows) else " (no known seed left)"))
+            log.warning("%s; using the %d known seeds", msg, len(rows))
+        return rows
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the index to the folder ``path`` (created): index.json, ids.parquet, vectors.npy
+        and, for the approximate backends, index.faiss."""
+        import faiss
+
+        self._check_built()
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_numpy(folder / "vectors.npy", np.asarray(self.vectors_))
+        write_parquet(folder / "ids.parquet", pa.table({"customer_id": self.ids_}))
+        faiss_file = None
+        if self._faiss is not None and self.backend != "exact":
+            index = self._faiss
+            if "Gpu" in type(index).__name__:
+                index = faiss.index_gpu_to_cpu(index)
+            faiss_file = "index.faiss"
+            tmp = folder / ".index.faiss.tmp"
+            faiss.write_index(index, str(tmp))
+            tmp.replace(folder / faiss_file)
+        elif (folder / "index.faiss").exists():
+            (folder / "index.faiss").unlink()
+        write_json(folder / "index.json", {
+            "schema_version": SCHEMA_VERSION, "estimator": _NAME, "backend": self.backend, "metric": self.metric,
+            "params": self.params, "params_resolved": self.params_, "n": self.ntotal, "d": self.d_,
+            "faiss_index": faiss_file, "backend_used": self.backend_used_,
+        })
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "auto", *, mmap: bool = True) -> LookalikeIndex:
+        """Load an index written by :meth:`save`; it searches exactly as the saved one."""
+        import faiss
+
+        folder = Path(path)
+        meta_path = folder / "index.json"
+        if not meta_path.exists():
+            raise InputDataError(f"cannot load the lookalike index: '{meta_path}' does not exist")
+        meta = read_json(meta_path)
+        if meta.get("estimator") != _NAME or meta.get("schema_version") != SCHEMA_VERSION:
+            raise InputDataError(f"'{meta_path}' is not a {_NAME} of schema version {SCHEMA_VERSION}")
+        self = cls(meta["backend"], meta["metric"], device, **meta["params"])
+        self._check_params()
+        self._device = resolve_device(device, key="device")
+        self.vectors_ = np.load(folder / "vectors.npy", mmap_mode="r" if mmap else None)
+        self.ids_ = pq.read_table(folder / "ids.parquet")["customer_id"].combine_chunks()
+        self.d_ = int(meta["d"])
+        self.params_ = dict(meta["params_resolved"])
+        if self.backend == "exact":
+            self.params_["engine"] = self._resolve(len(self.ids_), self.d_)["engine"]
+            self._make_engine(train=False)
+            self._add_to_engine(np.asarray(self.vectors_))
+        else:
+            self._make_engine(train=False, index=faiss.read_index(str(folder / meta["faiss_index"])))
+        log.info("lookalike index loaded from %s: %s", folder, self.backend_used_)
+        return self
+
+
+def _pos_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1

@@ -1,0 +1,142 @@
+"""``gpuseg fuse`` then ``gpuseg segment`` / ``gpuseg lookalike`` on a small synthetic project."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from gpuseg.fusion import BlockFuser, block_from_table
+from gpuseg.jobs import features, fuse, generate, journeys, lookalike, segment, text, validate
+from gpuseg.runtime.errors import UserInputError
+from gpuseg.text.model_path import default_model_dir
+
+pytestmark = pytest.mark.skipif(default_model_dir() is None, reason="gpuseg[models] is not installed")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """1000 synthetic customers with every block (journeys trained briefly) and the fused matrix."""
+    from hydra import compose, initialize_config_module
+
+    work = tmp_path_factory.mktemp("fuseproj") / "work"
+
+    def cfg(job, *overrides):
+        device = ["device=cpu"] if job in ("text", "journeys", "fuse", "segment", "lookalike") else []
+        with initialize_config_module(config_module="gpuseg.conf", version_base="1.3"):
+            return compose(config_name=job, overrides=[f"paths.work_dir={work}", "progress=false",
+                                                       "data.generator.n_customers=1000", *device, *overrides])
+
+    generate.run(cfg("generate"))
+    validate.run(cfg("validate"))
+    features.run(cfg("features"))
+    journeys.run(cfg("journeys", "journey.epochs=3"))
+    text.run(cfg("text", "text.num_threads=1"))
+    result = fuse.run(cfg("fuse"))
+    return work, cfg, result
+
+
+def test_fuse_writes_every_customer_and_a_reusable_transform(project):
+    work, _, result = project
+    out = work / "fuse"
+    customers = pq.read_table(work / "validated" / "customers.parquet")["customer_id"].to_pylist()
+    table = pq.read_table(out / "fused.parquet")
+    assert table["customer_id"].to_pylist() == customers
+    X = np.stack(table["fused"].to_numpy(zero_copy_only=False))
+    mm = np.load(out / "fused.npy", mmap_mode="r")
+    np.testing.assert_array_equal(mm, X)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["blocks"]) == {"tabular", "text", "journey"}
+    assert [b["variance_share"] for b in metrics["blocks"].values()] == pytest.approx([1 / 3] * 3)
+    assert metrics["blocks"]["text"]["n_columns"] == 385  # all_mean + has_text
+    assert result["fused_path"] == str(out / "fused.parquet")
+    # the saved transform alone reproduces the fused matrix from the upstream blocks
+    fuser = BlockFuser.load(out / "transform", device="cpu")
+    blocks = {"tabular": block_from_table(pq.read_table(work / "features" / "matrix.parquet")),
+              "text": block_from_table(pq.read_table(work / "text" / "embeddings.parquet"),
+                                       ["all_mean", "has_text"]),
+              "journey": block_from_table(pq.read_table(work / "journeys" / "embeddings.parquet"),
+                                          ["journey", "has_journey"])}
+    _, again = fuser.transform(blocks, ids=customers)
+    np.testing.assert_allclose(again, X, atol=1e-5)
+    assert not list(out.rglob("*.pkl"))
+
+
+def test_segment_reads_the_fused_matrix(project):
+    work, cfg, _ = project
+    result = segment.run(cfg("segment", "segment.n_clusters=9", "segment.confidence.n_bootstrap=1"))
+    meta = json.loads((work / "segment" / "segmentation.json").read_text())
+    assert meta["input"].endswith("fuse/fused.parquet") and result["n_clusters"] == 9
+
+
+def test_fuse_options_and_missing_blocks(project, tmp_path, caplog):
+    work, cfg, _ = project
+    with caplog.at_level(logging.WARNING, logger="gpuseg.jobs.fuse"):
+        res = fuse.run(cfg("fuse", f"fuse.blocks.text.path={tmp_path}/none.parquet", "fuse.pca_components=16",
+                           "fuse.l2_normalize=true", "fuse.blocks.journey.weight=3"))
+    assert "block 'text' skipped" in caplog.text
+    assert res["n_features"] == 16 and 0 < res["explained_variance"] < 1
+    assert res["variance_shares"] == pytest.approx({"tabular": 0.25, "journey": 0.75})
+    X = np.load(work / "fuse" / "fused.npy")
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1, atol=1e-5)
+    with pytest.raises(UserInputError) as err:
+        fuse.run(cfg("fuse", f"fuse.blocks.tabular.path={tmp_path}/none.parquet"))
+    assert err.value.config_key == "fuse.blocks.tabular.path"
+    with pytest.raises(UserInputError) as err:
+        fuse.run(cfg("fuse", "fuse.blocks.text.columns=[nope]"))
+    assert err.value.config_key == "fuse.blocks.text.columns" and "all_mean" in str(err.value)
+    fuse.run(cfg("fuse"))  # back to the default fused matrix for the other tests
+
+
+def test_persona_seeds_expand_to_a_pure_audience(project):
+    work, cfg, _ = project
+    truth = pq.read_table(work / "data" / "ground_truth.parquet").to_pandas().set_index("customer_id")
+    persona = "high_value_loyalist"
+    members = truth.index[truth["persona"] == persona].to_numpy()
+    seeds = np.random.default_rng(0).choice(members, 15, replace=False).tolist()
+    size = len(members) // 2
+    result = lookalike.run(cfg("lookalike", f"lookalike.seeds=[{','.join(seeds)}]", f"lookalike.size={size}"))
+    audience = pq.read_table(result["audience_path"]).to_pandas()
+    assert audience.columns.tolist() == ["rank", "customer_id", "score", "nearest_seed", "nearest_seed_score"]
+    assert len(audience) == size and audience["rank"].tolist() == list(range(1, size + 1))
+    assert not set(audience["customer_id"]) & set(seeds) and set(audience["nearest_seed"]) <= set(seeds)
+    assert (np.diff(audience["score"]) <= 0).all()
+    purity = (truth.loc[audience["customer_id"], "persona"] == persona).mean()
+    assert purity >= 0.9, purity
+    curve = json.loads((work / "lookalike" / "reach_curve.json").read_text())["curves"]["audience"]
+    assert curve["size"][-1] > size and np.all(np.diff(curve["min_score"]) <= 1e-6)
+    assert (work / "lookalike" / "reach_curve.svg").read_text().startswith("<svg")
+    assert "IndexFlatIP" in result["backend_used"] and not result["index_reused"]
+    # the second run reuses the saved index
+    again = lookalike.run(cfg("lookalike", f"lookalike.seeds=[{','.join(seeds)}]", f"lookalike.size={size}"))
+    assert again["index_reused"]
+    assert pq.read_table(again["audience_path"]).equals(pq.read_table(result["audience_path"]))
+
+
+def test_lookalike_seed_file_queries_exclusion_and_errors(project, tmp_path, caplog):
+    from conftest import write_table
+
+    work, cfg, _ = project
+    ids = pq.read_table(work / "validated" / "customers.parquet")["customer_id"].to_pylist()
+    seeds = write_table(tmp_path / "seeds.csv", {"customer_id": ids[:6], "query": ["a"] * 3 + ["b"] * 3})
+    segment.run(cfg("segment", "segment.n_clusters=4", "segment.confidence.n_bootstrap=1"))
+    seg = pq.read_table(work / "segment" / "segments.parquet").to_pandas()
+    res = lookalike.run(cfg("lookalike", f"lookalike.seeds={seeds}", "lookalike.size=50", "lookalike.mode=max",
+                            "lookalike.exclude_segment=0", "lookalike.index.backend=hnsw"))
+    audience = pq.read_table(res["audience_path"]).to_pandas()
+    assert sorted(audience["query"].unique()) == ["a", "b"] and (audience.groupby("query").size() == 50).all()
+    assert not set(audience["customer_id"]) & set(seg.loc[seg["segment"] == 0, "customer_id"])
+    assert "HNSW" in res["backend_used"]
+    with pytest.raises(UserInputError, match="not in the index: 'ghost'") as err:
+        lookalike.run(cfg("lookalike", "lookalike.seeds=[ghost]", "lookalike.size=5"))
+    assert err.value.config_key == "lookalike.seeds"
+    with pytest.raises(UserInputError, match="empty"):
+        lookalike.run(cfg("lookalike", "lookalike.seeds=[]", "lookalike.size=5"))
+    with pytest.raises(UserInputError, match="lookalike.size"):
+        lookalike.run(cfg("lookalike", f"lookalike.seeds=[{ids[0]}]"))
+    with caplog.at_level(logging.WARNING, logger="gpuseg.jobs.lookalike"):
+        res = lookalike.run(cfg("lookalike", f"lookalike.seeds=[{ids[0]},{ids[1]}]", "lookalike.size=5000"))
+    assert res["audience_size"] == 998 and "capped at 998" in caplog.text
