@@ -75,3 +75,32 @@ def test_text_job_without_texts_table_is_a_clear_error(project):
     with pytest.raises(UserInputError) as err:
         text.run(make_cfg("text", *overrides, *TEXT))
     assert err.value.config_key == "data.texts.path"
+
+
+def test_text_job_under_torchrun_matches_one_process(project, tmp_path):
+    """Two gloo ranks each embed their share of the chunks; rank 0 aggregates the same output."""
+    import subprocess
+    import sys
+
+    make_cfg, overrides, _ = project
+    single = pq.read_table(text.run(make_cfg("text", *overrides, *TEXT))["embeddings_path"])
+    work = Path(make_cfg("text", *overrides).paths.work_dir)
+    (work / "text" / "embeddings.parquet").unlink()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+               "-m", "gpuseg", "text", f"paths.work_dir={work}", *overrides, *TEXT, "progress=false",
+               "text.num_threads=1"]
+    # a fresh part folder: every chunk is embedded again, split between the two ranks
+    import shutil
+
+    shutil.rmtree(work / "text" / "parts")
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    distributed = pq.read_table(work / "text" / "embeddings.parquet")
+    assert distributed.column_names == single.column_names
+    assert distributed["customer_id"].equals(single["customer_id"])
+    dim = single.schema.field("all_mean").type.list_size
+    a = single["all_mean"].combine_chunks().values.to_numpy().reshape(-1, dim)
+    b = distributed["all_mean"].combine_chunks().values.to_numpy().reshape(-1, dim)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    metrics = __import__("json").loads((work / "text" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
