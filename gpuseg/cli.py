@@ -27,6 +27,9 @@ def _report(job: str, result: dict) -> None:
         print("\ngpuseg run finished. Outputs:")
         for key, value in result.get("outputs", {}).items():
             print(f"  {key}: {value}")
+        report = result.get("outputs", {}).get("profile.report_path")
+        if report:
+            print(f"\nOpen the segment report: {report}")
     elif isinstance(result, dict):
         for key, value in result.items():
             if key.endswith(("_path", "_dir")):

@@ -82,3 +82,11 @@ def test_explicit_cuda_without_gpu_names_the_key(tmp_path):
     out = _gpuseg("run", "device=cuda", cwd=tmp_path)
     assert out.returncode == 2 and "no CUDA device is available" in out.stderr
     assert "config key to change: device" in out.stderr
+
+
+def test_run_skips_the_text_job_for_data_without_texts(make_cfg):
+    from gpuseg.jobs import run
+
+    cfg = make_cfg("run", "data.generator.n_customers=300", "data.texts.path=null", "stages=[validate,text,features]")
+    result = run.run(cfg)
+    assert result["stages"] == ["generate", "validate", "features"]

@@ -14,7 +14,7 @@ JOBS: dict[str, tuple[str | None, str]] = {
     "journeys": ("gpuseg.jobs.journeys", "train the LSTM journey encoder and embed each customer"),
     "fuse": ("gpuseg.jobs.fuse", "align, scale and weight the blocks into one fused matrix"),
     "segment": ("gpuseg.jobs.segment", "mini-batch k-means segments with auto-k, confidence and outliers"),
-    "profile": (None, "segment profiles, personas, churn risk and the HTML report"),
+    "profile": ("gpuseg.jobs.profile", "segment profiles, personas, churn risk and the HTML report"),
     "lookalike": ("gpuseg.jobs.lookalike", "FAISS nearest-neighbour expansion of a seed audience"),
     "assign": (None, "re-score new data against saved models, with drift"),
     "bench": (None, "every heavy stage against a CPU baseline and the peers"),

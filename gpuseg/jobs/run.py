@@ -28,6 +28,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                               config_key="stages")
         if not registry.available(stage):
             raise ConfigError(f"stage {stage!r} is not available in this version of gpuseg", config_key="stages")
+        if stage == "text" and not (cfg.data.get("texts") or {}).get("path"):
+            log.info("== text: skipped (this data has no texts table) ==")
+            continue
         log.info("== %s ==", stage)
         results[stage] = registry.load(stage).run(cfg)
     outputs = {"work_dir": str(work_dir(cfg).resolve())}

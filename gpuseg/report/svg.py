@@ -68,3 +68,154 @@ def _panel(name, xs, ys, ox, oy, width, height, marker_x) -> str:
     out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="#1f77b4"/>' for x, y in points]
     out.append("</g>")
     return "\n".join(out)
+
+
+#: Categorical palette (Tableau 10) for segments; cycles beyond ten.
+PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+           "#9c755f", "#bab0ac")
+
+
+def color(i: int) -> str:
+    """Palette colour of segment ``i``."""
+    return PALETTE[int(i) % len(PALETTE)]
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if v == v else "n/a"
+
+
+def bar_chart(labels: Sequence[str], values: Sequence[float], *, title: str = "",
+              value_format: str = "{:.3g}", colors: Sequence[str] | None = None,
+              width: int = 560, bar_height: int = 20) -> str:
+    """Horizontal bar chart as an SVG document (one bar per label; NaN bars are drawn empty).
+
+    Parameters
+    ----------
+    labels : sequence of str
+    values : sequence of float
+        Non-negative values are expected; negative values are drawn as zero-length bars.
+    title : str
+    value_format : str
+        Format of the value printed after each bar.
+    colors : sequence of str, optional
+        Bar colours (default: the segment palette by position).
+    """
+    labels, values = [str(x) for x in labels], [float(v) for v in values]
+    top = 26 if title else 6
+    label_w = min(220, 12 + 7 * max((len(x) for x in labels), default=4))
+    height = top + len(labels) * (bar_height + 6) + 6
+    finite = [v for v in values if v == v and v > 0]
+    vmax = max(finite, default=1.0)
+    span = width - label_w - 70
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12" role="img">']
+    if title:
+        parts.append(f'<text x="4" y="17" font-size="14" font-weight="bold">{escape(title)}</text>')
+    for i, (lab, v) in enumerate(zip(labels, values, strict=True)):
+        y = top + i * (bar_height + 6)
+        w = span * max(v, 0.0) / vmax if v == v else 0.0
+        fill = colors[i] if colors is not None else color(i)
+        text = value_format.format(v) if v == v else "n/a"
+        parts.append(f'<text x="{label_w - 6}" y="{y + bar_height * 0.7:.1f}" text-anchor="end">'
+                     f'{escape(lab)}</text>')
+        parts.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_height}" fill="{fill}">'
+                     f'<title>{escape(lab)}: {escape(text)}</title></rect>')
+        parts.append(f'<text x="{label_w + w + 4:.1f}" y="{y + bar_height * 0.7:.1f}">{escape(text)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def diverging_color(z: float, limit: float = 2.0) -> str:
+    """Blue (below average) - white - red (above average) for a z-score clipped to ``limit``."""
+    if z != z:
+        return "#eeeeee"
+    t = max(-1.0, min(1.0, z / limit))
+    if t >= 0:  # white -> #b2182b
+        r, g, b = 255 + t * (178 - 255), 255 + t * (24 - 255), 255 + t * (43 - 255)
+    else:  # white -> #2166ac
+        t = -t
+        r, g, b = 255 + t * (33 - 255), 255 + t * (102 - 255), 255 + t * (172 - 255)
+    return f"#{int(round(r)):02x}{int(round(g)):02x}{int(round(b)):02x}"
+
+
+def heatmap(row_labels: Sequence[str], col_labels: Sequence[str], values: Sequence[Sequence[float]],
+            *, title: str = "", limit: float = 2.0, cell_w: int = 46, cell_h: int = 24) -> str:
+    """Diverging heatmap (rows x columns of z-scores) with the value printed in each cell.
+
+    Parameters
+    ----------
+    row_labels, col_labels : sequence of str
+    values : 2-D sequence of float, shape (rows, columns)
+        NaN cells are grey.
+    limit : float, default 2.0
+        |z| at which the colour saturates.
+    """
+    rows, cols = [str(x) for x in row_labels], [str(x) for x in col_labels]
+    label_w = min(260, 12 + 7 * max((len(x) for x in rows), default=4))
+    top = (26 if title else 4) + 110  # room for rotated column labels
+    width, height = label_w + cell_w * len(cols) + 8, top + cell_h * len(rows) + 8
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11" role="img">']
+    if title:
+        parts.append(f'<text x="4" y="17" font-size="14" font-weight="bold">{escape(title)}</text>')
+    for j, lab in enumerate(cols):
+        x = label_w + j * cell_w + cell_w / 2
+        parts.append(f'<text transform="translate({x:.1f},{top - 6}) rotate(-55)">{escape(lab)}</text>')
+    for i, lab in enumerate(rows):
+        y = top + i * cell_h
+        parts.append(f'<text x="{label_w - 6}" y="{y + cell_h * 0.68:.1f}" text-anchor="end">'
+                     f'{escape(lab)}</text>')
+        for j in range(len(cols)):
+            z = float(values[i][j])
+            x = label_w + j * cell_w
+            ink = "white" if z == z and abs(z) > 0.6 * limit else "black"
+            parts.append(f'<rect x="{x}" y="{y}" width="{cell_w - 1}" height="{cell_h - 1}" '
+                         f'fill="{diverging_color(z, limit)}"><title>{escape(lab)} / {escape(cols[j])}: '
+                         f'{_fmt(z)}</title></rect>')
+            parts.append(f'<text x="{x + cell_w / 2:.1f}" y="{y + cell_h * 0.68:.1f}" text-anchor="middle" '
+                         f'fill="{ink}">{"" if z != z else f"{z:+.1f}"}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def scatter(xy: Sequence[Sequence[float]], groups: Sequence[int], *, title: str = "",
+            group_names: dict[int, str] | None = None, width: int = 760, height: int = 440,
+            radius: float = 2.2) -> str:
+    """Scatter plot of 2-D points coloured by group, with a legend, as an SVG document.
+
+    Parameters
+    ----------
+    xy : 2-D sequence of float, shape (n, 2)
+    groups : sequence of int, shape (n,)
+        Group (segment) of each point; its palette colour.
+    group_names : dict, optional
+        Legend text per group (default ``"Segment g"``).
+    """
+    pts = [(float(p[0]), float(p[1]), int(g)) for p, g in zip(xy, groups, strict=True)
+           if p[0] == p[0] and p[1] == p[1]]
+    present = sorted({g for _, _, g in pts})
+    names = {g: (group_names or {}).get(g, f"Segment {g}") for g in present}
+    legend_w = min(240, 30 + 7 * max((len(v) for v in names.values()), default=8))
+    top = 26 if title else 6
+    plot_w, plot_h = width - legend_w - 10, height - top - 10
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11" role="img">',
+             '<rect width="100%" height="100%" fill="white"/>']
+    if title:
+        parts.append(f'<text x="4" y="17" font-size="14" font-weight="bold">{escape(title)}</text>')
+    parts.append(f'<rect x="4" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#ccc"/>')
+    if pts:
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+        x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+        for x, y, g in pts:
+            cx = 10 + (x - x0) / (x1 - x0) * (plot_w - 12)
+            cy = top + plot_h - 6 - (y - y0) / (y1 - y0) * (plot_h - 12)
+            parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{radius}" fill="{color(g)}" '
+                         'fill-opacity="0.7"/>')
+    for i, g in enumerate(present):
+        y = top + 8 + i * 16
+        parts.append(f'<rect x="{plot_w + 14}" y="{y}" width="10" height="10" fill="{color(g)}"/>')
+        parts.append(f'<text x="{plot_w + 28}" y="{y + 9}">{escape(names[g])}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)

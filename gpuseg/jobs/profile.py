@@ -1,0 +1,299 @@
+"""``gpuseg profile``: segment profiles, personas, churn risk, customer value and report.html.
+
+Reads the segments, features, validated events and texts of one work directory. Adds
+``churn_score``, ``churn_risk``, ``expected_purchases`` and ``expected_value`` to
+``segment/segments.parquet`` (so "high churn risk" is a one-line filter) and writes everything
+else under ``profile/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from omegaconf import DictConfig, OmegaConf
+
+from gpuseg.data.schema import validated_dir
+from gpuseg.features.rfm import to_microseconds
+from gpuseg.jobs.common import finish, load_validated, start, work_dir
+from gpuseg.journey.sequences import SPECIAL_TOKENS, SequenceBuilder
+from gpuseg.profile.lifts import (
+    lifts_by_segment,
+    representatives,
+    segment_lifts,
+    segment_means,
+    segment_sizes,
+    value_concentration,
+)
+from gpuseg.profile.ngrams import journey_ngrams, top_event_types
+from gpuseg.profile.personas import assign_personas
+from gpuseg.profile.words import distinctive_words_by_source
+from gpuseg.report.html import lift_matrix, pca_2d, render_report, write_report
+from gpuseg.runtime.errors import ConfigError, UserInputError
+from gpuseg.runtime.io import read_json, write_json, write_parquet
+from gpuseg.runtime.matrix import read_matrix
+from gpuseg.value import BetaGeoModel, ChurnModel, GammaGammaModel, btyd_summary
+from gpuseg.value.churn import binary_metrics, risk_tier
+from gpuseg.value.summary import holdout_by_frequency
+
+log = logging.getLogger(__name__)
+
+_DAY = np.timedelta64(1, "D")
+
+
+def _holdout_end(schema: dict[str, Any], as_of: str) -> tuple[np.datetime64 | None, float]:
+    """End of the hold-out (the day after the last event) when the data reach past as_of."""
+    last = np.datetime64(schema["events"]["last"].replace(" ", "T"), "us")
+    start_ = np.datetime64(as_of, "us")
+    if last <= start_:
+        return None, 0.0
+    end = (last.astype("datetime64[D]") + 1).astype("datetime64[us]")
+    return end, float((end - start_) / _DAY)
+
+
+def _value(cfg, ids, events: Path, roles, as_of, holdout_end, holdout_days, device, seed) -> dict[str, Any]:
+    """BG/NBD + Gamma-Gamma: expected purchases and value over the horizon, and the hold-out check."""
+    summary = btyd_summary(events, ids, as_of, roles=roles, time_unit="D", holdout_end=holdout_end)
+    f, r, t = (summary[c].to_numpy(zero_copy_only=False) for c in ("frequency", "recency", "T"))
+    m = summary["monetary_value"].to_numpy(zero_copy_only=False)
+    horizon = float(cfg.profile.horizon_days)
+    out: dict[str, Any] = {"summary": summary, "expected_purchases": np.full(len(f), np.nan),
+                           "expected_value": np.full(len(f), np.nan), "report": {}}
+    has_history = np.isfinite(t)
+    if has_history.sum() < 20 or (f[has_history] > 0).sum() < 10:
+        log.warning("too few customers with a purchase history for BG/NBD: value not estimated")
+        return out
+    bg = BetaGeoModel(device=device).fit(f, r, t)
+    out["expected_purchases"] = bg.conditional_expected_number_of_purchases_up_to_time(horizon, f, r, t)
+    report: dict[str, Any] = {"bgnbd": dict(bg.params_), "horizon_days": horizon}
+    try:
+        gg = GammaGammaModel(device=device).fit(f, m)
+        out["expected_value"] = out["expected_purchases"] * gg.conditional_expected_average_profit(f, m)
+        report["gamma_gamma"] = dict(gg.params_)
+    except UserInputError as exc:
+        log.warning("Gamma-Gamma not fitted: %s", exc)
+    if holdout_end is not None and "holdout_purchases" in summary.column_names:
+        predicted = bg.conditional_expected_number_of_purchases_up_to_time(holdout_days, f, r, t)
+        actual = summary["holdout_purchases"].to_numpy(zero_copy_only=False)
+        keep = has_history
+        report["holdout"] = {
+            "days": holdout_days,
+            "predicted_total": float(np.nansum(predicted[keep])),
+            "actual_total": float(np.nansum(actual[keep])),
+            "by_frequency": holdout_by_frequency(f[keep], predicted[keep], actual[keep]),
+        }
+    out["report"] = report
+    return out
+
+
+def _churn_label(cfg, schema, customers: pa.Table, value: dict[str, Any]) -> tuple[str | None, np.ndarray | None]:
+    name = cfg.profile.churn.label
+    labels = list(schema["customers"].get("labels") or [])
+    if name is None:
+        return None, None
+    if name == "auto":
+        if labels:
+            name = labels[0]
+        elif "holdout_purchases" in value["summary"].column_names:
+            summary = value["summary"]
+            t = summary["T"].to_numpy(zero_copy_only=False)
+            held = summary["holdout_purchases"].to_numpy(zero_copy_only=False).astype(float)
+            # no purchase in the hold-out, for customers who had bought before as_of
+            return "no_purchase_in_holdout", np.where(np.isfinite(t), (held == 0).astype(float), np.nan)
+        else:
+            return None, None
+    if name not in customers.column_names:
+        raise ConfigError(f"churn label {name!r} is not a column of the customers table (labels: {labels})",
+                          config_key="profile.churn.label")
+    return str(name), customers[name].to_numpy(zero_copy_only=False).astype(float)
+
+
+def _churn(cfg, x: np.ndarray, x_rfm: np.ndarray, y: np.ndarray, device, seed) -> dict[str, Any]:
+    """Fit on a customer split; report held-out AUC + calibration next to a logistic model on RFM+."""
+    ccfg = cfg.profile.churn
+    known = np.flatnonzero(np.isfinite(y))
+    if len(known) < 50 or len(np.unique(y[known])) < 2:
+        log.warning("churn label has too few known or distinct values: no churn model")
+        return {}
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(known)
+    n_test = max(1, int(float(ccfg.test_fraction) * len(order)))
+    test, train = order[:n_test], order[n_test:]
+    params = {"epochs": int(ccfg.epochs), "device": device, "random_state": seed, "holdout_fraction": 0.1}
+    model = ChurnModel(hidden=int(ccfg.hidden), **params).fit(x[train], y[train])
+    baseline = ChurnModel(hidden=0, **params).fit(x_rfm[train], y[train])
+    scores = model.predict_proba(x)
+    return {
+        "scores": scores,
+        "metrics": {
+            "model": binary_metrics(y[test], scores[test]),
+            "rfm_logistic": binary_metrics(y[test], baseline.predict_proba(x_rfm[test])),
+            "n_train": len(train), "n_test": len(test), "positive_rate": float(np.mean(y[known])),
+        },
+    }
+
+
+def _sequences(events: Path, ids: pa.Array, as_of: str, max_len: int) -> tuple[np.ndarray, list[str]]:
+    builder = SequenceBuilder(max_len=max_len, as_of=to_microseconds(as_of), categorical=("event_type",))
+    builder.fit(events, ids)
+    seqs = builder.transform(events, ids)
+    vocab = list(SPECIAL_TOKENS) + builder.vocabularies_["event_type"].tokens
+    return np.asarray(seqs.categorical[:, :, 0]), vocab
+
+
+def _texts(folder: Path, ids: pa.Array, labels: np.ndarray, as_of: str):
+    path = folder / "texts.parquet"
+    if not path.exists():
+        return None
+    texts = pq.read_table(path)
+    texts = texts.filter(pc.less(texts["timestamp"], pa.scalar(np.datetime64(as_of, "us"))))
+    index = pc.index_in(texts["customer_id"], value_set=ids).to_numpy(zero_copy_only=False).astype(np.int64)
+    return texts, index, labels[index]
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Profile every segment, score churn and value for every customer, and write report.html."""
+    ctx = start(cfg, "profile", needs_device=True)
+    device = ctx["device"]
+    seed = int(cfg.seed)
+    work = work_dir(cfg)
+    out = work / "profile"
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    schema, customers = load_validated(work)
+    seg_path = work / "segment" / "segments.parquet"
+    if not seg_path.exists():
+        raise UserInputError(f"no segments in '{seg_path.parent}': run `gpuseg segment` first",
+                             config_key="paths.work_dir")
+    segments = pq.read_table(seg_path)
+    ids = customers["customer_id"].combine_chunks()
+    if not segments["customer_id"].combine_chunks().equals(ids):
+        raise UserInputError("segments.parquet and the validated customers differ: re-run `gpuseg segment` "
+                             "after `gpuseg validate`", config_key="paths.work_dir")
+    labels = segments["segment"].to_numpy().astype(np.int64)
+    segmentation = read_json(work / "segment" / "segmentation.json")
+    k = int(segmentation["n_clusters"])
+    features = pq.read_table(work / "features" / "features.parquet")
+    folder = validated_dir(work)
+    as_of = str(cfg.data.as_of)
+    roles = OmegaConf.to_container(cfg.data.roles, resolve=True)
+
+    holdout_end, holdout_days = _holdout_end(schema, as_of)
+    value = _value(cfg, ids, folder / "events.parquet", roles, as_of, holdout_end, holdout_days, device, seed)
+    label_name, y = _churn_label(cfg, schema, customers, value)
+    # the churn model and the projection use the matrix that was segmented
+    _, x, _ = read_matrix(segmentation["input"])
+    _, x_rfm, _ = read_matrix(work / "features" / "matrix.parquet")
+    churn = _churn(cfg, x, x_rfm, y, device, seed) if y is not None else {}
+    scores = churn.get("scores", np.full(len(ids), np.nan))
+    tiers = risk_tier(np.nan_to_num(scores, nan=0.0), tuple(cfg.profile.churn.thresholds)) if churn else \
+        np.full(len(ids), None)
+
+    # the per-customer scores join the segment output
+    extra = {"churn_score": pa.array(scores.astype(np.float32)), "churn_risk": pa.array(tiers.tolist(), pa.string()),
+             "expected_purchases": pa.array(value["expected_purchases"].astype(np.float32)),
+             "expected_value": pa.array(value["expected_value"].astype(np.float32))}
+    for name, column in extra.items():
+        if name in segments.column_names:
+            segments = segments.drop_columns([name])
+        segments = segments.append_column(name, column)
+    write_parquet(seg_path, segments)
+
+    # per-segment profiles
+    numeric = [c for c in features.column_names if c != "customer_id" and
+               (pa.types.is_floating(features.schema.field(c).type) or pa.types.is_integer(features.schema.field(c).type))]
+    lifts = segment_lifts(features, labels, columns=numeric, n_segments=k)
+    by_segment = lifts_by_segment(lifts)
+    pcfg = cfg.profile
+    rules = OmegaConf.to_container(pcfg.personas.rules, resolve=True) if pcfg.personas.rules else None
+    personas = assign_personas(by_segment, rules=rules,
+                               actions=OmegaConf.to_container(pcfg.personas.actions, resolve=True) or None)
+    sizes = segment_sizes(labels, k).to_pylist()
+    monetary = features["monetary_sum"].to_numpy(zero_copy_only=False) if "monetary_sum" in features.column_names \
+        else np.zeros(len(labels))
+    concentration = value_concentration(np.nan_to_num(monetary), labels, k).to_pylist()
+    codes, vocab = _sequences(folder / "events.parquet", ids, as_of, int(pcfg.journeys.max_len))
+    events_top = top_event_types(codes, labels, k, vocab=vocab, top_n=int(pcfg.journeys.top_n))
+    ngrams = journey_ngrams(codes, labels, k, vocab=vocab, top_n=int(pcfg.journeys.top_n))
+    text_info = _texts(folder, ids, labels, as_of)
+    words: dict[str, dict[int, list]] = {}
+    snippets: dict[int, str] = {}
+    if text_info is not None and text_info[0].num_rows:
+        texts, text_index, text_segments = text_info
+        body = texts["text"].to_pylist()
+        words = distinctive_words_by_source(body, texts["source"].to_pylist(), text_segments, k,
+                                            top_n=int(pcfg.words.top_n), min_df=int(pcfg.words.min_df))
+        for row in range(len(body) - 1, -1, -1):  # keep each customer's first text
+            snippets[int(text_index[row])] = body[row]
+    reps = representatives(segments["distance"].to_numpy(), labels, n=int(pcfg.representatives), n_segments=k)
+    rating = segment_means(features["mean_rating"].to_numpy(zero_copy_only=False), labels, k) \
+        if "mean_rating" in features.column_names else np.full(k, np.nan)
+    churn_rate = segment_means(y, labels, k) if y is not None else np.full(k, np.nan)
+    churn_score = segment_means(scores, labels, k)
+    expected_value = segment_means(value["expected_value"], labels, k)
+    id_list = ids.to_pylist()
+
+    profiles = []
+    for s in range(k):
+        p = personas[s]
+        top = sorted(by_segment.get(s, {}).items(), key=lambda kv: -abs(kv[1]))[:8]
+        profiles.append({
+            "segment": s, "name": p.name, "rule": p.rule, "action": p.action,
+            "size": sizes[s]["size"], "share": sizes[s]["share"],
+            "value_share": concentration[s].get("value_share"),
+            "top_lifts": top,
+            "words": {source: w.get(s, []) for source, w in words.items()},
+            "top_events": events_top.get(s, []),
+            "ngrams": [(list(g), c, r) for g, c, r in ngrams.get(s, [])],
+            "mean_rating": float(rating[s]), "churn_rate": float(churn_rate[s]),
+            "churn_score": float(churn_score[s]), "expected_value": float(expected_value[s]),
+            "representatives": [{"customer_id": id_list[i], "snippet": (snippets.get(i) or "")[:200]}
+                                for i in reps.get(s, [])],
+        })
+    write_json(out / "profiles.json", {"as_of": as_of, "n_segments": k, "segments": profiles})
+    flat = pa.table({
+        "segment": pa.array([p["segment"] for p in profiles], pa.int32()),
+        "name": [p["name"] for p in profiles], "action": [p["action"] for p in profiles],
+        "size": [p["size"] for p in profiles], "share": [p["share"] for p in profiles],
+        "value_share": [p["value_share"] for p in profiles], "mean_rating": [p["mean_rating"] for p in profiles],
+        "churn_rate": [p["churn_rate"] for p in profiles], "churn_score": [p["churn_score"] for p in profiles],
+        "expected_value": [p["expected_value"] for p in profiles],
+    })
+    write_parquet(out / "profiles.parquet", flat)
+    write_parquet(out / "lifts.parquet", lifts)
+
+    names = {p["segment"]: p["name"] for p in profiles}
+    xy, rows = pca_2d(x, n_sample=int(pcfg.projection_sample), seed=seed)
+    k_svg = work / "segment" / "k_selection.svg"
+    overview = {"as of": as_of}
+    if churn:
+        overview["churn AUC (held out)"] = round(churn["metrics"]["model"]["roc_auc"], 3)
+        overview["RFM-only AUC"] = round(churn["metrics"]["rfm_logistic"]["roc_auc"], 3)
+    context = {
+        "title": "gpuseg segment report",
+        "subtitle": f"{len(ids):,} customers, {k} segments, data as of {as_of}",
+        "overview": overview,
+        "segments": [{**p, "ngrams": [(tuple(g), c, r) for g, c, r in p["ngrams"]]} for p in profiles],
+        "projection": {"xy": xy, "segments": labels[rows]},
+        "lift_matrix": lift_matrix(by_segment, names),
+        **({"k_selection_svg": k_svg.read_text()} if k_svg.exists() else {}),
+    }
+    report_path = write_report(out / "report.html", render_report(context))
+    metrics = {
+        "n_customers": len(ids), "n_segments": k, "as_of": as_of,
+        "value": value["report"],
+        "churn": {"label": label_name, **churn.get("metrics", {})},
+        "personas": {p["segment"]: p["name"] for p in profiles},
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_json(out / "metrics.json", metrics)
+    log.info("profile: %d segments; report at %s", k, report_path)
+    result = {"n_segments": k, "churn_label": label_name, "output_dir": str(out),
+              "report_path": str(report_path), "profiles_path": str(out / "profiles.json")}
+    return finish(cfg, "profile", ctx["manifest"], result)

@@ -1,0 +1,283 @@
+"""Rule-based persona names and next-best actions from per-segment lifts.
+
+Rules are plain data (lists and dicts, so they can live in a YAML config)::
+
+    {"name": "High-value loyalists",
+     "conditions": [{"feature": "monetary_sum", "op": ">", "value": 0.8}, ...],
+     "action": "Reward and retain: ..."}
+
+Each condition compares a segment's lift (a z-score, see :mod:`gpuseg.profile.lifts`) with a
+threshold. ``feature`` may be a list of alternatives; the first one present in the segment's lifts
+is used (``share_event_coupon`` on synthetic data, ``share_event_discount`` elsewhere). ``op`` is
+one of ``>``, ``<`` (signed lift), ``abs<`` and ``abs>`` (size of the lift, for "nothing special"
+rules). A rule matches a segment when every condition holds; a condition whose features are all
+absent fails. Its *score* is the mean margin by which the conditions are exceeded (in sd), so
+among several matching rules the one the segment satisfies most clearly wins (ties: earlier rule).
+A segment that matches no rule gets a descriptive fallback name from its strongest lifts,
+``"Segment 3: high recency / low frequency"``, and :data:`FALLBACK_ACTION`.
+
+Defaults (:data:`DEFAULT_RULES`) are written for retail data with the RFM+ features of
+:mod:`gpuseg.features.rfm`; thresholds are in population standard deviations:
+
+=================================  =======================================================
+High-value loyalists               monetary_sum > 0.8, frequency > 0.5, recency_days < 0
+At-risk former actives             trend_activity (or trend_purchases) < -0.6, recency > 0
+Dormant customers                  recency_days > 1.0, frequency < 0
+New customers                      tenure_days < -1.0
+Price-sensitive deal hunters       coupon/discount/promo share > 0.7, monetary_mean < -0.3
+Bargain basket shoppers            monetary_mean < -0.8, frequency > 0.3
+Unhappy support-heavy customers    n_tickets (or ticket share) > 0.8, mean_rating < -0.5
+Frequent returners                 n_returns (or return share) > 1.0
+Big-ticket occasional buyers       monetary_mean > 1.0, frequency < 0
+Steady regulars                    |lift| < 0.5 on recency, frequency, spend, basket, tenure,
+                                   activity trend, tickets and returns
+=================================  =======================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from gpuseg.profile.lifts import check_segments
+from gpuseg.runtime.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+OPS = (">", "<", "abs<", "abs>")
+
+_COUPON = ["share_event_coupon", "share_event_discount", "share_event_promo",
+           "share_event_promotion", "share_event_voucher"]
+
+DEFAULT_RULES: list[dict[str, Any]] = [
+    {"name": "High-value loyalists",
+     "conditions": [{"feature": "monetary_sum", "op": ">", "value": 0.8},
+                    {"feature": "frequency", "op": ">", "value": 0.5},
+                    {"feature": "recency_days", "op": "<", "value": 0.0}],
+     "action": "Reward and retain: loyalty perks, early access and referral invitations; "
+               "avoid blanket discounts."},
+    {"name": "At-risk former actives",
+     "conditions": [{"feature": ["trend_activity", "trend_purchases"], "op": "<", "value": -0.6},
+                    {"feature": "recency_days", "op": ">", "value": 0.0}],
+     "action": "Win back now: personal check-in and a time-limited offer on their usual "
+               "categories before they lapse."},
+    {"name": "Dormant customers",
+     "conditions": [{"feature": ["recency_days", "days_since_last_event"], "op": ">", "value": 1.0},
+                    {"feature": ["frequency", "n_events"], "op": "<", "value": 0.0}],
+     "action": "Low-cost reactivation campaign (email, strong incentive); suppress from "
+               "expensive channels if there is no response."},
+    {"name": "New customers",
+     "conditions": [{"feature": "tenure_days", "op": "<", "value": -1.0}],
+     "action": "Onboard: welcome series, second-purchase incentive and product discovery."},
+    {"name": "Price-sensitive deal hunters",
+     "conditions": [{"feature": _COUPON, "op": ">", "value": 0.7},
+                    {"feature": "monetary_mean", "op": "<", "value": -0.3}],
+     "action": "Target with promotions and bundles; protect margin with coupon caps and "
+               "private-label alternatives."},
+    {"name": "Bargain basket shoppers",
+     "conditions": [{"feature": "monetary_mean", "op": "<", "value": -0.8},
+                    {"feature": "frequency", "op": ">", "value": 0.3}],
+     "action": "Grow the basket: bundles, free-shipping thresholds and cross-sell."},
+    {"name": "Unhappy support-heavy customers",
+     "conditions": [{"feature": ["n_tickets", "share_event_support_ticket"], "op": ">", "value": 0.8},
+                    {"feature": "mean_rating", "op": "<", "value": -0.5}],
+     "action": "Service recovery: route to senior support, fix the root causes they raise, "
+               "follow up personally; no marketing pressure until resolved."},
+    {"name": "Frequent returners",
+     "conditions": [{"feature": ["n_returns", "share_event_return"], "op": ">", "value": 1.0}],
+     "action": "Reduce returns: better size and product guidance, review return policy costs."},
+    {"name": "Big-ticket occasional buyers",
+     "conditions": [{"feature": "monetary_mean", "op": ">", "value": 1.0},
+                    {"feature": "frequency", "op": "<", "value": 0.0}],
+     "action": "Premium recommendations and timely replenishment or upgrade reminders."},
+    {"name": "Steady regulars",
+     "conditions": [{"feature": f, "op": "abs<", "value": 0.5}
+                    for f in ("recency_days", "frequency", "monetary_sum", "monetary_mean",
+                              "tenure_days", "trend_activity", "n_tickets", "n_returns")],
+     "action": "Keep engaged: personalised recommendations and cross-sell in their favourite "
+               "categories."},
+]
+
+FALLBACK_ACTION = "Review this segment's profile; no default action applies."
+
+
+class PersonaAssignment(NamedTuple):
+    """Persona of one segment: ``name``, the ``rule`` that matched (None for the fallback name),
+    its ``score`` (mean margin in sd; 0 for the fallback) and the suggested ``action``."""
+
+    name: str
+    rule: str | None
+    score: float
+    action: str
+
+
+def validate_rules(rules: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Check rules and return them as plain dicts (raises :class:`UserInputError` naming the rule)."""
+    if isinstance(rules, str | bytes) or not isinstance(rules, Sequence):
+        raise UserInputError(f"The 'rules' parameter must be a list of rule mappings, got {type(rules).__name__}.")
+    out = []
+    for i, rule in enumerate(rules):
+        where = f"rule {i} ({rule.get('name', '?')!r})" if isinstance(rule, Mapping) else f"rule {i}"
+        if not isinstance(rule, Mapping) or not isinstance(rule.get("name"), str) or not rule["name"]:
+            raise UserInputError(f"The 'rules' parameter: {where} needs a non-empty string 'name'.")
+        conds = rule.get("conditions")
+        if not isinstance(conds, Sequence) or isinstance(conds, str) or not conds:
+            raise UserInputError(f"The 'rules' parameter: {where} needs a non-empty list 'conditions'.")
+        clean = []
+        for c in conds:
+            if not isinstance(c, Mapping):
+                raise UserInputError(f"The 'rules' parameter: {where} has a condition that is not a mapping: {c!r}.")
+            feat = c.get("feature")
+            feats = [feat] if isinstance(feat, str) else list(feat) if isinstance(feat, Sequence) else []
+            if not feats or not all(isinstance(f, str) and f for f in feats):
+                raise UserInputError(f"The 'rules' parameter: {where} has a condition whose 'feature' "
+                                     f"is not a name or a list of names: {feat!r}.")
+            if c.get("op") not in OPS:
+                raise UserInputError(f"The 'rules' parameter: {where} has op {c.get('op')!r}; "
+                                     f"expected one of {list(OPS)}.")
+            value = c.get("value")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+                raise UserInputError(f"The 'rules' parameter: {where} has a non-numeric 'value': {value!r}.")
+            clean.append({"feature": feats, "op": c["op"], "value": float(value)})
+        out.append({"name": rule["name"], "conditions": clean, "action": str(rule.get("action") or FALLBACK_ACTION)})
+    return out
+
+
+def _margin(lift: float, op: str, value: float) -> float:
+    """How far past the threshold the lift is (positive when the condition holds)."""
+    if op == ">":
+        return lift - value
+    if op == "<":
+        return value - lift
+    if op == "abs<":
+        return value - abs(lift)
+    return abs(lift) - value  # abs>
+
+
+def rule_score(lifts: Mapping[str, float], rule: Mapping[str, Any]) -> float | None:
+    """Mean margin of a (validated) rule on one segment's lifts, or None when it does not match."""
+    margins = []
+    for c in rule["conditions"]:
+        feat = next((f for f in c["feature"] if f in lifts and np.isfinite(lifts[f])), None)
+        if feat is None:
+            return None
+        m = _margin(float(lifts[feat]), c["op"], c["value"])
+        if not m > 0:
+            return None
+        margins.append(m)
+    return float(np.mean(margins))
+
+
+def humanize(feature: str) -> str:
+    """Readable feature name: ``share_event_coupon`` -> ``coupon share``, ``recency_days`` -> ``recency``."""
+    for prefix in ("share_event_", "share_channel_", "share_category_"):
+        if feature.startswith(prefix):
+            return f"{feature[len(prefix):].replace('_', ' ')} share"
+    special = {"recency_days": "recency", "tenure_days": "tenure", "monetary_sum": "total spend",
+               "monetary_net": "net spend", "monetary_mean": "basket value",
+               "mean_rating": "rating", "n_tickets": "tickets", "n_returns": "returns",
+               "n_reviews": "reviews", "n_events": "activity"}
+    return special.get(feature, feature.replace("_", " "))
+
+
+def fallback_name(segment: int, lifts: Mapping[str, float]) -> str:
+    """``"Segment s: high <top positive lift> / low <top negative lift>"``."""
+    finite = {f: z for f, z in lifts.items() if np.isfinite(z)}
+    pos = max(finite.items(), key=lambda kv: kv[1], default=None)
+    neg = min(finite.items(), key=lambda kv: kv[1], default=None)
+    parts = []
+    if pos is not None and pos[1] > 0:
+        parts.append(f"high {humanize(pos[0])}")
+    if neg is not None and neg[1] < 0:
+        parts.append(f"low {humanize(neg[0])}")
+    return f"Segment {segment}: " + (" / ".join(parts) if parts else "average on every feature")
+
+
+def assign_personas(lifts_by_segment: Mapping[int, Mapping[str, float]],
+                    rules: Sequence[Mapping[str, Any]] | None = None,
+                    actions: Mapping[str, str] | None = None) -> dict[int, PersonaAssignment]:
+    """Name each segment with the best-matching rule.
+
+    Parameters
+    ----------
+    lifts_by_segment : mapping
+        ``segment -> {feature: lift_z}`` (see :func:`gpuseg.profile.lifts.lifts_by_segment`).
+    rules : list of mappings, optional
+        Persona rules (default :data:`DEFAULT_RULES`); see the module docstring for the format.
+    actions : mapping, optional
+        Persona name -> next-best action, overriding the rules' own ``action`` (a key
+        ``"fallback"`` sets the action of fallback-named segments).
+
+    Returns
+    -------
+    dict
+        ``segment -> PersonaAssignment(name, rule, score, action)``.
+    """
+    checked = validate_rules(DEFAULT_RULES if rules is None else rules)
+    actions = dict(actions or {})
+    out: dict[int, PersonaAssignment] = {}
+    for seg, lifts in lifts_by_segment.items():
+        best, best_score = None, -np.inf
+        for rule in checked:
+            score = rule_score(lifts, rule)
+            if score is not None and score > best_score:
+                best, best_score = rule, score
+        if best is None:
+            name = fallback_name(int(seg), lifts)
+            out[int(seg)] = PersonaAssignment(name, None, 0.0, actions.get("fallback", FALLBACK_ACTION))
+        else:
+            out[int(seg)] = PersonaAssignment(best["name"], best["name"], round(best_score, 6),
+                                              actions.get(best["name"], best["action"]))
+        log.debug("segment %s -> %s (score %.3f)", seg, out[int(seg)].name, out[int(seg)].score)
+    return out
+
+
+def match_report(assigned_names: Mapping[int, str], segments, truth_personas,
+                 name_to_persona: Mapping[str, str | Sequence[str]]) -> dict[str, Any]:
+    """Compare assigned persona names with planted personas (synthetic data, benchmarks).
+
+    Parameters
+    ----------
+    assigned_names : mapping
+        ``segment -> persona name`` (e.g. ``{s: a.name for s, a in assign_personas(...).items()}``).
+    segments : array of int, shape (n,)
+        Segment of each customer.
+    truth_personas : array of str, shape (n,)
+        Planted persona of each customer.
+    name_to_persona : mapping
+        Rule name -> the planted persona (or list of personas) it stands for. Part of the test or
+        benchmark data, not of the pipeline.
+
+    Returns
+    -------
+    dict
+        ``segments``: per segment ``segment``, ``name``, ``majority_persona``, ``majority_share``,
+        ``expected`` (personas the name stands for) and ``match``; plus ``n_matched``,
+        ``n_segments`` and ``match_rate``.
+    """
+    seg = check_segments(segments)
+    truth = np.asarray(truth_personas).astype(str)
+    if truth.shape != seg.shape:
+        raise UserInputError(f"The 'truth_personas' parameter has {truth.shape[0]} entries but "
+                             f"'segments' has {seg.shape[0]}; they must be aligned.")
+    rows = []
+    for s in sorted(assigned_names):
+        members = truth[seg == s]
+        name = assigned_names[s]
+        target = name_to_persona.get(name, [])
+        expected = [target] if isinstance(target, str) else list(target)
+        if members.size:
+            persona, count = Counter(members.tolist()).most_common(1)[0]
+            share = count / members.size
+        else:
+            persona, share = None, 0.0
+        rows.append({"segment": int(s), "name": name, "majority_persona": persona,
+                     "majority_share": float(share), "expected": expected,
+                     "match": persona is not None and persona in expected})
+    n_matched = sum(r["match"] for r in rows)
+    return {"segments": rows, "n_matched": n_matched, "n_segments": len(rows),
+            "match_rate": n_matched / len(rows) if rows else float("nan")}

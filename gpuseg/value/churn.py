@@ -1,0 +1,442 @@
+"""Churn propensity: a logistic regression or one-hidden-layer MLP in torch, plus its metrics.
+
+:class:`ChurnModel` standardises the features (statistics from the training rows), trains with
+Adam on mini-batches drawn from a seeded generator (same seed, same CPU result) and, when
+``holdout_fraction > 0``, keeps the weights of the epoch with the lowest validation loss and
+reports ``validation_`` metrics (ROC AUC, log loss, Brier score, calibration table).
+
+The metrics are plain numpy functions so that a job can score any model the same way:
+:func:`roc_auc` (Mann-Whitney, ties counted half), :func:`calibration_table` (equal-width bins)
+and :func:`risk_tier` (``low`` / ``medium`` / ``high`` from score thresholds, so that "high churn
+risk (score > 0.7)" is one filter).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from gpuseg.runtime.device import resolve_device
+from gpuseg.runtime.errors import UserInputError
+from gpuseg.runtime.io import atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+# -------------------------------------------------------------------------------------- metrics
+def _binary_labels(y: Any, name: str = "y") -> np.ndarray:
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise UserInputError(f"The '{name}' parameter must be 1-dimensional. Got shape {arr.shape}.")
+    try:
+        vals = arr.astype(np.float64)
+    except (TypeError, ValueError):
+        raise UserInputError(f"The '{name}' parameter must hold 0/1 labels.") from None
+    bad = ~np.isin(vals, (0.0, 1.0))
+    if bad.any():
+        idx = np.flatnonzero(bad)[:5]
+        raise UserInputError(f"The '{name}' parameter must hold 0/1 labels. Got {arr[idx].tolist()} "
+                             f"at index {idx.tolist()}.")
+    return vals.astype(np.int64)
+
+
+def _scores(p: Any, n: int) -> np.ndarray:
+    arr = np.asarray(p, dtype=np.float64)
+    if arr.shape != (n,):
+        raise UserInputError(f"The 'p' parameter must have shape ({n},) like y. Got {arr.shape}.")
+    if not np.isfinite(arr).all():
+        raise UserInputError("The 'p' parameter must be finite.")
+    return arr
+
+
+def roc_auc(y: Any, p: Any) -> float:
+    """Area under the ROC curve: P(score of a random positive > that of a random negative).
+
+    Ties count one half (the Mann-Whitney U statistic from average ranks).
+
+    Parameters
+    ----------
+    y : array-like of shape (n,)
+        0/1 labels.
+    p : array-like of shape (n,)
+        Scores.
+
+    Returns
+    -------
+    float
+        NaN when ``y`` holds a single class.
+    """
+    yy = _binary_labels(y)
+    pp = _scores(p, yy.size)
+    n_pos = int(yy.sum())
+    n_neg = yy.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inv, counts = np.unique(pp, return_inverse=True, return_counts=True)
+    # average rank of each distinct score (1-based): ranks before it + (count + 1) / 2
+    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0
+    rank_sum = avg_rank[inv][yy == 1].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def calibration_table(y: Any, p: Any, n_bins: int = 10) -> dict[str, list]:
+    """Observed positive rate against mean predicted probability in equal-width bins of ``p``.
+
+    Parameters
+    ----------
+    y : array-like of shape (n,)
+        0/1 labels.
+    p : array-like of shape (n,)
+        Predicted probabilities in [0, 1].
+    n_bins : int, default=10
+        Bins over [0, 1]; the last bin includes 1.
+
+    Returns
+    -------
+    dict of lists
+        ``bin_lower``, ``bin_upper``, ``mean_predicted``, ``observed_rate`` (NaN for empty bins)
+        and ``count``, one entry per bin.
+    """
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int | np.integer) or n_bins < 1:
+        raise UserInputError(f"The 'n_bins' parameter must be an int >= 1. Got {n_bins!r} instead.")
+    yy = _binary_labels(y)
+    pp = _scores(p, yy.size)
+    if ((pp < 0) | (pp > 1)).any():
+        raise UserInputError("The 'p' parameter must hold probabilities in [0, 1].")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    b = np.clip(np.floor(pp * n_bins).astype(np.int64), 0, n_bins - 1)
+    count = np.bincount(b, minlength=n_bins)
+    sum_p = np.bincount(b, weights=pp, minlength=n_bins)
+    sum_y = np.bincount(b, weights=yy, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.where(count > 0, sum_p / count, np.nan)
+        rate = np.where(count > 0, sum_y / count, np.nan)
+    return {
+        "bin_lower": edges[:-1].tolist(),
+        "bin_upper": edges[1:].tolist(),
+        "mean_predicted": mean_p.tolist(),
+        "observed_rate": rate.tolist(),
+        "count": count.tolist(),
+    }
+
+
+def risk_tier(p: Any, thresholds: tuple[float, float] = (0.3, 0.7)) -> np.ndarray:
+    """``"low"`` (p <= low), ``"medium"`` (low < p <= high) or ``"high"`` (p > high) per score.
+
+    Parameters
+    ----------
+    p : array-like of shape (n,)
+        Churn scores.
+    thresholds : (float, float), default=(0.3, 0.7)
+        Increasing ``(low, high)`` cut points.
+
+    Returns
+    -------
+    ndarray of str (object dtype), shape (n,)
+    """
+    try:
+        low, high = (float(t) for t in thresholds)
+    except (TypeError, ValueError):
+        raise UserInputError(f"The 'thresholds' parameter must be two numbers (low, high). Got "
+                             f"{thresholds!r} instead.") from None
+    if not low < high:
+        raise UserInputError(f"The 'thresholds' parameter must be increasing. Got {thresholds!r}.")
+    pp = np.asarray(p, dtype=np.float64).reshape(-1)
+    tiers = np.array(["low", "medium", "high"], dtype=object)
+    return tiers[(pp > low).astype(np.int64) + (pp > high).astype(np.int64)]
+
+
+def binary_metrics(y: Any, p: Any, n_bins: int = 10) -> dict[str, Any]:
+    """ROC AUC, log loss, Brier score, positive rate and calibration table of scores ``p``."""
+    yy = _binary_labels(y)
+    pp = _scores(p, yy.size)
+    q = np.clip(pp, 1e-12, 1 - 1e-12)
+    return {
+        "n": int(yy.size),
+        "positive_rate": float(yy.mean()) if yy.size else float("nan"),
+        "roc_auc": roc_auc(yy, pp),
+        "log_loss": float(-(yy * np.log(q) + (1 - yy) * np.log(1 - q)).mean()),
+        "brier": float(((pp - yy) ** 2).mean()),
+        "calibration": calibration_table(yy, pp, n_bins),
+    }
+
+
+# ---------------------------------------------------------------------------------------- model
+def _check_X(X: Any, n_features: int | None = None) -> np.ndarray:
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    try:
+        arr = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise UserInputError("The 'X' parameter must be a 2-d array of numbers.") from None
+    if arr.ndim != 2:
+        raise UserInputError(f"The 'X' parameter must be 2-dimensional. Got shape {arr.shape}.")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise UserInputError(f"The 'X' parameter has {arr.shape[1]} features, but ChurnModel was "
+                             f"fitted with {n_features}.")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))[:5]
+        raise UserInputError(f"The 'X' parameter must be finite (impute NaN first); non-finite values "
+                             f"in rows {rows.tolist()}.")
+    return arr
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, n_features: int, hidden: int):
+        super().__init__()
+        if hidden > 0:
+            self.hidden = torch.nn.Linear(n_features, hidden)
+            self.out = torch.nn.Linear(hidden, 1)
+        else:
+            self.hidden = None
+            self.out = torch.nn.Linear(n_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hidden is not None:
+            x = torch.relu(self.hidden(x))
+        return self.out(x).squeeze(-1)
+
+
+class ChurnModel:
+    """Churn classifier: logistic regression (``hidden=0``) or a one-hidden-layer MLP, in torch.
+
+    Parameters
+    ----------
+    hidden : int, default=0
+        Hidden units; 0 is a logistic regression.
+    l2 : float, default=1e-3
+        L2 penalty on the weights (not the biases), added to the mean log loss.
+    epochs : int, default=50
+        Passes over the training rows.
+    lr : float, default=1e-2
+        Adam learning rate.
+    batch_size : int, default=1024
+    holdout_fraction : float, default=0.0
+        Fraction of the rows of ``fit`` held out (stratified by class) for validation and
+        best-epoch selection; 0 trains on all rows for ``epochs``.
+    device : str or torch.device, default="auto"
+    random_state : int, default=0
+        Seeds the initial weights, the hold-out split and the mini-batch order.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+    mean_, scale_ : ndarray
+        Standardisation statistics of the training rows.
+    best_epoch_ : int
+        Epoch kept (the last without hold-out).
+    history_ : list of dict
+        Train (and validation) loss per epoch.
+    validation_ : dict or None
+        :func:`binary_metrics` on the hold-out rows.
+    """
+
+    def __init__(self, *, hidden: int = 0, l2: float = 1e-3, epochs: int = 50, lr: float = 1e-2,
+                 batch_size: int = 1024, holdout_fraction: float = 0.0, device: Any = "auto",
+                 random_state: int = 0):
+        self.hidden = hidden
+        self.l2 = l2
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.holdout_fraction = holdout_fraction
+        self.device = device
+        self.random_state = random_state
+
+    def _check_params(self) -> None:
+        def need(name: str, ok: bool, what: str) -> None:
+            if not ok:
+                raise UserInputError(f"The '{name}' parameter of ChurnModel must be {what}. Got "
+                                     f"{getattr(self, name)!r} instead.")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return isinstance(v, int | float | np.number) and not isinstance(v, bool)
+
+        need("hidden", is_int(self.hidden) and self.hidden >= 0, "an int >= 0")
+        need("l2", is_num(self.l2) and self.l2 >= 0, "a float >= 0")
+        need("epochs", is_int(self.epochs) and self.epochs >= 1, "an int >= 1")
+        need("lr", is_num(self.lr) and self.lr > 0, "a float > 0")
+        need("batch_size", is_int(self.batch_size) and self.batch_size >= 1, "an int >= 1")
+        need("holdout_fraction", is_num(self.holdout_fraction) and 0 <= self.holdout_fraction < 1,
+             "a float in [0, 1)")
+        need("random_state", is_int(self.random_state) and self.random_state >= 0, "an int >= 0")
+
+    def _split(self, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if self.holdout_fraction == 0:
+            return np.arange(y.size), np.zeros(0, dtype=np.int64)
+        val = []
+        for cls in (0, 1):
+            idx = np.flatnonzero(y == cls)
+            rng.shuffle(idx)
+            val.append(idx[: int(round(self.holdout_fraction * idx.size))])
+        val_idx = np.sort(np.concatenate(val))
+        train = np.ones(y.size, dtype=bool)
+        train[val_idx] = False
+        return np.flatnonzero(train), val_idx
+
+    def fit(self, X: Any, y: Any) -> ChurnModel:
+        """Train on features ``X`` and churn labels ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Finite features (fused matrix, RFM+ block...).
+        y : array-like of shape (n_samples,)
+            1 = churned, 0 = retained.
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        Xa = _check_X(X)
+        ya = _binary_labels(y)
+        if ya.size != Xa.shape[0]:
+            raise UserInputError(f"The 'X' and 'y' parameters must have the same number of rows. Got "
+                                 f"{Xa.shape[0]} and {ya.size}.")
+        rng = np.random.default_rng(self.random_state)
+        train, val = self._split(ya, rng)
+        if np.unique(ya[train]).size < 2:
+            raise UserInputError("ChurnModel.fit needs both classes (churned and retained) among "
+                                 "the training rows of 'y'.")
+        device = resolve_device(self.device, key="device")
+        self.n_features_in_ = Xa.shape[1]
+        self.mean_ = Xa[train].mean(axis=0)
+        scale = Xa[train].std(axis=0)
+        self.scale_ = np.where(scale > 0, scale, 1.0)  # constant columns stay at 0 after centring
+
+        def tensor(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            xs = (Xa[idx] - self.mean_) / self.scale_
+            return (torch.as_tensor(xs, dtype=torch.float32, device=device),
+                    torch.as_tensor(ya[idx], dtype=torch.float32, device=device))
+
+        xt, yt = tensor(train)
+        xv, yv = tensor(val)
+        gen = torch.Generator().manual_seed(int(self.random_state))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.random_state))
+            net = _Net(self.n_features_in_, int(self.hidden)).to(device)
+        opt = torch.optim.Adam(net.parameters(), lr=float(self.lr))
+        weights = [p for name, p in net.named_parameters() if name.endswith("weight")]
+        loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
+        n = xt.shape[0]
+        bs = min(int(self.batch_size), n)
+        self.history_ = []
+        best = (float("inf"), 0, None)
+        for epoch in range(1, int(self.epochs) + 1):
+            net.train()
+            order = torch.randperm(n, generator=gen).to(device)
+            total = 0.0
+            for start in range(0, n, bs):
+                idx = order[start:start + bs]
+                loss = loss_fn(net(xt[idx]), yt[idx])
+                penalty = sum((w**2).sum() for w in weights)
+                opt.zero_grad()
+                (loss + float(self.l2) * penalty).backward()
+                opt.step()
+                total += float(loss.detach()) * idx.numel()
+            record = {"epoch": epoch, "train_loss": total / n}
+            if val.size:
+                net.eval()
+                with torch.no_grad():
+                    v_loss = float(loss_fn(net(xv), yv))
+                record["val_loss"] = v_loss
+                if v_loss < best[0]:
+                    best = (v_loss, epoch, {k: t.detach().clone() for k, t in net.state_dict().items()})
+            self.history_.append(record)
+        if best[2] is not None:
+            net.load_state_dict(best[2])
+            self.best_epoch_ = best[1]
+        else:
+            self.best_epoch_ = int(self.epochs)
+        self._net = net.eval()
+        self.validation_ = None
+        if val.size:
+            self.validation_ = binary_metrics(ya[val], self.predict_proba(Xa[val]))
+            log.info("churn model: validation ROC AUC %.4f at epoch %d",
+                     self.validation_["roc_auc"], self.best_epoch_)
+        return self
+
+    def _fitted(self) -> _Net:
+        if not hasattr(self, "_net"):
+            raise UserInputError("This ChurnModel instance is not fitted yet. Call 'fit' first.")
+        return self._net
+
+    def predict_proba(self, X: Any, *, batch_size: int = 65_536) -> np.ndarray:
+        """Churn probability per row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of float64, shape (n_samples,)
+        """
+        net = self._fitted()
+        Xa = _check_X(X, self.n_features_in_)
+        device = next(net.parameters()).device
+        out = np.empty(Xa.shape[0], dtype=np.float64)
+        with torch.no_grad():
+            for start in range(0, Xa.shape[0], batch_size):
+                xs = (Xa[start:start + batch_size] - self.mean_) / self.scale_
+                logits = net(torch.as_tensor(xs, dtype=torch.float32, device=device))
+                out[start:start + batch_size] = torch.sigmoid(logits).double().cpu().numpy()
+        return out
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-ready)."""
+        return {k: getattr(self, k) for k in ("hidden", "l2", "epochs", "lr", "batch_size",
+                                               "holdout_fraction", "random_state")}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the weights and scaler to ``path`` (safetensors) and settings to ``path.json``.
+
+        Returns
+        -------
+        Path
+            The safetensors file.
+        """
+        net = self._fitted()
+        path = Path(path)
+        tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        tensors["mean"] = torch.as_tensor(self.mean_, dtype=torch.float64)
+        tensors["scale"] = torch.as_tensor(self.scale_, dtype=torch.float64)
+        meta = {"model": "ChurnModel", "format_version": FORMAT_VERSION, "params": self.get_params(),
+                "n_features_in": self.n_features_in_, "best_epoch": self.best_epoch_,
+                "validation": self.validation_}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"gpuseg": json.dumps({"model": "ChurnModel"})})
+        write_json(path.with_name(path.name + ".json"), meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: Any = "auto") -> ChurnModel:
+        """Read a model written by :meth:`save`."""
+        path = Path(path)
+        meta = read_json(path.with_name(path.name + ".json"))
+        if meta.get("model") != "ChurnModel" or meta.get("format_version") != FORMAT_VERSION:
+            raise UserInputError(f"'{path}' is not a ChurnModel of format {FORMAT_VERSION}")
+        model = cls(**meta["params"], device=device)
+        tensors = load_file(str(path))
+        model.n_features_in_ = int(meta["n_features_in"])
+        model.mean_ = tensors["mean"].numpy()
+        model.scale_ = tensors["scale"].numpy()
+        model.best_epoch_ = int(meta["best_epoch"])
+        model.validation_ = meta["validation"]
+        net = _Net(model.n_features_in_, int(model.hidden))
+        net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        model._net = net.to(resolve_device(device, key="device")).eval()
+        return model

@@ -1,0 +1,116 @@
+"""Churn propensity model and metrics (gpuseg.value.churn)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import DEVICES
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from gpuseg.runtime.errors import UserInputError
+from gpuseg.value import ChurnModel, binary_metrics, calibration_table, risk_tier, roc_auc
+
+torch.set_num_threads(1)
+
+
+def make_data(n=3000, seed=0, nonlinear=False):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 5)) * np.array([1.0, 10.0, 0.1, 1.0, 1.0]) + np.array([0, 50, 0, 0, 0])
+    z = 1.5 * X[:, 0] - 0.2 * (X[:, 1] - 50) + 8 * X[:, 2]
+    if nonlinear:
+        z = 2.5 * (np.abs(X[:, 3]) - 0.8) + 0.5 * X[:, 0]
+    p = 1 / (1 + np.exp(-z))
+    return X, (rng.random(n) < p).astype(int), p
+
+
+def test_roc_auc_and_calibration_match_references():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    p = np.round(rng.random(500), 1)  # many ties
+    assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert roc_auc([0, 1], [0.5, 0.5]) == 0.5
+    assert np.isnan(roc_auc([1, 1], [0.2, 0.3]))
+    table = calibration_table([0, 1, 1, 0, 1], [0.05, 0.15, 0.95, 1.0, 0.5], n_bins=4)
+    assert table["count"] == [2, 0, 1, 2]
+    assert table["bin_lower"] == [0.0, 0.25, 0.5, 0.75] and table["bin_upper"][-1] == 1.0
+    assert table["mean_predicted"][0] == pytest.approx(0.1) and table["observed_rate"][0] == 0.5
+    assert np.isnan(table["observed_rate"][1]) and table["observed_rate"][3] == 0.5
+    tiers = risk_tier([0.0, 0.3, 0.31, 0.7, 0.71, 1.0])
+    assert tiers.tolist() == ["low", "low", "medium", "medium", "high", "high"]
+    assert risk_tier([0.5], thresholds=(0.1, 0.4)).tolist() == ["high"]
+    with pytest.raises(UserInputError, match="0/1 labels"):
+        roc_auc([0, 2], [0.1, 0.2])
+    with pytest.raises(UserInputError, match="increasing"):
+        risk_tier([0.5], thresholds=(0.7, 0.3))
+    with pytest.raises(UserInputError, match="probabilities"):
+        calibration_table([0, 1], [0.1, 1.2])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_logistic_matches_sklearn_and_is_calibrated(device):
+    X, y, p_true = make_data()
+    model = ChurnModel(hidden=0, l2=1e-4, epochs=60, lr=0.05, batch_size=512, device=device,
+                       random_state=0).fit(X, y)
+    p = model.predict_proba(X)
+    ref = LogisticRegression(C=1e4, max_iter=2000).fit((X - X.mean(0)) / X.std(0), y)
+    p_ref = ref.predict_proba((X - X.mean(0)) / X.std(0))[:, 1]
+    assert np.abs(p - p_ref).max() < 0.05
+    assert roc_auc(y, p) == pytest.approx(roc_auc(y, p_true), abs=0.01)
+    cal = calibration_table(y, p)
+    counts = np.array(cal["count"])
+    gap = np.abs(np.array(cal["mean_predicted"]) - np.array(cal["observed_rate"]))[counts >= 100]
+    assert gap.max() < 0.08
+
+
+def test_mlp_beats_logistic_on_a_nonlinear_target_with_holdout():
+    X, y, _ = make_data(n=4000, seed=1, nonlinear=True)
+    lin = ChurnModel(hidden=0, epochs=30, lr=0.02, holdout_fraction=0.25, device="cpu").fit(X, y)
+    mlp = ChurnModel(hidden=16, epochs=30, lr=0.02, holdout_fraction=0.25, device="cpu").fit(X, y)
+    assert mlp.validation_["n"] == 1000  # stratified 25 %
+    assert mlp.validation_["positive_rate"] == pytest.approx(y.mean(), abs=0.002)
+    assert mlp.validation_["roc_auc"] > lin.validation_["roc_auc"] + 0.1
+    assert mlp.validation_["roc_auc"] > 0.75
+    assert 1 <= mlp.best_epoch_ <= 30 and len(mlp.history_) == 30
+    assert mlp.history_[mlp.best_epoch_ - 1]["val_loss"] == min(h["val_loss"] for h in mlp.history_)
+    assert sum(mlp.validation_["calibration"]["count"]) == 1000
+
+
+def test_same_seed_same_result_and_save_load(tmp_path):
+    X, y, _ = make_data(n=1500, seed=2)
+    kw = dict(hidden=8, epochs=5, holdout_fraction=0.2, device="cpu")
+    a = ChurnModel(random_state=3, **kw).fit(X, y)
+    b = ChurnModel(random_state=3, **kw).fit(X, y)
+    c = ChurnModel(random_state=4, **kw).fit(X, y)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    assert not np.array_equal(a.predict_proba(X), c.predict_proba(X))
+    path = a.save(tmp_path / "churn.safetensors")
+    assert path.exists() and (tmp_path / "churn.safetensors.json").exists()
+    loaded = ChurnModel.load(path, device="cpu")
+    np.testing.assert_array_equal(loaded.predict_proba(X), a.predict_proba(X))
+    assert loaded.validation_["roc_auc"] == a.validation_["roc_auc"]
+    metrics = binary_metrics(y, a.predict_proba(X))
+    assert set(metrics) == {"n", "positive_rate", "roc_auc", "log_loss", "brier", "calibration"}
+
+
+def test_bad_input_is_a_clear_error():
+    X, y, _ = make_data(n=200)
+    with pytest.raises(UserInputError, match="'hidden' parameter of ChurnModel must be an int >= 0"):
+        ChurnModel(hidden=-1).fit(X, y)
+    with pytest.raises(UserInputError, match="'holdout_fraction'"):
+        ChurnModel(holdout_fraction=1.0).fit(X, y)
+    with pytest.raises(UserInputError, match="same number of rows"):
+        ChurnModel(device="cpu").fit(X, y[:-1])
+    bad = X.copy()
+    bad[7, 1] = np.nan
+    with pytest.raises(UserInputError, match=r"finite.*rows \[7\]"):
+        ChurnModel(device="cpu").fit(bad, y)
+    with pytest.raises(UserInputError, match="both classes"):
+        ChurnModel(device="cpu").fit(X, np.zeros(200, int))
+    with pytest.raises(UserInputError, match="not fitted"):
+        ChurnModel().predict_proba(X)
+    model = ChurnModel(epochs=1, device="cpu").fit(X, y)
+    with pytest.raises(UserInputError, match="fitted with 5"):
+        model.predict_proba(X[:, :3])

@@ -1,0 +1,215 @@
+"""Segment profiles: lifts, value concentration, c-TF-IDF words, journey n-grams, persona rules."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gpuseg.profile import (
+    DEFAULT_RULES,
+    assign_personas,
+    distinctive_words,
+    distinctive_words_by_source,
+    journey_ngrams,
+    lifts_by_segment,
+    match_report,
+    representatives,
+    segment_lifts,
+    segment_means,
+    segment_sizes,
+    top_event_types,
+    validate_rules,
+    value_concentration,
+)
+from gpuseg.profile.personas import fallback_name
+from gpuseg.runtime.errors import UserInputError
+
+# ----------------------------------------------------------------------------- lifts
+
+
+def test_segment_lifts_exact_numbers():
+    feats = pa.table({"customer_id": ["a", "b", "c", "d"], "x": [1.0, 2.0, 3.0, 10.0],
+                      "y": [5.0, 5.0, 5.0, 5.0], "r": [float("nan"), 2.0, 4.0, 6.0]})
+    seg = np.array([0, 0, 1, 1])
+    t = segment_lifts(feats, seg)
+    rows = {(r["segment"], r["feature"]): r for r in t.to_pylist()}
+    std = math.sqrt(12.5)  # population std of x: mean 4, squared deviations 9, 4, 1, 36
+    assert rows[(0, "x")]["mean"] == 1.5 and rows[(0, "x")]["population_mean"] == 4.0
+    assert rows[(0, "x")]["lift_z"] == pytest.approx((1.5 - 4) / std)
+    assert rows[(1, "x")]["lift_z"] == pytest.approx((6.5 - 4) / std)
+    assert rows[(0, "y")]["lift_z"] == 0.0  # constant feature: no lift
+    # NaN left out: population of r is {2, 4, 6}; segment 0 has only 2
+    assert rows[(0, "r")]["mean"] == 2.0
+    assert rows[(0, "r")]["lift_z"] == pytest.approx((2 - 4) / math.sqrt(8 / 3))
+    # sorted by |lift| within a segment
+    seg0 = [r for r in t.to_pylist() if r["segment"] == 0]
+    assert [r["feature"] for r in seg0] == ["r", "x", "y"]
+    assert lifts_by_segment(t)[1]["x"] == pytest.approx(2.5 / std)
+
+
+def test_segment_lifts_errors_name_the_parameter():
+    feats = pa.table({"x": [1.0, 2.0]})
+    with pytest.raises(UserInputError, match="'segments'.*3 labels.*2 rows"):
+        segment_lifts(feats, np.array([0, 1, 1]))
+    with pytest.raises(UserInputError, match="'columns'.*missing"):
+        segment_lifts(feats, np.array([0, 1]), columns=["nope"])
+    with pytest.raises(UserInputError, match="non-negative"):
+        segment_lifts(feats, np.array([0, -1]))
+
+
+def test_sizes_value_concentration_means_representatives():
+    seg = np.array([0, 0, 0, 1, 2, 2])
+    sizes = segment_sizes(seg, n_segments=4).to_pydict()
+    assert sizes["size"] == [3, 1, 2, 0] and sum(sizes["share"]) == pytest.approx(1.0)
+    vc = value_concentration(np.array([1.0, 1.0, 1.0, 7.0, np.nan, 0.0]), seg).to_pydict()
+    assert vc["value_share"] == pytest.approx([0.3, 0.7, 0.0])
+    assert vc["concentration"][1] == pytest.approx(0.7 / (1 / 6))
+    m = segment_means(np.array([1.0, 0.0, np.nan, 1.0, np.nan, np.nan]), seg)
+    assert m[0] == 0.5 and m[1] == 1.0 and np.isnan(m[2])
+    reps = representatives(np.array([0.5, 0.1, 0.3, 2.0, 0.2, 0.2]), seg, n=2)
+    assert reps == {0: [1, 2], 1: [3], 2: [4, 5]}
+
+
+# ----------------------------------------------------------------------------- words
+
+
+def test_c_tf_idf_unique_word_ranks_first():
+    texts = ["great price great deal", "price discount deal", "cheap deal price",
+             "slow delivery broken item", "broken refund delivery", "item delivery broken",
+             "the delivery", "a price"]
+    seg = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    words = distinctive_words(texts, seg, n_segments=4, top_n=3, min_df=2)
+    assert words[0][0][0] == "deal"  # in segment 0 only, the most frequent there
+    assert words[1][0][0] == "broken"  # as frequent as "delivery", which segment 2 also uses
+    assert "the" not in {w for w, _ in words[2]}  # stop word
+    assert words[3] == []  # no texts
+    # min_df: 'great' is in one text only
+    assert "great" not in {w for w, _ in words[0]}
+    # c-TF-IDF formula on one value: tf('deal', 0) = 3/10, A = (10 + 9 + 3) / 3, f('deal') = 3
+    score = dict(distinctive_words(texts, seg, top_n=10)[0])["deal"]
+    assert score == pytest.approx(3 / 10 * math.log(1 + (22 / 3) / 3))
+
+
+def test_distinctive_words_by_source_compares_within_source():
+    texts = ["love sale sale", "love sale", "late refund", "late refund", "love quality",
+             "late delivery", "quality love", "delivery late"]
+    sources = ["review", "review", "ticket", "ticket", "review", "ticket", "review", "ticket"]
+    seg = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    out = distinctive_words_by_source(texts, sources, seg, top_n=2)
+    assert set(out) == {"review", "ticket"}
+    assert out["review"][0][0][0] == "sale" and out["review"][1][0][0] == "quality"
+    assert out["ticket"][0][0][0] == "refund" and out["ticket"][1][0][0] == "delivery"
+    with pytest.raises(UserInputError, match="'top_n'"):
+        distinctive_words(texts, seg, top_n=0)
+
+
+# ----------------------------------------------------------------------------- n-grams
+
+
+def test_journey_ngrams_over_representation():
+    vocab = ["<pad>", "view", "cart", "buy", "coupon"]
+    # segment 0 goes view->cart->buy; segment 1 buys with coupons; padded with 0
+    seqs = np.array([[1, 2, 3, 1, 2, 3], [1, 2, 3, 0, 0, 0], [1, 2, 3, 1, 0, 0],
+                     [4, 3, 4, 3, 1, 0], [4, 3, 4, 3, 0, 0], [4, 3, 1, 2, 0, 0]])
+    seg = np.array([0, 0, 0, 1, 1, 1])
+    grams = journey_ngrams(seqs, seg, n=2, top_n=2, min_count=2, vocab=vocab)
+    assert grams[0][0][0] in {("view", "cart"), ("cart", "buy")}
+    assert grams[1][0][0] in {("coupon", "buy"), ("buy", "coupon")}
+    assert all(r > 1 for _, _, r in grams[0] + grams[1])
+    # counts: ('coupon', 'buy') occurs 5 times in segment 1, never across padding
+    counts = {g: c for g, c, _ in journey_ngrams(seqs, seg, n=2, top_n=10, min_count=1, vocab=vocab)[1]}
+    assert counts[("coupon", "buy")] == 5 and ("buy", "<pad>") not in counts
+    # the same result from a list of sequences
+    as_list = [row[row != 0] for row in seqs]
+    assert journey_ngrams(as_list, seg, n=2, top_n=2, min_count=2, vocab=vocab) == grams
+    tri = journey_ngrams(seqs, seg, n=3, top_n=1, min_count=1, vocab=vocab)
+    assert len(tri[0][0][0]) == 3
+    events = top_event_types(seqs, seg, vocab=vocab, top_n=2)
+    assert events[1][0][0] in {"coupon", "buy"} and events[1][0][2] > 1
+    with pytest.raises(UserInputError, match="'n'"):
+        journey_ngrams(seqs, seg, n=0)
+
+
+# ----------------------------------------------------------------------------- personas
+
+
+def test_persona_rules_name_segments():
+    lifts = {
+        0: {"monetary_sum": 2.0, "frequency": 1.5, "recency_days": -0.7, "tenure_days": 0.4},
+        1: {"recency_days": 2.1, "frequency": -0.8, "monetary_sum": -0.5, "tenure_days": 0.5},
+        2: {"n_tickets": 2.0, "mean_rating": -1.4, "recency_days": -0.1},
+        3: {"weird_feature": 3.0, "other": -2.0},
+        4: {"tenure_days": -2.0, "frequency": -0.7},
+        5: {"share_event_discount": 1.5, "monetary_mean": -1.0},  # alternative feature name
+    }
+    out = assign_personas(lifts)
+    assert out[0].name == "High-value loyalists" and out[0].rule == "High-value loyalists"
+    assert out[0].score == pytest.approx(np.mean([1.2, 1.0, 0.7]))
+    assert out[1].name == "Dormant customers"
+    assert out[2].name == "Unhappy support-heavy customers"
+    assert out[3].name == "Segment 3: high weird feature / low other" and out[3].rule is None
+    assert out[4].name == "New customers"
+    assert out[5].name == "Price-sensitive deal hunters"
+    assert "loyalty" in out[0].action
+    # configurable actions and rules
+    custom = assign_personas(lifts, rules=[{"name": "Odd", "conditions": [
+        {"feature": "weird_feature", "op": ">", "value": 1}], "action": "look"}],
+        actions={"Odd": "investigate", "fallback": "nothing"})
+    assert custom[3] == ("Odd", "Odd", 2.0, "investigate")
+    assert custom[0].name.startswith("Segment 0:") and custom[0].action == "nothing"
+    assert fallback_name(7, {}) == "Segment 7: average on every feature"
+
+
+def test_rule_validation_is_clear():
+    assert len(validate_rules(DEFAULT_RULES)) == len(DEFAULT_RULES)
+    with pytest.raises(UserInputError, match="rule 0 .*'X'.* op '>>'"):
+        validate_rules([{"name": "X", "conditions": [{"feature": "f", "op": ">>", "value": 1}]}])
+    with pytest.raises(UserInputError, match="non-empty list 'conditions'"):
+        validate_rules([{"name": "X", "conditions": []}])
+    with pytest.raises(UserInputError, match="non-numeric 'value'"):
+        validate_rules([{"name": "X", "conditions": [{"feature": "f", "op": "<", "value": "a"}]}])
+
+
+def test_match_report():
+    seg = np.array([0, 0, 0, 1, 1, 2, 2])
+    truth = np.array(["loyal", "loyal", "dormant", "dormant", "dormant", "eco", "tech"])
+    names = {0: "High-value loyalists", 1: "New customers", 2: "Steady regulars"}
+    rep = match_report(names, seg, truth, {"High-value loyalists": "loyal", "New customers": "new",
+                                           "Steady regulars": ["eco", "tech"]})
+    rows = {r["segment"]: r for r in rep["segments"]}
+    assert rows[0]["match"] and rows[0]["majority_share"] == pytest.approx(2 / 3)
+    assert not rows[1]["match"] and rows[1]["majority_persona"] == "dormant"
+    assert rows[2]["match"]
+    assert rep["n_matched"] == 2 and rep["match_rate"] == pytest.approx(2 / 3)
+
+
+#: rule name -> planted synthetic persona(s); bench/test data, not part of the pipeline
+SYNTHETIC_NAME_TO_PERSONA = {
+    "High-value loyalists": "high_value_loyalist",
+    "At-risk former actives": "at_risk_former_active",
+    "Price-sensitive deal hunters": "deal_hunter",
+    "New customers": "new_customer",
+    "Unhappy support-heavy customers": "support_heavy_unhappy",
+    "Dormant customers": "dormant",
+    "Steady regulars": ["eco_planner", "gadget_planner", "gadget_impulse"],
+}
+
+
+def test_default_rules_recover_planted_personas(tmp_path):
+    """With the planted personas as segments, the default rules name every one of them right."""
+    from gpuseg.data.synthetic import generate_synthetic
+    from gpuseg.features.rfm import compute_rfm_features
+
+    paths = generate_synthetic(tmp_path, n_customers=3000, seed=1)["paths"]
+    truth = pq.read_table(paths["ground_truth"])
+    feats = compute_rfm_features(paths["events"], truth["customer_id"], as_of="2025-01-01",
+                                 texts_path=paths["texts"])
+    seg = truth["persona_id"].to_numpy().astype(np.int64)
+    named = assign_personas(lifts_by_segment(segment_lifts(feats, seg)))
+    rep = match_report({s: a.name for s, a in named.items()}, seg,
+                       truth["persona"].to_numpy(zero_copy_only=False), SYNTHETIC_NAME_TO_PERSONA)
+    assert rep["n_matched"] == 9, rep["segments"]

@@ -1,0 +1,88 @@
+"""``gpuseg profile`` on a small synthetic project: scores for every customer, profiles, report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from gpuseg.jobs import features, generate, profile, segment, validate
+from gpuseg.report.html import SECTION_IDS
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    from hydra import compose, initialize_config_module
+
+    work = tmp_path_factory.mktemp("profproj") / "work"
+
+    def cfg(job, *overrides):
+        with initialize_config_module(config_module="gpuseg.conf", version_base="1.3"):
+            return compose(config_name=job, overrides=[f"paths.work_dir={work}", "progress=false",
+                                                       "data.generator.n_customers=1500", *overrides])
+
+    generate.run(cfg("generate"))
+    validate.run(cfg("validate"))
+    features.run(cfg("features"))
+    segment.run(cfg("segment", "device=cpu", "segment.n_clusters=6", "segment.confidence.n_bootstrap=1"))
+    return work, cfg
+
+
+class _Ids(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids = set()
+
+    def handle_starttag(self, tag, attrs):
+        self.ids.update(v for k, v in attrs if k == "id")
+
+
+def test_profile_scores_every_customer_and_writes_the_report(project):
+    work, cfg = project
+    result = profile.run(cfg("profile", "device=cpu", "profile.churn.epochs=20"))
+    seg = pq.read_table(work / "segment" / "segments.parquet").to_pandas()
+    customers = pq.read_table(work / "validated" / "customers.parquet").to_pandas()
+    assert seg["customer_id"].tolist() == customers["customer_id"].tolist()
+    assert seg["churn_score"].between(0, 1).all()
+    assert set(seg["churn_risk"]) <= {"low", "medium", "high"}
+    # high churn risk is a one-line filter, and it is where the churners are
+    high = seg["churn_risk"] == "high"
+    assert customers.loc[high.values, "churned"].mean() > customers["churned"].mean()
+    assert seg["expected_purchases"].notna().mean() > 0.8
+    metrics = json.loads((work / "profile" / "metrics.json").read_text())
+    assert metrics["churn"]["label"] == "churned"
+    assert metrics["churn"]["model"]["roc_auc"] > 0.65 and "calibration" in metrics["churn"]["model"]
+    assert "roc_auc" in metrics["churn"]["rfm_logistic"]
+    assert set(metrics["value"]["bgnbd"]) == {"r", "alpha", "a", "b"}
+    assert metrics["value"]["holdout"]["by_frequency"]
+    profiles = json.loads((work / "profile" / "profiles.json").read_text())["segments"]
+    assert len(profiles) == 6 and sum(p["size"] for p in profiles) == len(customers)
+    assert all(p["name"] and p["action"] for p in profiles)
+    assert any(p["words"].get("review") for p in profiles)
+    html = Path(result["report_path"]).read_text()
+    parser = _Ids()
+    parser.feed(html)
+    assert set(SECTION_IDS) <= parser.ids
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_report_renders_in_headless_chromium(project, tmp_path):
+    work, cfg = project
+    report = work / "profile" / "report.html"
+    if not report.exists():
+        profile.run(cfg("profile", "device=cpu", "profile.churn.epochs=20"))
+    out = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                          "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                          "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
+                          "--v=0", "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for sid in SECTION_IDS:
+        assert f'id="{sid}"' in out.stdout
+    console = [line for line in out.stderr.splitlines() if "CONSOLE" in line]
+    assert console == []
