@@ -24,20 +24,10 @@ import pyarrow.parquet as pq
 from _common import machine_info, result_path, utc_now, write_result  # noqa: I001  (puts the repo on sys.path)
 from hydra import compose, initialize_config_module
 
+from gpuseg.data.synthetic import EXPECTED_PERSONA_NAMES
 from gpuseg.jobs import run as run_job
 from gpuseg.profile.personas import match_report
 from gpuseg.runtime.manifest import library_versions
-
-#: rule name -> planted persona(s): benchmark data, not part of the pipeline
-NAME_TO_PERSONA = {
-    "High-value loyalists": "high_value_loyalist",
-    "At-risk former actives": "at_risk_former_active",
-    "Price-sensitive deal hunters": "deal_hunter",
-    "New customers": "new_customer",
-    "Unhappy support-heavy customers": "support_heavy_unhappy",
-    "Dormant customers": "dormant",
-    "Steady regulars": ["eco_planner", "gadget_planner", "gadget_impulse"],
-}
 
 
 def main() -> None:
@@ -62,7 +52,7 @@ def main() -> None:
     metrics = __import__("json").loads((work / "profile" / "metrics.json").read_text())
     names = {int(s): name for s, name in metrics["personas"].items()}
     report = match_report(names, segments["segment"].to_numpy(), truth["persona"].to_numpy(zero_copy_only=False),
-                          NAME_TO_PERSONA)
+                          EXPECTED_PERSONA_NAMES)
     churn = metrics["churn"]
     payload = {
         "benchmark": "profile",

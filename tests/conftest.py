@@ -51,3 +51,21 @@ def write_table(path: Path, columns: dict) -> Path:
     else:
         pq.write_table(table, path)
     return path
+
+
+def synthetic_project(work: Path, n_customers: int):
+    """Generate, validate and featurise a synthetic project in ``work``.
+
+    Returns ``cfg(job, *overrides)``, which composes a job's config for that project.
+    """
+    from gpuseg.jobs import features, generate, validate
+
+    def cfg(job: str, *overrides: str):
+        with initialize_config_module(config_module="gpuseg.conf", version_base="1.3"):
+            return compose(config_name=job, overrides=[f"paths.work_dir={work}", "progress=false",
+                                                       f"data.generator.n_customers={n_customers}", *overrides])
+
+    generate.run(cfg("generate"))
+    validate.run(cfg("validate"))
+    features.run(cfg("features"))
+    return cfg

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from gpuseg.data.synthetic import EXPECTED_PERSONA_NAMES
 from gpuseg.profile import (
     DEFAULT_RULES,
     assign_personas,
@@ -187,16 +188,7 @@ def test_match_report():
     assert rep["n_matched"] == 2 and rep["match_rate"] == pytest.approx(2 / 3)
 
 
-#: rule name -> planted synthetic persona(s); bench/test data, not part of the pipeline
-SYNTHETIC_NAME_TO_PERSONA = {
-    "High-value loyalists": "high_value_loyalist",
-    "At-risk former actives": "at_risk_former_active",
-    "Price-sensitive deal hunters": "deal_hunter",
-    "New customers": "new_customer",
-    "Unhappy support-heavy customers": "support_heavy_unhappy",
-    "Dormant customers": "dormant",
-    "Steady regulars": ["eco_planner", "gadget_planner", "gadget_impulse"],
-}
+SYNTHETIC_NAME_TO_PERSONA = EXPECTED_PERSONA_NAMES
 
 
 def test_default_rules_recover_planted_personas(tmp_path):

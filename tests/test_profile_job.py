@@ -10,25 +10,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import synthetic_project
 
-from gpuseg.jobs import features, generate, profile, segment, validate
+from gpuseg.jobs import profile, segment
 from gpuseg.report.html import SECTION_IDS
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    from hydra import compose, initialize_config_module
-
     work = tmp_path_factory.mktemp("profproj") / "work"
-
-    def cfg(job, *overrides):
-        with initialize_config_module(config_module="gpuseg.conf", version_base="1.3"):
-            return compose(config_name=job, overrides=[f"paths.work_dir={work}", "progress=false",
-                                                       "data.generator.n_customers=1500", *overrides])
-
-    generate.run(cfg("generate"))
-    validate.run(cfg("validate"))
-    features.run(cfg("features"))
+    cfg = synthetic_project(work, 1500)
     segment.run(cfg("segment", "device=cpu", "segment.n_clusters=6", "segment.confidence.n_bootstrap=1"))
     return work, cfg
 

@@ -8,27 +8,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import synthetic_project
 
 from gpuseg.cluster import MiniBatchKMeans
-from gpuseg.jobs import features, generate, segment, validate
+from gpuseg.jobs import segment
 from gpuseg.runtime.matrix import read_matrix
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A validated, featurised synthetic project of 800 customers."""
-    from hydra import compose, initialize_config_module
-
     work = tmp_path_factory.mktemp("segproj") / "work"
-
-    def cfg(job, *overrides):
-        with initialize_config_module(config_module="gpuseg.conf", version_base="1.3"):
-            return compose(config_name=job, overrides=[f"paths.work_dir={work}", "progress=false",
-                                                       "data.generator.n_customers=800", *overrides])
-
-    generate.run(cfg("generate"))
-    validate.run(cfg("validate"))
-    features.run(cfg("features"))
+    cfg = synthetic_project(work, 800)
     return work, cfg
 
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpuseg.data.schema import TIMESTAMP
+from gpuseg.runtime.errors import UserInputError
 
 _TIMESTAMP_UNITS = ("s", "ms", "us", "ns")
 
@@ -64,6 +65,26 @@ def to_customer_id(arr: pa.Array) -> pa.Array:
     strings = pc.utf8_trim_whitespace(strings)
     # An empty or whitespace-only id is a missing id.
     return pc.if_else(pc.equal(strings, ""), pa.nulls(len(strings), pa.string()), strings)
+
+
+def as_customer_ids(customer_ids) -> pa.Array:
+    """A customer id list as a unique, non-null Arrow string array (what L1 functions take).
+
+    Accepts Arrow (chunked, dictionary-encoded) arrays, numpy arrays and sequences.
+    """
+    if isinstance(customer_ids, pa.ChunkedArray):
+        customer_ids = customer_ids.combine_chunks()
+    if not isinstance(customer_ids, pa.Array):
+        customer_ids = pa.array(list(customer_ids), type=pa.string())
+    if pa.types.is_dictionary(customer_ids.type):
+        customer_ids = customer_ids.dictionary_decode()
+    customer_ids = customer_ids.cast(pa.string())
+    if customer_ids.null_count:
+        raise UserInputError("customer_ids holds null ids", table="customers", column="customer_id")
+    if len(customer_ids) and pc.count_distinct(customer_ids).as_py() != len(customer_ids):
+        raise UserInputError("customer_ids must be unique; found duplicated ids", table="customers",
+                             column="customer_id")
+    return customer_ids
 
 
 def to_float(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:

@@ -54,6 +54,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gpuseg.data.convert import as_customer_ids
 from gpuseg.data.schema import EVENTS, TEXTS
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import (
@@ -165,24 +166,6 @@ def _trend(recent: np.ndarray, previous: np.ndarray) -> np.ndarray:
     out = np.zeros(total.shape, dtype=np.float64)
     np.divide(recent - previous, total, out=out, where=total > 0)
     return out
-
-
-def _as_id_array(customer_ids: Any) -> pa.Array:
-    if isinstance(customer_ids, pa.ChunkedArray):
-        customer_ids = customer_ids.combine_chunks()
-    if not isinstance(customer_ids, pa.Array):
-        customer_ids = pa.array(list(customer_ids), type=pa.string())
-    if pa.types.is_dictionary(customer_ids.type):
-        customer_ids = customer_ids.dictionary_decode()
-    if customer_ids.type != pa.string():
-        customer_ids = customer_ids.cast(pa.string())
-    if customer_ids.null_count:
-        raise UserInputError("customer_ids holds null ids", table="customers", column="customer_id")
-    if len(customer_ids) and pc.count_distinct(customer_ids).as_py() != len(customer_ids):
-        raise UserInputError(
-            "customer_ids must be unique; found duplicated ids", table="customers", column="customer_id"
-        )
-    return customer_ids
 
 
 def _string_column(batch: pa.RecordBatch, name: str) -> pa.Array:
@@ -449,7 +432,7 @@ class RFMFeaturizer:
                 f"(fitted {'with' if self.text_sources_ is not None else 'without'} texts)",
                 table="texts",
             )
-        ids = _as_id_array(customer_ids)
+        ids = as_customer_ids(customer_ids)
         acc = _EventAccumulator(self, ids)
         _check_columns(events_path, "events", _EVENT_COLUMNS)
         bar = self._bar(events_path, "features")

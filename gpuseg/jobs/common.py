@@ -56,3 +56,31 @@ def load_validated(work: Path) -> tuple[dict[str, Any], pa.Table]:
         raise UserInputError(f"no validated data in '{folder}': run `gpuseg validate` (or `gpuseg run`) first "
                              "with the same paths.work_dir", config_key="paths.work_dir")
     return read_json(folder / "schema.json"), pq.read_table(folder / "customers.parquet")
+
+
+#: per-customer matrices a job can take, in order of preference for ``input: auto``
+MATRIX_INPUTS = ("fuse/fused.parquet", "features/matrix.parquet")
+
+
+def matrix_input(configured: str | None, key: str, work: Path) -> Path:
+    """The customer matrix a job reads: the configured path, else the fused matrix, else the features.
+
+    Parameters
+    ----------
+    configured : str or None
+        The job's ``input`` setting (``auto``/None, or a path).
+    key : str
+        Its config key, named in errors.
+    work : Path
+        The work directory.
+    """
+    if configured not in (None, "auto"):
+        path = Path(str(configured))
+        if not path.exists():
+            raise UserInputError(f"input '{path}' does not exist", config_key=key)
+        return path
+    for rel in MATRIX_INPUTS:
+        if (work / rel).exists():
+            return work / rel
+    raise UserInputError(f"no customer matrix in '{work}': run `gpuseg features` (and `gpuseg fuse`) or "
+                         "`gpuseg run` first", config_key="paths.work_dir")

@@ -22,7 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from gpuseg.jobs.common import finish, start, work_dir
+from gpuseg.jobs.common import finish, matrix_input, start, work_dir
 from gpuseg.lookalike import LookalikeIndex, reach_curve
 from gpuseg.report.svg import small_multiples
 from gpuseg.runtime.errors import ConfigError, UserInputError
@@ -30,24 +30,6 @@ from gpuseg.runtime.io import atomic_path, read_json, write_json, write_parquet
 from gpuseg.runtime.matrix import read_matrix
 
 log = logging.getLogger(__name__)
-
-#: upstream matrices in order of preference for input=auto
-_INPUTS = ("fuse/fused.parquet", "features/matrix.parquet")
-
-
-def input_path(cfg: DictConfig, work: Path) -> Path:
-    """The matrix to index: the configured path, else the fused matrix, else the features."""
-    if cfg.lookalike.input not in (None, "auto"):
-        path = Path(str(cfg.lookalike.input))
-        if not path.exists():
-            raise UserInputError(f"lookalike input '{path}' does not exist", config_key="lookalike.input")
-        return path
-    for rel in _INPUTS:
-        if (work / rel).exists():
-            return work / rel
-    raise UserInputError(f"no customer vectors in '{work}': run `gpuseg fuse` (or `gpuseg features`) first",
-                         config_key="paths.work_dir")
-
 
 def read_seeds(spec: Any) -> dict[str | None, list[str]]:
     """Seed lists from the config value: a list of ids, or a CSV/Parquet/text file.
@@ -118,7 +100,7 @@ def _fingerprint(source: Path, icfg: DictConfig) -> str:
 def _index(cfg: DictConfig, work: Path, device) -> tuple[LookalikeIndex, bool, Path]:
     icfg = cfg.lookalike.index
     folder = work / "lookalike" / "index"
-    source = input_path(cfg, work)
+    source = matrix_input(cfg.lookalike.input, "lookalike.input", work)
     fingerprint = _fingerprint(source, icfg)
     stamp = folder / "source.json"
     if not bool(icfg.rebuild) and stamp.exists() and read_json(stamp).get("fingerprint") == fingerprint:

@@ -24,31 +24,13 @@ from gpuseg.cluster.confidence import (
 from gpuseg.cluster.hierarchy import choose_n_macro, cut_tree, ward_linkage
 from gpuseg.cluster.metrics import calinski_harabasz, davies_bouldin, silhouette
 from gpuseg.cluster.selection import select_k
-from gpuseg.jobs.common import finish, start, work_dir
+from gpuseg.jobs.common import finish, matrix_input, start, work_dir
 from gpuseg.report.svg import small_multiples
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import atomic_path, write_json, write_parquet
 from gpuseg.runtime.matrix import read_matrix
 
 log = logging.getLogger(__name__)
-
-#: upstream matrices in order of preference for input=auto
-_INPUTS = ("fuse/fused.parquet", "features/matrix.parquet")
-
-
-def input_path(cfg: DictConfig, work: Path) -> Path:
-    """The matrix to segment: the configured path, else the fused matrix, else the features."""
-    if cfg.segment.input not in (None, "auto"):
-        path = Path(cfg.segment.input)
-        if not path.exists():
-            raise UserInputError(f"segment input '{path}' does not exist", config_key="segment.input")
-        return path
-    for rel in _INPUTS:
-        if (work / rel).exists():
-            return work / rel
-    raise UserInputError(f"nothing to segment in '{work}': run `gpuseg features` (or `gpuseg run`) first",
-                         config_key="paths.work_dir")
-
 
 def _kmeans(k: int, seed: int, device: torch.device, params: dict[str, Any]) -> MiniBatchKMeans:
     return MiniBatchKMeans(n_clusters=k, random_state=seed, device=device, **params)
@@ -152,7 +134,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     work = work_dir(cfg)
     out = work / "segment"
     out.mkdir(parents=True, exist_ok=True)
-    source = input_path(cfg, work)
+    source = matrix_input(cfg.segment.input, "segment.input", work)
     ids, matrix, names = read_matrix(source)
     n = matrix.shape[0]
     if n < 2:

@@ -33,8 +33,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gpuseg.data.convert import as_customer_ids
 from gpuseg.features.rfm import DEFAULT_ROLES, US_PER_DAY, to_microseconds
-from gpuseg.runtime.errors import ConfigError, UserInputError
+from gpuseg.runtime.errors import ConfigError
 from gpuseg.runtime.io import iter_table_batches
 
 log = logging.getLogger(__name__)
@@ -44,22 +45,6 @@ _COLUMNS = ["customer_id", "timestamp", "event_type", "amount"]
 
 #: Output columns in order (``holdout_purchases`` only with ``holdout_end``).
 SUMMARY_COLUMNS = ("customer_id", "frequency", "recency", "T", "monetary_value", "holdout_purchases")
-
-
-def _ids(customer_ids: Any) -> pa.Array:
-    if isinstance(customer_ids, pa.ChunkedArray):
-        customer_ids = customer_ids.combine_chunks()
-    if not isinstance(customer_ids, pa.Array):
-        customer_ids = pa.array(list(customer_ids), type=pa.string())
-    if pa.types.is_dictionary(customer_ids.type):
-        customer_ids = customer_ids.dictionary_decode()
-    customer_ids = customer_ids.cast(pa.string())
-    if customer_ids.null_count:
-        raise UserInputError("customer_ids holds null ids", table="customers", column="customer_id")
-    if len(customer_ids) and pc.count_distinct(customer_ids).as_py() != len(customer_ids):
-        raise UserInputError("customer_ids must be unique; found duplicated ids", table="customers",
-                             column="customer_id")
-    return customer_ids
 
 
 def _purchase_types(roles: Mapping[str, Sequence[str]] | None) -> list[str]:
@@ -158,7 +143,7 @@ def btyd_summary(
     if time_unit not in _UNIT_DAYS:
         raise ConfigError(f"The 'time_unit' parameter must be one of {tuple(_UNIT_DAYS)}. Got "
                           f"{time_unit!r} instead.")
-    ids = _ids(customer_ids)
+    ids = as_customer_ids(customer_ids)
     n = len(ids)
     as_of_us = to_microseconds(as_of)
     end_us = as_of_us
