@@ -324,19 +324,26 @@ def _rebatch(chunks, b):
 # ----------------------------------------------------------------------------- Lloyd passes
 
 
+def _assigned_chunks(src: Source, centers: torch.Tensor, settings: Settings):
+    """Yield ``(chunk, labels, squared distances)`` for every chunk of this rank's rows."""
+    prep = PreparedCenters(centers, settings.precision)
+    rows = settings.chunk_rows
+    # resident data keep their row norms, so each pass does not recompute them
+    norms = src.sqnorm() if isinstance(src, ResidentSource) and prep.exact else None
+    with matmul_precision(settings.precision, centers.device):
+        for i, x in enumerate(src.chunks(rows)):
+            xn = None if norms is None else norms[i * rows : i * rows + x.shape[0]]
+            labels, d2 = assign_chunk(x, prep, xn)
+            yield x, labels, d2
+
+
 def lloyd_pass(src: Source, centers: torch.Tensor, settings: Settings) -> LloydAccumulator:
     """Assign every row to its nearest centre and accumulate sums, counts and inertia."""
     k, d = centers.shape
     device = centers.device
     acc = LloydAccumulator(k, d, device)
-    prep = PreparedCenters(centers, settings.precision)
-    rows = settings.chunk_rows
-    norms = src.sqnorm() if isinstance(src, ResidentSource) and prep.exact else None
-    with matmul_precision(settings.precision, device):
-        for i, x in enumerate(src.chunks(rows)):
-            xn = None if norms is None else norms[i * rows : i * rows + x.shape[0]]
-            labels, d2 = assign_chunk(x, prep, xn)
-            acc.add(x, labels, d2)
+    for x, labels, d2 in _assigned_chunks(src, centers, settings):
+        acc.add(x, labels, d2)
     if ddp.is_distributed():
         packed = torch.cat([acc.sums.flatten(), acc.counts, acc.inertia.view(1)])
         ddp.all_reduce_(packed)
@@ -367,19 +374,12 @@ def lloyd_update(acc: LloydAccumulator, centers: torch.Tensor) -> tuple[torch.Te
 def assign_all(src: Source, centers: torch.Tensor, settings: Settings, *, want_labels: bool = True
                ) -> tuple[torch.Tensor | None, float]:
     """Labels of this rank's rows (int32, on CPU) and the global inertia."""
-    prep = PreparedCenters(centers, settings.precision)
-    device = centers.device
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    total = torch.zeros((), dtype=torch.float64, device=centers.device)
     parts = []
-    rows = settings.chunk_rows
-    norms = src.sqnorm() if isinstance(src, ResidentSource) and prep.exact else None
-    with matmul_precision(settings.precision, device):
-        for i, x in enumerate(src.chunks(rows)):
-            xn = None if norms is None else norms[i * rows : i * rows + x.shape[0]]
-            labels, d2 = assign_chunk(x, prep, xn)
-            total += d2.sum(dtype=torch.float64)
-            if want_labels:
-                parts.append(labels.to(torch.int32))
+    for _, labels, d2 in _assigned_chunks(src, centers, settings):
+        total += d2.sum(dtype=torch.float64)
+        if want_labels:
+            parts.append(labels.to(torch.int32))
     ddp.all_reduce_(total.view(1))
     labels = torch.cat(parts).cpu() if want_labels and parts else None
     return labels, float(total)

@@ -35,26 +35,24 @@ def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     if not is_distributed():
         return tensor
     reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
-    comm = _comm_device(tensor)
-    if tensor.device == comm:
-        dist.all_reduce(tensor, op=reduce_op)
-        return tensor
-    moved = tensor.to(comm)
-    dist.all_reduce(moved, op=reduce_op)
-    tensor.copy_(moved)
-    return tensor
+    return _on_comm_device(tensor, lambda t: dist.all_reduce(t, op=reduce_op))
 
 
 def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     """In-place broadcast from ``src`` to every rank."""
     if not is_distributed():
         return tensor
+    return _on_comm_device(tensor, lambda t: dist.broadcast(t, src=src))
+
+
+def _on_comm_device(tensor: torch.Tensor, collective) -> torch.Tensor:
+    """Run an in-place collective on the backend's device, copying back when the tensor lives elsewhere."""
     comm = _comm_device(tensor)
     if tensor.device == comm:
-        dist.broadcast(tensor, src=src)
+        collective(tensor)
         return tensor
     moved = tensor.to(comm)
-    dist.broadcast(moved, src=src)
+    collective(moved)
     tensor.copy_(moved)
     return tensor
 

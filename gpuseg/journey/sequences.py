@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gpuseg.data.convert import as_customer_ids
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import iter_table_batches, read_json, write_json
 from gpuseg.runtime.progress import progress_bar
@@ -184,17 +185,6 @@ def _timestamps_us(col: pa.Array) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False)
 
 
-def _as_ids(customer_ids) -> pa.Array:
-    ids = _as_string(customer_ids if isinstance(customer_ids, (pa.Array, pa.ChunkedArray))
-                     else pa.array(list(customer_ids), type=pa.string()))
-    if ids.null_count:
-        raise UserInputError("customer_ids holds null ids", table="customers", column="customer_id")
-    if len(ids) and pc.count_distinct(ids).as_py() != len(ids):
-        raise UserInputError("customer_ids must be unique; found duplicated ids", table="customers",
-                             column="customer_id")
-    return ids
-
-
 def _customer_time_order(cust: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Order of events by (customer, time), and the sorted customer rows.
 
@@ -301,7 +291,7 @@ class SequenceBuilder:
             if col not in present:
                 raise UserInputError(f"the events table has no '{col}' column", table="events", column=col)
         fields = [c for c in dict.fromkeys([*self.categorical, *self.extra_columns]) if c in present]
-        ids = _as_ids(customer_ids) if customer_ids is not None else None
+        ids = as_customer_ids(customer_ids) if customer_ids is not None else None
         counts = {name: Counter() for name in fields}
         last = np.iinfo(np.int64).min
         for batch in _iter_batches(events, ["customer_id", "timestamp", *fields], self.batch_size):
@@ -348,7 +338,7 @@ class SequenceBuilder:
         Sequences
         """
         self._check_fitted()
-        ids = _as_ids(customer_ids)
+        ids = as_customer_ids(customer_ids)
         present = _event_columns(events)
         missing = [c for c in self.fields_ if c not in present]
         if missing:

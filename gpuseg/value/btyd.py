@@ -213,7 +213,47 @@ def bgnbd_log_likelihood(
     return a1 + a2 + torch.logaddexp(a3, a4)
 
 
-class BetaGeoModel:
+class _JsonModel:
+    """Save/load of a fitted BTYD model as JSON: its settings, parameters and fit statistics."""
+
+    #: constructor arguments saved with the model, in file order
+    _setting_names: tuple[str, ...] = ()
+    param_names: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description: parameters, fit statistics and settings."""
+        return {
+            "model": type(self).__name__,
+            "format_version": FORMAT_VERSION,
+            **{name: getattr(self, name) for name in self._setting_names},
+            "params": dict(self._fitted()),
+            "log_likelihood": self.log_likelihood_,
+            "n_customers": self.n_customers_,
+            "n_iter": self.n_iter_,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted model as JSON (atomically)."""
+        return write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: Any = "auto"):
+        """Read a model written by :meth:`save`."""
+        d = read_json(path)
+        if d.get("model") != cls.__name__ or d.get("format_version") != FORMAT_VERSION:
+            raise UserInputError(
+                f"not a {cls.__name__} file of format {FORMAT_VERSION}: got model "
+                f"{d.get('model')!r}, format {d.get('format_version')!r}"
+            )
+        model = cls(**{name: d[name] for name in cls._setting_names}, device=device)
+        model.params_ = {k: float(d["params"][k]) for k in cls.param_names}
+        model.log_likelihood_ = float(d["log_likelihood"])
+        model.n_customers_ = int(d["n_customers"])
+        model.n_iter_ = int(d["n_iter"])
+        return model
+
+
+class BetaGeoModel(_JsonModel):
     """BG/NBD model of repeat purchase counts, fitted by maximum likelihood in torch.
 
     Parameters
@@ -243,6 +283,7 @@ class BetaGeoModel:
     """
 
     param_names = ("r", "alpha", "a", "b")
+    _setting_names = ("time_unit", "penalizer_coef")
 
     def __init__(self, *, penalizer_coef: float = 0.0, time_unit: str = "D", device: Any = "auto",
                  max_iter: int = 500, tol: float = 1e-9):
@@ -386,43 +427,6 @@ class BetaGeoModel:
         out[observed] = 1.0 / (1.0 + np.where(xo > 0, odds, 0.0))
         return out
 
-    # -- persistence
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready description: parameters, fit statistics and settings."""
-        return {
-            "model": "BetaGeoModel",
-            "format_version": FORMAT_VERSION,
-            "time_unit": self.time_unit,
-            "penalizer_coef": self.penalizer_coef,
-            "params": dict(self._fitted()),
-            "log_likelihood": self.log_likelihood_,
-            "n_customers": self.n_customers_,
-            "n_iter": self.n_iter_,
-        }
-
-    def save(self, path: str | Path) -> Path:
-        """Write the fitted model as JSON (atomically)."""
-        return write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path, *, device: Any = "auto") -> BetaGeoModel:
-        """Read a model written by :meth:`save`."""
-        return cls._from_dict(read_json(path), device)
-
-    @classmethod
-    def _from_dict(cls, d: dict[str, Any], device: Any) -> Any:
-        if d.get("model") != cls.__name__ or d.get("format_version") != FORMAT_VERSION:
-            raise UserInputError(
-                f"not a {cls.__name__} file of format {FORMAT_VERSION}: got model "
-                f"{d.get('model')!r}, format {d.get('format_version')!r}"
-            )
-        model = cls(penalizer_coef=d["penalizer_coef"], time_unit=d["time_unit"], device=device)
-        model.params_ = {k: float(d["params"][k]) for k in cls.param_names}
-        model.log_likelihood_ = float(d["log_likelihood"])
-        model.n_customers_ = int(d["n_customers"])
-        model.n_iter_ = int(d["n_iter"])
-        return model
-
 
 # -------------------------------------------------------------------------------- Gamma-Gamma
 def gamma_gamma_log_likelihood(p: torch.Tensor, q: torch.Tensor, v: torch.Tensor,
@@ -455,7 +459,7 @@ def _check_monetary(frequency: Any, monetary_value: Any) -> tuple[np.ndarray, np
     return x, m, observed
 
 
-class GammaGammaModel:
+class GammaGammaModel(_JsonModel):
     """Gamma-Gamma model of the mean spend per purchase, fitted by maximum likelihood in torch.
 
     Fitted on the customers with at least one repeat purchase and a positive ``monetary_value``
@@ -479,6 +483,7 @@ class GammaGammaModel:
     """
 
     param_names = ("p", "q", "v")
+    _setting_names = ("penalizer_coef",)
 
     def __init__(self, *, penalizer_coef: float = 0.0, device: Any = "auto", max_iter: int = 500,
                  tol: float = 1e-9):
@@ -599,35 +604,3 @@ class GammaGammaModel:
             clv += profit * (cum - previous) / (1 + discount_rate) ** month
             previous = cum
         return clv
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready description: parameters, fit statistics and settings."""
-        return {
-            "model": "GammaGammaModel",
-            "format_version": FORMAT_VERSION,
-            "penalizer_coef": self.penalizer_coef,
-            "params": dict(self._fitted()),
-            "log_likelihood": self.log_likelihood_,
-            "n_customers": self.n_customers_,
-            "n_iter": self.n_iter_,
-        }
-
-    def save(self, path: str | Path) -> Path:
-        """Write the fitted model as JSON (atomically)."""
-        return write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path, *, device: Any = "auto") -> GammaGammaModel:
-        """Read a model written by :meth:`save`."""
-        d = read_json(path)
-        if d.get("model") != cls.__name__ or d.get("format_version") != FORMAT_VERSION:
-            raise UserInputError(
-                f"not a {cls.__name__} file of format {FORMAT_VERSION}: got model "
-                f"{d.get('model')!r}, format {d.get('format_version')!r}"
-            )
-        model = cls(penalizer_coef=d["penalizer_coef"], device=device)
-        model.params_ = {k: float(d["params"][k]) for k in cls.param_names}
-        model.log_likelihood_ = float(d["log_likelihood"])
-        model.n_customers_ = int(d["n_customers"])
-        model.n_iter_ = int(d["n_iter"])
-        return model
