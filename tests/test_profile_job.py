@@ -48,7 +48,9 @@ def test_profile_scores_every_customer_and_writes_the_report(project):
     metrics = json.loads((work / "profile" / "metrics.json").read_text())
     assert metrics["churn"]["label"] == "churned"
     assert metrics["churn"]["model"]["roc_auc"] > 0.65 and "calibration" in metrics["churn"]["model"]
-    assert "roc_auc" in metrics["churn"]["rfm_logistic"]
+    # segmented on the RFM+ matrix itself: a "baseline" on the same matrix is no baseline, and says so
+    assert "rfm_logistic" not in metrics["churn"]
+    assert any("no RFM+ baseline" in note for note in metrics["notes"])
     assert set(metrics["value"]["bgnbd"]) == {"r", "alpha", "a", "b"}
     assert metrics["value"]["holdout"]["by_frequency"]
     profiles = json.loads((work / "profile" / "profiles.json").read_text())["segments"]
@@ -77,3 +79,24 @@ def test_report_renders_in_headless_chromium(project, tmp_path):
         assert f'id="{sid}"' in out.stdout
     console = [line for line in out.stderr.splitlines() if "CONSOLE" in line]
     assert console == []
+
+
+def test_churn_baseline_only_when_the_segmented_matrix_holds_more_than_rfm(project, tmp_path):
+    from gpuseg.runtime.io import write_json
+
+    work, _ = project
+    features = work / "features" / "matrix.parquet"
+    x_rfm, why = profile._baseline(work, {"input": str(features)}, has_events=True)
+    assert x_rfm is None and "baseline would be the model itself" in why
+    x_rfm, why = profile._baseline(work, {"input": str(features)}, has_events=False)
+    assert x_rfm is None and "no events table" in why
+    fake = tmp_path / "work"
+    (fake / "features").mkdir(parents=True)
+    shutil.copy(features, fake / "features" / "matrix.parquet")
+    fused = fake / "fuse" / "fused.parquet"
+    write_json(fake / "fuse" / "metrics.json", {"blocks": {"tabular": {}}})
+    x_rfm, why = profile._baseline(fake, {"input": str(fused)}, has_events=True)
+    assert x_rfm is None and why
+    write_json(fake / "fuse" / "metrics.json", {"blocks": {"tabular": {}, "text": {}}})
+    x_rfm, why = profile._baseline(fake, {"input": str(fused)}, has_events=True)
+    assert why is None and x_rfm.shape[0] == pq.read_metadata(features).num_rows

@@ -20,6 +20,7 @@ on ``chunk_size`` (which only bounds memory: whole blocks are gathered into a ch
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -713,6 +714,58 @@ def resolve_shares(persona_shares: Mapping[str, float] | Sequence[float] | None)
     return w / w.sum()
 
 
+GENERATOR = "gpuseg.data.synthetic"
+MANIFEST = "generation.json"
+
+
+def generated_files(out_dir: str | Path) -> list[Path] | None:
+    """The files of a dataset this generator wrote into ``out_dir``, or None when there is none.
+
+    A generated set is recognised by its own manifest (``generation.json`` naming this generator
+    and its files), never by file names alone: a user's ``customers.parquet`` is not ours.
+    """
+    out = Path(out_dir)
+    try:
+        meta = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("generator") != GENERATOR or not isinstance(meta.get("files"), dict):
+        return None
+    files = [out / str(name) for name in meta["files"].values()]
+    return files + [out / MANIFEST]
+
+
+def check_generation_target(out_dir: str | Path) -> None:
+    """Refuse to generate into a folder holding files this generator did not write.
+
+    Generating needs a new or empty folder, or one holding only a previous generated set (which
+    is then replaced). Hidden files are ignored; leftovers of a killed run (``.*.tmp``) are removed.
+
+    Raises
+    ------
+    UserInputError
+        Naming the folder, the foreign files and ``data=custom`` (exit code 2).
+    """
+    out = Path(out_dir)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserInputError(f"'{out}' is a file, not a folder: point paths.data_dir at a new or empty folder",
+                             config_key="paths.data_dir")
+    for tmp in out.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    present = sorted(p for p in out.iterdir() if not p.name.startswith("."))
+    ours = set(generated_files(out) or [])
+    foreign = [p.name for p in present if p not in ours]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UserInputError(
+            f"'{out}' holds files gpuseg did not generate ({shown}); gpuseg never overwrites them. "
+            "To segment your own files use data=custom (or another data config) with "
+            "paths.data_dir pointing at them; to generate synthetic data, point paths.data_dir at a new "
+            "or empty folder", config_key="data")
+
+
 def generate_synthetic(
     out_dir: str | Path,
     *,
@@ -771,6 +824,7 @@ def generate_synthetic(
     shares = resolve_shares(persona_shares)
 
     out = Path(out_dir)
+    check_generation_target(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {t: out / f"{t}.parquet" for t in ("customers", "events", "texts", "ground_truth")}
     schemas = {
@@ -820,7 +874,7 @@ def generate_synthetic(
     rows = {t: writers[t].rows for t in paths}
     day = np.timedelta64(1, "D")
     meta = {
-        "generator": "gpuseg.data.synthetic",
+        "generator": GENERATOR,
         "generator_version": GENERATOR_VERSION,
         "schema_version": schema.SCHEMA_VERSION,
         "parameters": {
@@ -854,6 +908,6 @@ def generate_synthetic(
         "files": {t: p.name for t, p in paths.items()},
         "versions": library_versions(),
     }
-    gen_path = write_json(out / "generation.json", meta)
+    gen_path = write_json(out / MANIFEST, meta)
     logger.info("synthetic data written: %s", rows)
     return {"out_dir": out, "paths": {**paths, "generation": gen_path}, "rows": rows}

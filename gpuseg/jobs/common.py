@@ -6,13 +6,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from gpuseg.data.schema import validated_dir
 from gpuseg.runtime.device import resolve_device
-from gpuseg.runtime.errors import UserInputError
+from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import read_json, write_json
 from gpuseg.runtime.manifest import run_manifest
 from gpuseg.runtime.seeding import seed_everything
@@ -45,8 +47,39 @@ def finish(cfg: DictConfig, job: str, manifest: dict[str, Any], result: dict[str
 
 
 def data_mapping(cfg: DictConfig) -> dict[str, Any]:
-    """The ``data`` config section as a plain dict, resolved."""
+    """The ``data`` config section as a plain dict, resolved (``data.as_of`` checked first)."""
+    data_as_of(cfg)
     return OmegaConf.to_container(cfg.data, resolve=True)
+
+
+def data_as_of(cfg: DictConfig) -> str:
+    """``data.as_of``, the observation cut-off, checked: missing or unparseable is a ConfigError."""
+    try:
+        value = cfg.data.as_of
+    except MissingMandatoryValue:
+        value = None
+    if value is None or str(value).strip() in ("", "???"):
+        raise ConfigError("data.as_of is required: the observation cut-off (features and journeys use what "
+                          "happened before it, churn and value are checked on what came after), e.g. "
+                          "data.as_of=2024-06-30", config_key="data.as_of")
+    text = str(value).strip()
+    try:
+        np.datetime64(text.replace(" ", "T"), "us")
+    except ValueError:
+        raise ConfigError(f"data.as_of must be a date or timestamp such as 2024-06-30 or "
+                          f"'2024-06-30 12:00:00', got {text!r}", config_key="data.as_of") from None
+    return text
+
+
+def table_configured(cfg: DictConfig, table: str) -> bool:
+    """Whether the ``data`` config maps ``table`` (a file path or a query)."""
+    spec = cfg.data.get(table) or {}
+    return bool(spec.get("path") or spec.get("query"))
+
+
+def has_validated_table(work: Path, table: str) -> bool:
+    """Whether ``gpuseg validate`` wrote the canonical ``table`` (events and texts are optional)."""
+    return (validated_dir(work) / f"{table}.parquet").exists()
 
 
 def load_validated(work: Path) -> tuple[dict[str, Any], pa.Table]:

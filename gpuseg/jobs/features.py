@@ -14,7 +14,15 @@ from omegaconf import DictConfig, OmegaConf
 from gpuseg.data.schema import validated_dir
 from gpuseg.features.rfm import RFMFeaturizer
 from gpuseg.features.transform import TabularTransform
-from gpuseg.jobs.common import finish, load_validated, start, work_dir
+from gpuseg.jobs.common import (
+    data_as_of,
+    finish,
+    has_validated_table,
+    load_validated,
+    start,
+    work_dir,
+)
+from gpuseg.runtime.errors import ConfigError
 from gpuseg.runtime.io import write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -25,6 +33,18 @@ def features_dir(work: Path) -> Path:
     return Path(work) / "features"
 
 
+def _check_purchases(raw: pa.Table, schema: dict[str, Any]) -> None:
+    """A role mapping under which nobody ever purchased gives RFM features of zeros: an error."""
+    n_events = raw["n_events"].to_numpy(zero_copy_only=False)
+    purchases = raw["n_purchase_events"].to_numpy(zero_copy_only=False)
+    if np.any(n_events > 0) and not np.any(purchases > 0):
+        types = list((schema.get("events") or {}).get("event_types") or {})
+        raise ConfigError(
+            f"no event before as_of is a purchase under data.roles.purchase, so frequency and monetary "
+            f"value would be zero for every customer; the event types in the data are {types[:20]}: "
+            "list the purchase types there, e.g. data.roles.purchase=[order]", config_key="data.roles.purchase")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Compute the raw RFM+ table and the scaled model matrix, and save the fitted transforms."""
     ctx = start(cfg, "features")
@@ -32,24 +52,37 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     schema, customers = load_validated(work)
     folder = validated_dir(work)
     fcfg = cfg.features
-    as_of = str(cfg.data.as_of)
+    as_of = data_as_of(cfg)
     if schema.get("as_of") not in (None, as_of):
         log.warning("data was validated with as_of=%s but features use as_of=%s", schema["as_of"], as_of)
     t0 = time.perf_counter()
-    featurizer = RFMFeaturizer(
-        as_of=as_of,
-        roles=OmegaConf.to_container(cfg.data.roles, resolve=True),
-        recent_window_days=int(fcfg.recent_window_days),
-        top_n_event_types=int(fcfg.top_n_event_types),
-        top_n_channels=int(fcfg.top_n_channels),
-        top_n_categories=int(fcfg.top_n_categories),
-        progress=bool(cfg.progress),
-    )
-    texts = folder / "texts.parquet" if (folder / "texts.parquet").exists() else None
-    raw = featurizer.fit(folder / "events.parquet", texts_path=texts).transform(
-        folder / "events.parquet", customers["customer_id"].combine_chunks(), texts_path=texts)
+    ids = customers["customer_id"].combine_chunks()
     numeric_attrs = list(schema["customers"]["numeric"])
     categorical_attrs = list(schema["customers"]["categorical"])
+    events = folder / "events.parquet"
+    texts = folder / "texts.parquet" if has_validated_table(work, "texts") else None
+    featurizer = None
+    if has_validated_table(work, "events"):
+        featurizer = RFMFeaturizer(
+            as_of=as_of,
+            roles=OmegaConf.to_container(cfg.data.roles, resolve=True),
+            recent_window_days=int(fcfg.recent_window_days),
+            top_n_event_types=int(fcfg.top_n_event_types),
+            top_n_channels=int(fcfg.top_n_channels),
+            top_n_categories=int(fcfg.top_n_categories),
+            progress=bool(cfg.progress),
+        )
+        raw = featurizer.fit(events, texts_path=texts).transform(events, ids, texts_path=texts)
+        _check_purchases(raw, schema)
+    else:
+        # a customers-only snapshot: the features are its attributes, with no event columns of zeros
+        if not numeric_attrs + categorical_attrs:
+            raise ConfigError("nothing to segment on: the data have no events table and no customer "
+                              "attributes; map attribute columns (data.customers.numeric / categorical) "
+                              "or an events table", config_key="data.customers.numeric")
+        log.info("features: no events table, the features are the %d customer attributes",
+                 len(numeric_attrs) + len(categorical_attrs))
+        raw = pa.table({"customer_id": ids})
     table = raw
     for name in numeric_attrs + categorical_attrs:
         # attribute names may collide with feature names: prefix them so nothing is overwritten
@@ -76,9 +109,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model = pa.table({"customer_id": table["customer_id"],
                       **{name: pa.array(matrix[:, j]) for j, name in enumerate(names)}})
     write_parquet(out / "matrix.parquet", model)
-    featurizer.save(out / "featurizer.json")
+    (out / "featurizer.json").unlink(missing_ok=True)
+    if featurizer is not None:
+        featurizer.save(out / "featurizer.json")
     transform.save(out / "transform.json")
-    no_events = int(np.sum(np.asarray(raw["n_events"].to_numpy(zero_copy_only=False)) == 0))
+    no_events = int(np.sum(np.asarray(raw["n_events"].to_numpy(zero_copy_only=False)) == 0)) \
+        if "n_events" in raw.column_names else table.num_rows
     metrics = {
         "n_customers": table.num_rows,
         "n_raw_features": table.num_columns - 1,
@@ -87,6 +123,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "as_of": as_of,
         "seconds": round(seconds, 3),
         "featurizer_stats": getattr(featurizer, "stats_", {}),
+        "has_events": featurizer is not None,
     }
     write_json(out / "metrics.json", metrics)
     log.info("features: %d customers x %d model columns (%d without events) in %.1fs",

@@ -3,40 +3,39 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from gpuseg.jobs.common import finish, start
+from gpuseg.data.synthetic import check_generation_target, generate_synthetic, generated_files
+from gpuseg.jobs.common import data_as_of, finish, start
 from gpuseg.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("customers.parquet", "events.parquet", "texts.parquet", "ground_truth.parquet")
-
 
 def exists(cfg: DictConfig) -> bool:
-    """Whether a generated dataset is already in ``data.dir``."""
-    return all((Path(cfg.data.dir) / name).exists() for name in OUTPUTS)
+    """Whether a complete dataset written by the generator (its manifest says so) is in ``data.dir``."""
+    files = generated_files(cfg.data.dir)
+    return files is not None and all(path.exists() for path in files)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Generate the synthetic tables; refuse to overwrite unless ``overwrite=true``."""
-    from gpuseg.data.synthetic import generate_synthetic
-
     ctx = start(cfg, "generate")
     if cfg.data.get("name") != "synthetic" or "generator" not in cfg.data:
         raise ConfigError("generate writes the synthetic dataset: use data=synthetic", config_key="data")
     if exists(cfg) and not cfg.get("overwrite", False):
-        raise ConfigError(f"'{cfg.data.dir}' already holds a dataset; pass overwrite=true to replace it",
-                          config_key="overwrite")
+        raise ConfigError(f"'{cfg.data.dir}' already holds a generated dataset; pass overwrite=true to "
+                          "replace it", config_key="overwrite")
+    # before anything is written: a folder holding the user's own files is never generated into
+    check_generation_target(cfg.data.dir)
     gen = cfg.data.generator
     result = generate_synthetic(
         cfg.data.dir,
         n_customers=int(gen.n_customers),
         seed=int(cfg.seed),
-        as_of=str(cfg.data.as_of),
+        as_of=data_as_of(cfg),
         history_days=int(gen.history_days),
         holdout_days=int(gen.holdout_days),
         chunk_size=int(gen.chunk_size),

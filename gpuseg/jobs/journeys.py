@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpuseg.data.schema import validated_dir
 from gpuseg.features.rfm import to_microseconds
-from gpuseg.jobs.common import finish, load_validated, start, work_dir
+from gpuseg.jobs.common import data_as_of, finish, load_validated, start, work_dir
 from gpuseg.journey.baselines import (
     MarkovBaseline,
     UnigramBaseline,
@@ -186,7 +186,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     schema, customers = load_validated(work)
     folder = validated_dir(work)
     ids = customers["customer_id"].combine_chunks()
-    as_of = str(cfg.data.as_of)
+    as_of = data_as_of(cfg)
     if schema.get("as_of") not in (None, as_of):
         log.warning("data was validated with as_of=%s but journeys use as_of=%s", schema["as_of"], as_of)
     extra = jcfg.extra_columns

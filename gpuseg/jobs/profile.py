@@ -21,9 +21,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpuseg.data.schema import validated_dir
 from gpuseg.features.rfm import to_microseconds
-from gpuseg.jobs.common import finish, load_validated, start, work_dir
+from gpuseg.jobs.common import (
+    data_as_of,
+    finish,
+    has_validated_table,
+    load_validated,
+    start,
+    work_dir,
+)
 from gpuseg.journey.sequences import SPECIAL_TOKENS, SequenceBuilder
 from gpuseg.profile.lifts import (
+    categorical_indicators,
     lifts_by_segment,
     representatives,
     segment_lifts,
@@ -47,9 +55,18 @@ log = logging.getLogger(__name__)
 _DAY = np.timedelta64(1, "D")
 
 
+def _note(notes: list[str], text: str) -> None:
+    """Record something that could not be estimated: a warning in the log, a line in the report."""
+    log.warning("profile: %s", text)
+    notes.append(text)
+
+
 def _holdout_end(schema: dict[str, Any], as_of: str) -> tuple[np.datetime64 | None, float]:
     """End of the hold-out (the day after the last event) when the data reach past as_of."""
-    last = np.datetime64(schema["events"]["last"].replace(" ", "T"), "us")
+    events = schema.get("events") or {}
+    if not events.get("last") or events["last"] in ("None", "NaT"):
+        return None, 0.0
+    last = np.datetime64(events["last"].replace(" ", "T"), "us")
     start_ = np.datetime64(as_of, "us")
     if last <= start_:
         return None, 0.0
@@ -57,27 +74,50 @@ def _holdout_end(schema: dict[str, Any], as_of: str) -> tuple[np.datetime64 | No
     return end, float((end - start_) / _DAY)
 
 
-def _value(cfg, ids, events: Path, roles, as_of, holdout_end, holdout_days, device, seed) -> dict[str, Any]:
-    """BG/NBD + Gamma-Gamma: expected purchases and value over the horizon, and the hold-out check."""
+def _value(cfg, ids, events: Path | None, roles, as_of, holdout_end, holdout_days, device,
+           notes: list[str]) -> dict[str, Any]:
+    """BG/NBD + Gamma-Gamma: expected purchases and value over the horizon, and the hold-out check.
+
+    A fit that cannot be trusted leaves the predictions NaN and says why in ``notes`` (and in
+    ``report["not_estimated"]``), never a silent NaN for everyone.
+    """
+    n = len(ids)
+    out: dict[str, Any] = {"summary": None, "expected_purchases": np.full(n, np.nan),
+                           "expected_value": np.full(n, np.nan), "report": {}}
+    if events is None:
+        return _not_estimated(out, notes, "the data have no events table")
     summary = btyd_summary(events, ids, as_of, roles=roles, time_unit="D", holdout_end=holdout_end)
+    out["summary"] = summary
     f, r, t = (summary[c].to_numpy(zero_copy_only=False) for c in ("frequency", "recency", "T"))
     m = summary["monetary_value"].to_numpy(zero_copy_only=False)
     horizon = float(cfg.profile.horizon_days)
-    out: dict[str, Any] = {"summary": summary, "expected_purchases": np.full(len(f), np.nan),
-                           "expected_value": np.full(len(f), np.nan), "report": {}}
     has_history = np.isfinite(t)
-    if has_history.sum() < 20 or (f[has_history] > 0).sum() < 10:
-        log.warning("too few customers with a purchase history for BG/NBD: value not estimated")
-        return out
+    repeat = int((f[has_history] > 0).sum())
+    if has_history.sum() < 20 or repeat < 10:
+        return _not_estimated(out, notes, f"too few customers with a purchase history ({int(has_history.sum())} "
+                                          f"with a purchase before as_of, {repeat} of them repeat buyers; BG/NBD "
+                                          "needs at least 20 and 10)")
     bg = BetaGeoModel(device=device).fit(f, r, t)
-    out["expected_purchases"] = bg.conditional_expected_number_of_purchases_up_to_time(horizon, f, r, t)
     report: dict[str, Any] = {"bgnbd": dict(bg.params_), "horizon_days": horizon}
+    out["report"] = report
+    problem = fit_problem(bg)
+    expected = bg.conditional_expected_number_of_purchases_up_to_time(horizon, f, r, t) if problem is None else None
+    if problem is None and not np.all(np.isfinite(expected[has_history])):
+        problem = f"BG/NBD predictions are not finite for {int((~np.isfinite(expected[has_history])).sum())} customers"
+    if problem is not None:
+        return _not_estimated(out, notes, f"BG/NBD fit is degenerate: {problem}")
+    out["expected_purchases"] = expected
     try:
         gg = GammaGammaModel(device=device).fit(f, m)
-        out["expected_value"] = out["expected_purchases"] * gg.conditional_expected_average_profit(f, m)
-        report["gamma_gamma"] = dict(gg.params_)
+        problem = fit_problem(gg)
+        if problem is None:
+            out["expected_value"] = expected * gg.conditional_expected_average_profit(f, m)
+            report["gamma_gamma"] = dict(gg.params_)
     except UserInputError as exc:
-        log.warning("Gamma-Gamma not fitted: %s", exc)
+        problem = str(exc.args[0])
+    if problem is not None:
+        _note(notes, f"customer value not estimated (expected purchases are): Gamma-Gamma: {problem}")
+        report["value_not_estimated"] = problem
     if holdout_end is not None and "holdout_purchases" in summary.column_names:
         predicted = bg.conditional_expected_number_of_purchases_up_to_time(holdout_days, f, r, t)
         actual = summary["holdout_purchases"].to_numpy(zero_copy_only=False)
@@ -88,7 +128,17 @@ def _value(cfg, ids, events: Path, roles, as_of, holdout_end, holdout_days, devi
             "actual_total": float(np.nansum(actual[keep])),
             "by_frequency": holdout_by_frequency(f[keep], predicted[keep], actual[keep]),
         }
-    out["report"] = report
+    return out
+
+
+def fit_problem(model) -> str | None:
+    """Why a fitted value model cannot be trusted (None when it can). TODO: helper API."""
+    return getattr(model, "degenerate_", None)
+
+
+def _not_estimated(out: dict[str, Any], notes: list[str], reason: str) -> dict[str, Any]:
+    _note(notes, f"value not estimated: {reason}")
+    out["report"] = {**out["report"], "not_estimated": reason}
     return out
 
 
@@ -100,7 +150,7 @@ def _churn_label(cfg, schema, customers: pa.Table, value: dict[str, Any]) -> tup
     if name == "auto":
         if labels:
             name = labels[0]
-        elif "holdout_purchases" in value["summary"].column_names:
+        elif value["summary"] is not None and "holdout_purchases" in value["summary"].column_names:
             summary = value["summary"]
             t = summary["T"].to_numpy(zero_copy_only=False)
             held = summary["holdout_purchases"].to_numpy(zero_copy_only=False).astype(float)
@@ -114,12 +164,34 @@ def _churn_label(cfg, schema, customers: pa.Table, value: dict[str, Any]) -> tup
     return str(name), customers[name].to_numpy(zero_copy_only=False).astype(float)
 
 
-def _churn(cfg, x: np.ndarray, x_rfm: np.ndarray, y: np.ndarray, device, seed) -> dict[str, Any]:
+def _baseline(work: Path, segmentation: dict[str, Any], has_events: bool) -> tuple[np.ndarray | None, str | None]:
+    """The RFM+ matrix for the churn baseline, or None and why there is no honest baseline.
+
+    A baseline fed the same information as the model (the segmented matrix is the features
+    matrix, or a fusion of the tabular block alone) would only repeat the model's AUC.
+    """
+    if not has_events:
+        return None, "no RFM+ baseline: the data have no events table"
+    features = (work / "features" / "matrix.parquet").resolve()
+    source = Path(segmentation["input"]).resolve()
+    fused_blocks = None
+    fuse_metrics = work / "fuse" / "metrics.json"
+    if source == (work / "fuse" / "fused.parquet").resolve() and fuse_metrics.exists():
+        fused_blocks = sorted(read_json(fuse_metrics).get("blocks", {}))
+    if source == features or fused_blocks == ["tabular"]:
+        return None, ("no RFM+ baseline: the segmented matrix holds the RFM+ features alone, so the "
+                      "baseline would be the model itself")
+    return read_matrix(features)[1], None
+
+
+def _churn(cfg, x: np.ndarray, x_rfm: np.ndarray | None, y: np.ndarray, device, seed,
+           notes: list[str]) -> dict[str, Any]:
     """Fit on a customer split; report held-out AUC + calibration next to a logistic model on RFM+."""
     ccfg = cfg.profile.churn
     known = np.flatnonzero(np.isfinite(y))
     if len(known) < 50 or len(np.unique(y[known])) < 2:
-        log.warning("churn label has too few known or distinct values: no churn model")
+        _note(notes, f"no churn model: the churn label has {len(known)} known values and "
+                     f"{len(np.unique(y[known]))} distinct ones (at least 50 and 2 needed)")
         return {}
     rng = np.random.default_rng(seed)
     order = rng.permutation(known)
@@ -127,16 +199,13 @@ def _churn(cfg, x: np.ndarray, x_rfm: np.ndarray, y: np.ndarray, device, seed) -
     test, train = order[:n_test], order[n_test:]
     params = {"epochs": int(ccfg.epochs), "device": device, "random_state": seed, "holdout_fraction": 0.1}
     model = ChurnModel(hidden=int(ccfg.hidden), **params).fit(x[train], y[train])
-    baseline = ChurnModel(hidden=0, **params).fit(x_rfm[train], y[train])
     scores = model.predict_proba(x)
-    return {
-        "scores": scores,
-        "metrics": {
-            "model": binary_metrics(y[test], scores[test]),
-            "rfm_logistic": binary_metrics(y[test], baseline.predict_proba(x_rfm[test])),
-            "n_train": len(train), "n_test": len(test), "positive_rate": float(np.mean(y[known])),
-        },
-    }
+    metrics = {"model": binary_metrics(y[test], scores[test]),
+               "n_train": len(train), "n_test": len(test), "positive_rate": float(np.mean(y[known]))}
+    if x_rfm is not None:
+        baseline = ChurnModel(hidden=0, **params).fit(x_rfm[train], y[train])
+        metrics["rfm_logistic"] = binary_metrics(y[test], baseline.predict_proba(x_rfm[test]))
+    return {"scores": scores, "metrics": metrics}
 
 
 def _sequences(events: Path, ids: pa.Array, as_of: str, max_len: int) -> tuple[np.ndarray, list[str]]:
@@ -181,16 +250,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     k = int(segmentation["n_clusters"])
     features = pq.read_table(work / "features" / "features.parquet")
     folder = validated_dir(work)
-    as_of = str(cfg.data.as_of)
+    as_of = data_as_of(cfg)
     roles = OmegaConf.to_container(cfg.data.roles, resolve=True)
 
+    notes: list[str] = []
+    events = folder / "events.parquet" if has_validated_table(work, "events") else None
     holdout_end, holdout_days = _holdout_end(schema, as_of)
-    value = _value(cfg, ids, folder / "events.parquet", roles, as_of, holdout_end, holdout_days, device, seed)
+    value = _value(cfg, ids, events, roles, as_of, holdout_end, holdout_days, device, notes)
     label_name, y = _churn_label(cfg, schema, customers, value)
     # the churn model and the projection use the matrix that was segmented
     _, x, _ = read_matrix(segmentation["input"])
-    _, x_rfm, _ = read_matrix(work / "features" / "matrix.parquet")
-    churn = _churn(cfg, x, x_rfm, y, device, seed) if y is not None else {}
+    x_rfm, no_baseline = _baseline(work, segmentation, events is not None) if y is not None else (None, None)
+    if no_baseline:
+        _note(notes, no_baseline)
+    churn = _churn(cfg, x, x_rfm, y, device, seed, notes) if y is not None else {}
     scores = churn.get("scores", np.full(len(ids), np.nan))
     tiers = risk_tier(np.nan_to_num(scores, nan=0.0), tuple(cfg.profile.churn.thresholds)) if churn else \
         np.full(len(ids), None)
@@ -208,7 +281,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # per-segment profiles
     numeric = [c for c in features.column_names if c != "customer_id" and
                (pa.types.is_floating(features.schema.field(c).type) or pa.types.is_integer(features.schema.field(c).type))]
-    lifts = segment_lifts(features, labels, columns=numeric, n_segments=k)
+    # categorical attributes (contract, region, ...) profile as value shares
+    indicators = categorical_indicators(features)
+    profiled = features.select(["customer_id", *numeric])
+    for name in indicators.column_names:
+        profiled = profiled.append_column(name, indicators[name])
+    lifts = segment_lifts(profiled, labels, n_segments=k)
     by_segment = lifts_by_segment(lifts)
     pcfg = cfg.profile
     rules = OmegaConf.to_container(pcfg.personas.rules, resolve=True) if pcfg.personas.rules else None
@@ -218,9 +296,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     monetary = features["monetary_sum"].to_numpy(zero_copy_only=False) if "monetary_sum" in features.column_names \
         else np.zeros(len(labels))
     concentration = value_concentration(np.nan_to_num(monetary), labels, k).to_pylist()
-    codes, vocab = _sequences(folder / "events.parquet", ids, as_of, int(pcfg.journeys.max_len))
-    events_top = top_event_types(codes, labels, k, vocab=vocab, top_n=int(pcfg.journeys.top_n))
-    ngrams = journey_ngrams(codes, labels, k, vocab=vocab, top_n=int(pcfg.journeys.top_n))
+    events_top, ngrams = {}, {}
+    if events is not None:
+        codes, vocab = _sequences(events, ids, as_of, int(pcfg.journeys.max_len))
+        events_top = top_event_types(codes, labels, k, vocab=vocab, top_n=int(pcfg.journeys.top_n))
+        ngrams = journey_ngrams(codes, labels, k, vocab=vocab, top_n=int(pcfg.journeys.top_n))
     text_info = _texts(folder, ids, labels, as_of)
     words: dict[str, dict[int, list]] = {}
     snippets: dict[int, str] = {}
@@ -230,7 +310,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         words = distinctive_words_by_source(body, texts["source"].to_pylist(), text_segments, k,
                                             top_n=int(pcfg.words.top_n), min_df=int(pcfg.words.min_df))
         for row in range(len(body) - 1, -1, -1):  # keep each customer's first text
-            snippets[int(text_index[row])] = body[row]
+            if body[row]:  # rating-only reviews have no text
+                snippets[int(text_index[row])] = body[row]
     reps = representatives(segments["distance"].to_numpy(), labels, n=int(pcfg.representatives), n_segments=k)
     rating = segment_means(features["mean_rating"].to_numpy(zero_copy_only=False), labels, k) \
         if "mean_rating" in features.column_names else np.full(k, np.nan)
@@ -274,7 +355,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     overview = {"as of": as_of}
     if churn:
         overview["churn AUC (held out)"] = round(churn["metrics"]["model"]["roc_auc"], 3)
-        overview["RFM-only AUC"] = round(churn["metrics"]["rfm_logistic"]["roc_auc"], 3)
+        if "rfm_logistic" in churn["metrics"]:
+            overview["RFM-only AUC"] = round(churn["metrics"]["rfm_logistic"]["roc_auc"], 3)
     context = {
         "title": "gpuseg segment report",
         "subtitle": f"{len(ids):,} customers, {k} segments, data as of {as_of}",
@@ -282,6 +364,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "segments": [{**p, "ngrams": [(tuple(g), c, r) for g, c, r in p["ngrams"]]} for p in profiles],
         "projection": {"xy": xy, "segments": labels[rows]},
         "lift_matrix": lift_matrix(by_segment, names),
+        "notes": notes,
         **({"k_selection_svg": k_svg.read_text()} if k_svg.exists() else {}),
     }
     report_path = write_report(out / "report.html", render_report(context))
@@ -290,10 +373,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "value": value["report"],
         "churn": {"label": label_name, **churn.get("metrics", {})},
         "personas": {p["segment"]: p["name"] for p in profiles},
+        "notes": notes,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(out / "metrics.json", metrics)
     log.info("profile: %d segments; report at %s", k, report_path)
-    result = {"n_segments": k, "churn_label": label_name, "output_dir": str(out),
+    result = {"n_segments": k, "churn_label": label_name, "notes": notes, "output_dir": str(out),
               "report_path": str(report_path), "profiles_path": str(out / "profiles.json")}
     return finish(cfg, "profile", ctx["manifest"], result)

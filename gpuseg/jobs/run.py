@@ -8,10 +8,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from gpuseg.jobs import generate, registry
-from gpuseg.jobs.common import finish, start, work_dir
+from gpuseg.jobs.common import finish, start, table_configured, work_dir
 from gpuseg.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+#: stages that have nothing to do without an input table (a customers-only snapshot has no events)
+_STAGE_NEEDS = {"text": "texts", "journeys": "events"}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -28,8 +31,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                               config_key="stages")
         if not registry.available(stage):
             raise ConfigError(f"stage {stage!r} is not available in this version of gpuseg", config_key="stages")
-        if stage == "text" and not (cfg.data.get("texts") or {}).get("path"):
-            log.info("== text: skipped (this data has no texts table) ==")
+        missing = _STAGE_NEEDS.get(stage)
+        if missing and not table_configured(cfg, missing):
+            log.info("== %s: skipped (this data has no %s table) ==", stage, missing)
             continue
         log.info("== %s ==", stage)
         results[stage] = registry.load(stage).run(cfg)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
 from gpuseg.data.schema import validated_dir
-from gpuseg.jobs.common import finish, load_validated, start, work_dir
+from gpuseg.jobs.common import data_as_of, finish, load_validated, start, work_dir
 from gpuseg.runtime.distributed import barrier, init_from_env
 from gpuseg.runtime.errors import UserInputError
 from gpuseg.runtime.io import read_json, write_json, write_numpy, write_parquet
@@ -102,7 +102,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     sources = sorted((schema.get("texts") or {}).get("sources", {}))
     aggregates = aggregate_by_customer(
         vectors, index.astype(np.int64), meta["timestamp"].to_numpy(), np.asarray(meta["source"].to_pylist(), dtype=object),
-        len(ids), as_of=str(cfg.data.as_of), half_life_days=float(tcfg.half_life_days), sources_order=sources)
+        len(ids), as_of=data_as_of(cfg), half_life_days=float(tcfg.half_life_days), sources_order=sources)
     table = customer_text_table(aggregates, ids)
     write_parquet(out / "embeddings.parquet", table)
     metrics = {

@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpuseg.data.mapping import DataMapping
 from gpuseg.data.validate import validate_tables
-from gpuseg.jobs.common import data_mapping, finish, start, work_dir
+from gpuseg.jobs.common import data_as_of, data_mapping, finish, start, work_dir
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ctx = start(cfg, "validate")
     mapping = DataMapping.from_dict(data_mapping(cfg))
     roles = OmegaConf.to_container(cfg.data.roles, resolve=True) if "roles" in cfg.data else None
-    report = validate_tables(mapping, work_dir(cfg), as_of=str(cfg.data.as_of), roles=roles,
+    report = validate_tables(mapping, work_dir(cfg), as_of=data_as_of(cfg), roles=roles,
                              progress=bool(cfg.progress))
     for table, r in report["tables"].items():
         rejected = sum(r["rejected"].values())

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gpuseg.runtime.errors import UserInputError
 
@@ -92,6 +93,45 @@ def _numeric_columns(features: pa.Table, columns: Sequence[str] | None) -> list[
         raise UserInputError(f"The 'columns' parameter names columns missing from the features: "
                              f"{missing}; present: {features.column_names}.", table="features")
     return list(columns)
+
+
+def categorical_indicators(features: pa.Table, columns: Sequence[str] | None = None, *,
+                           max_values: int = 10, min_share: float = 0.01) -> pa.Table:
+    """0/1 indicator columns ``"<column>=<value>"`` for the frequent values of categorical columns.
+
+    Segments of a customers-only snapshot differ mostly in such attributes (contract type,
+    region): as indicators their lifts are share differences, so personas can be named after them.
+
+    Parameters
+    ----------
+    features : pyarrow.Table
+        One row per customer.
+    columns : sequence of str, optional
+        Categorical columns (default: every string column except ``customer_id``).
+    max_values : int, default=10
+        Most frequent values kept per column.
+    min_share : float, default=0.01
+        Values held by a smaller share of customers are left out.
+
+    Returns
+    -------
+    pyarrow.Table
+        One float64 column per kept value (1.0 where the customer has it), same rows as ``features``.
+    """
+    if columns is None:
+        columns = [f.name for f in features.schema if f.name != "customer_id"
+                   and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
+    out: dict[str, pa.Array] = {}
+    n = max(features.num_rows, 1)
+    for name in columns:
+        values = features.column(name).combine_chunks().cast(pa.string())
+        counts = sorted(pc.value_counts(values).to_pylist(), key=lambda d: (-d["counts"], str(d["values"])))
+        for entry in counts[:max_values]:
+            if entry["values"] is None or entry["counts"] / n < min_share:
+                continue
+            hit = pc.fill_null(pc.equal(values, entry["values"]), False)
+            out[f"{name}={entry['values']}"] = hit.cast(pa.float64())
+    return pa.table(out) if out else pa.table({})
 
 
 def segment_lifts(features: pa.Table, segments, columns: Sequence[str] | None = None,

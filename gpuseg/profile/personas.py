@@ -173,7 +173,11 @@ def rule_score(lifts: Mapping[str, float], rule: Mapping[str, Any]) -> float | N
 
 
 def humanize(feature: str) -> str:
-    """Readable feature name: ``share_event_coupon`` -> ``coupon share``, ``recency_days`` -> ``recency``."""
+    """Readable feature name: ``share_event_coupon`` -> ``coupon share``, ``recency_days`` -> ``recency``,
+    a categorical indicator ``Contract=Month-to-month`` -> ``Contract = Month-to-month share``."""
+    if "=" in feature:
+        column, value = feature.split("=", 1)
+        return f"{column.removeprefix('attr_').replace('_', ' ')} = {value} share"
     for prefix in ("share_event_", "share_channel_", "share_category_"):
         if feature.startswith(prefix):
             return f"{feature[len(prefix):].replace('_', ' ')} share"

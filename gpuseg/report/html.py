@@ -13,7 +13,8 @@ Context keys (all optional except ``segments``):
 array, ``segments``: (n,) labels, optional ``note``), ``lift_matrix`` (dict ``rows``,
 ``columns``, ``values``; see :func:`lift_matrix`), ``k_selection_svg`` (an SVG document, e.g.
 the segment job's ``k_selection.svg``) or ``k_selection`` (dict ``panels``: name -> (ks, values),
-optional ``chosen_k``).
+optional ``chosen_k``), ``notes`` (list of str: what could not be estimated and why, shown in the
+overview so a reader never mistakes a missing figure for a result).
 
 Segment dict keys: ``segment`` (int), ``name``, ``size``, ``share``, ``action``, ``top_lifts``
 (list of (feature, z)), ``words`` (source -> list of (word, score)), ``top_events`` (list of
@@ -63,7 +64,8 @@ padding:10px 14px;min-width:120px}.tile b{display:block;font-size:20px}.tile spa
 .up{color:#b2182b}.down{color:#2166ac}.action{background:#fff8e1;border-radius:4px;padding:6px 8px}
 .words span{display:inline-block;background:#eef2f6;border-radius:10px;padding:1px 8px;margin:2px;
 font-size:12px}blockquote{margin:2px 0 4px;padding-left:8px;border-left:3px solid #ddd;color:#444;
-font-size:12px}.chart{overflow-x:auto}
+font-size:12px}.chart{overflow-x:auto}.notes{background:#fff4e5;border-left:4px solid #e08a00;
+border-radius:4px;padding:4px 12px;margin:10px 0}.notes h3{margin:4px 0;font-size:14px}
 """
 
 
@@ -192,6 +194,10 @@ def _overview(ctx: Mapping[str, Any], segs: Sequence[Mapping[str, Any]]) -> str:
     html += [f'<div class="tile"><b>{escape(_fmt(v))}</b><span>{escape(str(k))}</span></div>'
              for k, v in tiles.items()]
     html.append("</div>")
+    notes = [str(n) for n in ctx.get("notes") or []]
+    if notes:
+        html.append('<div class="notes"><h3>Notes</h3><ul>' + "".join(f"<li>{escape(n)}</li>" for n in notes)
+                    + "</ul></div>")
     if segs:
         biggest = max(segs, key=lambda s: np.nan_to_num(_num(s.get("size")), nan=-1.0))
         html.append(f'<p>The largest segment is <b>{escape(str(biggest.get("name", "")))}</b> '

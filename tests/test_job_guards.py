@@ -1,0 +1,119 @@
+"""Jobs that refuse to do harm or to give a silently wrong answer: each case is exit 2 with the key named."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_table
+
+from gpuseg.runtime.errors import ConfigError, UserInputError
+
+GPUSEG = shutil.which("gpuseg")
+
+
+def _gpuseg(*args: str, cwd) -> subprocess.CompletedProcess:
+    command = [GPUSEG] if GPUSEG else [sys.executable, "-m", "gpuseg"]
+    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def _user_files(folder):
+    """A user's own tables, with the names the synthetic generator would write."""
+    write_table(folder / "customers.parquet", {"customer_id": ["u1", "u2"], "age": [30, 40]})
+    write_table(folder / "events.parquet", {"customer_id": ["u1"], "timestamp": ["2024-01-01"]})
+    write_table(folder / "texts.parquet", {"customer_id": ["u1"], "text": ["mine"]})
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_run_never_overwrites_a_users_own_files(tmp_path):
+    data = tmp_path / "mydata"
+    data.mkdir()
+    before = _user_files(data)
+    out = _gpuseg("run", f"paths.data_dir={data}", f"paths.work_dir={tmp_path / 'work'}", "progress=false",
+                  cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert str(data) in out.stderr and "data=custom" in out.stderr
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before
+
+
+def test_generate_replaces_only_its_own_dataset(make_cfg, tmp_path):
+    from gpuseg.jobs import generate
+
+    data = tmp_path / "synth"
+    cfg = make_cfg("generate", f"paths.data_dir={data}", "data.generator.n_customers=60")
+    generate.run(cfg)
+    assert generate.exists(cfg)
+    with pytest.raises(ConfigError, match="overwrite=true"):
+        generate.run(cfg)
+    # its own previous set is recognised by its manifest and may be replaced
+    generate.run(make_cfg("generate", f"paths.data_dir={data}", "data.generator.n_customers=80", "overwrite=true"))
+    assert pq.read_metadata(data / "customers.parquet").num_rows == 80
+    # one foreign file in the folder and nothing is generated there, even with overwrite=true
+    (data / "notes.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(UserInputError, match="did not generate") as err:
+        generate.run(make_cfg("generate", f"paths.data_dir={data}", "overwrite=true"))
+    assert "notes.csv" in str(err.value) and "data=custom" in str(err.value)
+    assert pq.read_metadata(data / "customers.parquet").num_rows == 80
+
+
+def test_generating_into_a_folder_of_files_without_our_manifest_is_refused(make_cfg, tmp_path):
+    from gpuseg.jobs import generate
+
+    data = tmp_path / "mixed"
+    data.mkdir()
+    before = _user_files(data)
+    with pytest.raises(UserInputError, match="did not generate"):
+        generate.run(make_cfg("generate", f"paths.data_dir={data}", "overwrite=true"))
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before
+
+
+def test_missing_as_of_is_exit_2_naming_the_key(tmp_path):
+    write_table(tmp_path / "events.csv", {"customer_id": ["c1"], "timestamp": ["2024-01-01"],
+                                          "event_type": ["purchase"]})
+    out = _gpuseg("validate", "data=custom", f"paths.data_dir={tmp_path}", "data.customers.path=null",
+                  "data.events.columns.amount=null", "data.events.columns.category=null",
+                  "data.events.columns.channel=null", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "data.as_of is required" in out.stderr and "config key to change: data.as_of" in out.stderr
+
+
+def test_unparseable_as_of_names_the_key(make_cfg):
+    from gpuseg.jobs.common import data_as_of
+
+    with pytest.raises(ConfigError, match="data.as_of must be a date"):
+        data_as_of(make_cfg("features", "data.as_of=last-tuesday"))
+    assert data_as_of(make_cfg("features", "data.as_of=2024-06-30")) == "2024-06-30"
+
+
+@pytest.mark.parametrize("job", ["generate", "validate", "features", "text", "journeys", "fuse", "segment",
+                                 "profile", "lookalike", "run"])
+def test_every_job_takes_the_shared_keys(make_cfg, job):
+    cfg = make_cfg(job, "device=cpu", "seed=3", "progress=false", "paths.data_dir=somewhere")
+    assert cfg.device.type == "cpu" and cfg.seed == 3 and cfg.paths.data_dir == "somewhere"
+
+
+def test_roles_that_leave_no_purchase_are_an_error_naming_data_roles(make_cfg, tmp_path):
+    from gpuseg.jobs import features, validate
+
+    write_table(tmp_path / "events.csv", {
+        "customer_id": ["c1", "c1", "c2"], "timestamp": ["2024-01-01", "2024-02-01", "2024-01-05"],
+        "event_type": ["order", "order", "refund"], "amount": [10.0, 12.0, -3.0]})
+    cfg = make_cfg("features", "data=custom", f"paths.data_dir={tmp_path}", "data.as_of=2024-06-01",
+                   "data.customers.path=null", "data.events.columns.category=null", "data.events.columns.channel=null")
+    validate.run(cfg)
+    with pytest.raises(ConfigError) as err:
+        features.run(cfg)
+    assert err.value.config_key == "data.roles.purchase"
+    assert "order" in str(err.value) and "refund" in str(err.value)
+    # naming the purchase type fixes it
+    result = features.run(make_cfg("features", "data=custom", f"paths.data_dir={tmp_path}", "data.as_of=2024-06-01",
+                                   "data.customers.path=null", "data.events.columns.category=null",
+                                   "data.events.columns.channel=null", "data.roles.purchase=[order]"))
+    table = pq.read_table(result["features_path"])
+    assert table.column("frequency").to_pylist() == [2.0, 0.0]
+    assert isinstance(table, pa.Table)
