@@ -33,11 +33,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 # _common first: it puts the repository root on sys.path for the gpuseg imports
 from _common import library_versions, machine_info, result_path, sync, today, write_result
 
+from gpuseg.evaluation import persona_ari
 from gpuseg.journey import JourneyEncoder, SequenceBuilder, Sequences
 from gpuseg.runtime.device import resolve_device
 
@@ -188,8 +190,17 @@ def quality(device: str, n_customers: int) -> dict:
         journeys.run(make("journeys", f"device={device}"))
         seconds = time.perf_counter() - t
         metrics = json.loads((Path(tmp) / "work" / "journeys" / "metrics.json").read_text())
+        metrics["persona_ari"] = _persona_ari(Path(tmp) / "work")
     return {"customers": n_customers, "settings": "conf/journey/default.yaml", "job_seconds": round(seconds, 1),
             **{k: metrics.get(k) for k in ("next_event_accuracy", "label_auc", "persona_ari", "split", "training")}}
+
+
+def _persona_ari(work: Path) -> dict | None:
+    """k-means ARI of the journey embeddings against the planted personas (synthetic data only)."""
+    table = pq.read_table(work / "journeys" / "embeddings.parquet")
+    X = np.stack(table["journey"].to_numpy(zero_copy_only=False))
+    return persona_ari(X, table["customer_id"].combine_chunks(), pq.read_table(work / "data" / "ground_truth.parquet"),
+                       mask=table["has_journey"].to_numpy(zero_copy_only=False), seed=0)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -24,9 +24,8 @@ import pyarrow.parquet as pq
 from _common import machine_info, result_path, utc_now, write_result  # noqa: I001  (puts the repo on sys.path)
 from hydra import compose, initialize_config_module
 
-from gpuseg.data.synthetic import EXPECTED_PERSONA_NAMES
+from gpuseg.evaluation import EXPECTED_PERSONA_NAMES, match_report
 from gpuseg.jobs import run as run_job
-from gpuseg.profile.personas import match_report
 from gpuseg.runtime.manifest import library_versions
 
 

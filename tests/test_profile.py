@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gpuseg.data.synthetic import EXPECTED_PERSONA_NAMES
+from gpuseg.evaluation import EXPECTED_PERSONA_NAMES, match_report
 from gpuseg.profile import (
     DEFAULT_RULES,
     assign_personas,
@@ -17,7 +17,6 @@ from gpuseg.profile import (
     distinctive_words_by_source,
     journey_ngrams,
     lifts_by_segment,
-    match_report,
     representatives,
     segment_lifts,
     segment_means,

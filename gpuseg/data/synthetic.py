@@ -301,19 +301,6 @@ PERSONAS: tuple[Persona, ...] = (
 
 PERSONA_NAMES = tuple(p.name for p in PERSONAS)
 
-#: Default persona-rule name (gpuseg.profile.personas.DEFAULT_RULES) -> the planted persona(s) it
-#: stands for: what tests and benchmarks score the profile job's names against. The three steady
-#: regulars share one tabular behaviour, so the rules (which read tabular lifts) name them alike.
-EXPECTED_PERSONA_NAMES: dict[str, str | list[str]] = {
-    "High-value loyalists": "high_value_loyalist",
-    "At-risk former actives": "at_risk_former_active",
-    "Price-sensitive deal hunters": "deal_hunter",
-    "New customers": "new_customer",
-    "Unhappy support-heavy customers": "support_heavy_unhappy",
-    "Dormant customers": "dormant",
-    "Steady regulars": ["eco_planner", "gadget_planner", "gadget_impulse"],
-}
-
 #: Default persona shares (sum to 1): roughly equal, deliberately not uniform.
 DEFAULT_SHARES = (0.10, 0.12, 0.12, 0.10, 0.09, 0.13, 0.11, 0.11, 0.12)
 

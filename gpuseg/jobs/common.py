@@ -18,6 +18,7 @@ from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import read_json, write_json
 from gpuseg.runtime.manifest import run_manifest
 from gpuseg.runtime.seeding import seed_everything
+from gpuseg.runtime.tables import join_on_customer_id
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +118,12 @@ def matrix_input(configured: str | None, key: str, work: Path) -> Path:
             return work / rel
     raise UserInputError(f"no customer matrix in '{work}': run `gpuseg features` (and `gpuseg fuse`) or "
                          "`gpuseg run` first", config_key="paths.work_dir")
+
+
+def segments_with_scores(work: Path) -> pa.Table:
+    """``segment/segments.parquet`` with the profile job's ``profile/customer_scores.parquet`` beside it."""
+    segments = pq.read_table(Path(work) / "segment" / "segments.parquet")
+    scores = Path(work) / "profile" / "customer_scores.parquet"
+    if not scores.exists():
+        return segments
+    return join_on_customer_id(segments, pq.read_table(scores), names=(str(scores),))

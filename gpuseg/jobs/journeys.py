@@ -3,8 +3,9 @@
 Customers are split once (by ``seed``) into train / validation (early stopping) / test; the
 vocabularies and the network see only the training side, and ``metrics.json`` scores the
 test customers: next-event accuracy against a unigram and a first-order Markov baseline, the
-label head's ROC AUC against a logistic regression on the RFM+ features, and (on synthetic
-data) the ARI of k-means on the journey embeddings against the planted personas.
+label head's ROC AUC against a logistic regression on the RFM+ features. (How the embeddings
+separate the synthetic data's planted personas is scored by benchmarks/bench_journey.py with
+:mod:`gpuseg.evaluation`, which no job imports.)
 """
 
 from __future__ import annotations
@@ -30,9 +31,7 @@ from gpuseg.journey.baselines import (
     MarkovBaseline,
     UnigramBaseline,
     accuracy,
-    adjusted_rand_index,
     fit_logistic,
-    kmeans_labels,
     roc_auc,
 )
 from gpuseg.journey.model import JourneyEncoder
@@ -42,10 +41,6 @@ from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import write_json, write_parquet
 
 log = logging.getLogger(__name__)
-
-#: the synthetic personas that differ only in the order of their events
-ORDER_PAIR = ("gadget_planner", "gadget_impulse")
-
 
 def journeys_dir(work: Path) -> Path:
     """Folder of the journey block artifacts."""
@@ -104,34 +99,6 @@ def _rfm_matrix(work: Path, ids: pa.Array) -> np.ndarray | None:
     X = np.column_stack([table[c].cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
                          for c in cols])
     return X[index.to_numpy(zero_copy_only=False)]
-
-
-def _ari(cfg: DictConfig, ids: pa.Array, embeddings: np.ndarray, has_events: np.ndarray,
-         seed: int) -> dict[str, Any] | None:
-    """ARI of k-means on the embeddings against the synthetic personas (ground_truth.parquet)."""
-    path = Path(str(cfg.data.dir)) / "ground_truth.parquet"
-    if not path.exists():
-        return None
-    truth = pq.read_table(path)
-    index = pc.index_in(ids, value_set=truth["customer_id"].combine_chunks())
-    known = index.is_valid().to_numpy(zero_copy_only=False) & has_events
-    if known.sum() < 10:
-        return None
-    persona = np.asarray(truth["persona"].to_numpy(zero_copy_only=False), dtype=object)
-    persona = persona[index.to_numpy(zero_copy_only=False)[known].astype(np.int64)]
-    X = embeddings[known]
-    names = sorted(set(persona.tolist()))
-    result: dict[str, Any] = {"n_customers": int(known.sum()), "n_personas": len(names)}
-    labels = kmeans_labels(X, len(names), seed=seed)
-    result["all_personas"] = adjusted_rand_index(labels, persona)
-    if all(p in names for p in ORDER_PAIR):
-        pair = np.isin(persona, ORDER_PAIR)
-        result["order_pair"] = {
-            "personas": list(ORDER_PAIR),
-            "n_customers": int(pair.sum()),
-            "ari": adjusted_rand_index(kmeans_labels(X[pair], 2, seed=seed), persona[pair]),
-        }
-    return result
 
 
 def _next_event_metrics(encoder: JourneyEncoder, train: Sequences, test: Sequences) -> dict[str, Any]:
@@ -259,9 +226,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                       if len(test_rows) else None)
     if label is not None and len(test_rows):
         metrics["label_auc"] = _label_metrics(work, encoder, seqs, y, label, train_rows, test_rows)
-    ari = _ari(cfg, ids, embeddings, seqs.lengths > 0, seed)
-    if ari is not None:
-        metrics["persona_ari"] = ari
     metrics["seconds"] = {"sequences": round(t_seq, 3), "train": round(t_train, 3), "encode": round(t_encode, 3),
                           "total": round(time.perf_counter() - t0, 3)}
 
@@ -275,7 +239,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
              len(ids), metrics["seconds"]["total"])
     result = {**{k: metrics[k] for k in ("n_customers", "customers_without_events", "split", "seconds")},
               "next_event_accuracy": metrics["next_event_accuracy"],
-              "label_auc": metrics.get("label_auc"), "persona_ari": metrics.get("persona_ari"),
+              "label_auc": metrics.get("label_auc"),
               "output_dir": str(out), "embeddings_path": str(out / "embeddings.parquet"),
               "encoder_path": str(out / "encoder.safetensors"), "metrics_path": str(out / "metrics.json")}
     return finish(cfg, "journeys", ctx["manifest"], result)

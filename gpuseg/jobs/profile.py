@@ -1,9 +1,9 @@
 """``gpuseg profile``: segment profiles, personas, churn risk, customer value and report.html.
 
-Reads the segments, features, validated events and texts of one work directory. Adds
-``churn_score``, ``churn_risk``, ``expected_purchases`` and ``expected_value`` to
-``segment/segments.parquet`` (so "high churn risk" is a one-line filter) and writes everything
-else under ``profile/``.
+Reads the segments, features, validated events and texts of one work directory and writes only
+under ``profile/``: ``customer_scores.parquet`` holds ``churn_score``, ``churn_risk``,
+``expected_purchases`` and ``expected_value`` for every customer (join it to the segments with
+:func:`gpuseg.jobs.common.segments_with_scores`, so "high churn risk" is a one-line filter).
 """
 
 from __future__ import annotations
@@ -226,15 +226,8 @@ def _texts(folder: Path, ids: pa.Array, labels: np.ndarray, as_of: str):
     return texts, index, labels[index]
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Profile every segment, score churn and value for every customer, and write report.html."""
-    ctx = start(cfg, "profile", needs_device=True)
-    device = ctx["device"]
-    seed = int(cfg.seed)
-    work = work_dir(cfg)
-    out = work / "profile"
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+def _load_inputs(cfg: DictConfig, work: Path) -> dict[str, Any]:
+    """The upstream artifacts the profile reads, checked to come from the same customers."""
     schema, customers = load_validated(work)
     seg_path = work / "segment" / "segments.parquet"
     if not seg_path.exists():
@@ -245,40 +238,64 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not segments["customer_id"].combine_chunks().equals(ids):
         raise UserInputError("segments.parquet and the validated customers differ: re-run `gpuseg segment` "
                              "after `gpuseg validate`", config_key="paths.work_dir")
-    labels = segments["segment"].to_numpy().astype(np.int64)
     segmentation = read_json(work / "segment" / "segmentation.json")
-    k = int(segmentation["n_clusters"])
-    features = pq.read_table(work / "features" / "features.parquet")
     folder = validated_dir(work)
-    as_of = data_as_of(cfg)
-    roles = OmegaConf.to_container(cfg.data.roles, resolve=True)
+    return {
+        "schema": schema, "customers": customers, "ids": ids, "segments": segments,
+        "labels": segments["segment"].to_numpy().astype(np.int64),
+        "segmentation": segmentation, "k": int(segmentation["n_clusters"]),
+        "features": pq.read_table(work / "features" / "features.parquet"),
+        "folder": folder, "as_of": data_as_of(cfg),
+        "events": folder / "events.parquet" if has_validated_table(work, "events") else None,
+    }
 
-    notes: list[str] = []
-    events = folder / "events.parquet" if has_validated_table(work, "events") else None
-    holdout_end, holdout_days = _holdout_end(schema, as_of)
+
+def _score_customers(cfg: DictConfig, work: Path, inputs: dict[str, Any], device, seed: int,
+                     notes: list[str]) -> dict[str, Any]:
+    """Churn score and risk tier, expected purchases and value for every customer."""
+    ids, as_of, events = inputs["ids"], inputs["as_of"], inputs["events"]
+    roles = OmegaConf.to_container(cfg.data.roles, resolve=True) if "roles" in cfg.data else None
+    holdout_end, holdout_days = _holdout_end(inputs["schema"], as_of)
     value = _value(cfg, ids, events, roles, as_of, holdout_end, holdout_days, device, notes)
-    label_name, y = _churn_label(cfg, schema, customers, value)
+    label_name, y = _churn_label(cfg, inputs["schema"], inputs["customers"], value)
     # the churn model and the projection use the matrix that was segmented
-    _, x, _ = read_matrix(segmentation["input"])
-    x_rfm, no_baseline = _baseline(work, segmentation, events is not None) if y is not None else (None, None)
+    _, x, _ = read_matrix(inputs["segmentation"]["input"])
+    x_rfm, no_baseline = _baseline(work, inputs["segmentation"], events is not None) if y is not None \
+        else (None, None)
     if no_baseline:
         _note(notes, no_baseline)
     churn = _churn(cfg, x, x_rfm, y, device, seed, notes) if y is not None else {}
     scores = churn.get("scores", np.full(len(ids), np.nan))
     tiers = risk_tier(np.nan_to_num(scores, nan=0.0), tuple(cfg.profile.churn.thresholds)) if churn else \
         np.full(len(ids), None)
+    table = pa.table({"customer_id": ids, "churn_score": pa.array(scores.astype(np.float32)),
+                      "churn_risk": pa.array(tiers.tolist(), pa.string()),
+                      "expected_purchases": pa.array(value["expected_purchases"].astype(np.float32)),
+                      "expected_value": pa.array(value["expected_value"].astype(np.float32))})
+    return {"table": table, "value": value, "label": label_name, "y": y, "churn": churn, "scores": scores, "x": x}
 
-    # the per-customer scores join the segment output
-    extra = {"churn_score": pa.array(scores.astype(np.float32)), "churn_risk": pa.array(tiers.tolist(), pa.string()),
-             "expected_purchases": pa.array(value["expected_purchases"].astype(np.float32)),
-             "expected_value": pa.array(value["expected_value"].astype(np.float32))}
-    for name, column in extra.items():
-        if name in segments.column_names:
-            segments = segments.drop_columns([name])
-        segments = segments.append_column(name, column)
-    write_parquet(seg_path, segments)
 
-    # per-segment profiles
+def _journey_codes(work: Path, events: Path, ids: pa.Array, as_of: str, max_len: int) -> tuple[np.ndarray, list[str]]:
+    """Event-type codes of every customer, with the journeys job's own sequence settings when it ran."""
+    encoder = work / "journeys" / "encoder.json"
+    state = read_json(encoder) if encoder.exists() else {}
+    if state.get("as_of") == as_of and "sequences" in state:
+        builder = SequenceBuilder.from_dict(state["sequences"])
+        if "event_type" in builder.fields_:
+            seqs = builder.transform(events, ids)
+            field = builder.fields_.index("event_type")
+            vocab = list(SPECIAL_TOKENS) + builder.vocabularies_["event_type"].tokens
+            return np.asarray(seqs.categorical[:, :, field]), vocab
+    log.info("profile: no journeys encoder for as_of=%s, sequences built with profile.journeys.max_len=%d",
+             as_of, max_len)
+    return _sequences(events, ids, as_of, max_len)
+
+
+def _profile_segments(cfg: DictConfig, work: Path, inputs: dict[str, Any],
+                      scored: dict[str, Any]) -> tuple[list[dict[str, Any]], pa.Table, dict]:
+    """One profile per segment: persona, lifts, words, journeys, churn and value."""
+    pcfg = cfg.profile
+    features, labels, k, ids = inputs["features"], inputs["labels"], inputs["k"], inputs["ids"]
     numeric = [c for c in features.column_names if c != "customer_id" and
                (pa.types.is_floating(features.schema.field(c).type) or pa.types.is_integer(features.schema.field(c).type))]
     # categorical attributes (contract, region, ...) profile as value shares
@@ -288,7 +305,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         profiled = profiled.append_column(name, indicators[name])
     lifts = segment_lifts(profiled, labels, n_segments=k)
     by_segment = lifts_by_segment(lifts)
-    pcfg = cfg.profile
     rules = OmegaConf.to_container(pcfg.personas.rules, resolve=True) if pcfg.personas.rules else None
     personas = assign_personas(by_segment, rules=rules,
                                actions=OmegaConf.to_container(pcfg.personas.actions, resolve=True) or None)
@@ -297,29 +313,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         else np.zeros(len(labels))
     concentration = value_concentration(np.nan_to_num(monetary), labels, k).to_pylist()
     events_top, ngrams = {}, {}
-    if events is not None:
-        codes, vocab = _sequences(events, ids, as_of, int(pcfg.journeys.max_len))
+    if inputs["events"] is not None:
+        codes, vocab = _journey_codes(work, inputs["events"], ids, inputs["as_of"], int(pcfg.journeys.max_len))
         events_top = top_event_types(codes, labels, k, vocab=vocab, top_n=int(pcfg.journeys.top_n))
         ngrams = journey_ngrams(codes, labels, k, vocab=vocab, top_n=int(pcfg.journeys.top_n))
-    text_info = _texts(folder, ids, labels, as_of)
-    words: dict[str, dict[int, list]] = {}
-    snippets: dict[int, str] = {}
-    if text_info is not None and text_info[0].num_rows:
-        texts, text_index, text_segments = text_info
-        body = texts["text"].to_pylist()
-        words = distinctive_words_by_source(body, texts["source"].to_pylist(), text_segments, k,
-                                            top_n=int(pcfg.words.top_n), min_df=int(pcfg.words.min_df))
-        for row in range(len(body) - 1, -1, -1):  # keep each customer's first text
-            if body[row]:  # rating-only reviews have no text
-                snippets[int(text_index[row])] = body[row]
-    reps = representatives(segments["distance"].to_numpy(), labels, n=int(pcfg.representatives), n_segments=k)
+    words, snippets = _words(cfg, inputs)
+    reps = representatives(inputs["segments"]["distance"].to_numpy(), labels, n=int(pcfg.representatives),
+                           n_segments=k)
     rating = segment_means(features["mean_rating"].to_numpy(zero_copy_only=False), labels, k) \
         if "mean_rating" in features.column_names else np.full(k, np.nan)
+    y = scored["y"]
     churn_rate = segment_means(y, labels, k) if y is not None else np.full(k, np.nan)
-    churn_score = segment_means(scores, labels, k)
-    expected_value = segment_means(value["expected_value"], labels, k)
+    churn_score = segment_means(scored["scores"], labels, k)
+    expected_value = segment_means(scored["value"]["expected_value"], labels, k)
     id_list = ids.to_pylist()
-
     profiles = []
     for s in range(k):
         p = personas[s]
@@ -337,20 +344,42 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "representatives": [{"customer_id": id_list[i], "snippet": (snippets.get(i) or "")[:200]}
                                 for i in reps.get(s, [])],
         })
+    return profiles, lifts, by_segment
+
+
+def _words(cfg: DictConfig, inputs: dict[str, Any]) -> tuple[dict[str, dict[int, list]], dict[int, str]]:
+    """Distinctive words per source and segment, and each customer's first text as a snippet."""
+    text_info = _texts(inputs["folder"], inputs["ids"], inputs["labels"], inputs["as_of"])
+    words: dict[str, dict[int, list]] = {}
+    snippets: dict[int, str] = {}
+    if text_info is None or not text_info[0].num_rows:
+        return words, snippets
+    texts, text_index, text_segments = text_info
+    body = texts["text"].to_pylist()
+    wcfg = cfg.profile.words
+    words = distinctive_words_by_source(body, texts["source"].to_pylist(), text_segments, inputs["k"],
+                                        top_n=int(wcfg.top_n), min_df=int(wcfg.min_df))
+    for row in range(len(body) - 1, -1, -1):  # keep each customer's first text
+        if body[row]:  # rating-only reviews have no text
+            snippets[int(text_index[row])] = body[row]
+    return words, snippets
+
+
+def _write_profiles(out: Path, as_of: str, k: int, profiles: list[dict[str, Any]], lifts: pa.Table) -> None:
     write_json(out / "profiles.json", {"as_of": as_of, "n_segments": k, "segments": profiles})
-    flat = pa.table({
-        "segment": pa.array([p["segment"] for p in profiles], pa.int32()),
-        "name": [p["name"] for p in profiles], "action": [p["action"] for p in profiles],
-        "size": [p["size"] for p in profiles], "share": [p["share"] for p in profiles],
-        "value_share": [p["value_share"] for p in profiles], "mean_rating": [p["mean_rating"] for p in profiles],
-        "churn_rate": [p["churn_rate"] for p in profiles], "churn_score": [p["churn_score"] for p in profiles],
-        "expected_value": [p["expected_value"] for p in profiles],
-    })
+    columns = ("name", "action", "size", "share", "value_share", "mean_rating", "churn_rate", "churn_score",
+               "expected_value")
+    flat = pa.table({"segment": pa.array([p["segment"] for p in profiles], pa.int32()),
+                     **{c: [p[c] for p in profiles] for c in columns}})
     write_parquet(out / "profiles.parquet", flat)
     write_parquet(out / "lifts.parquet", lifts)
 
+
+def _write_report(cfg: DictConfig, work: Path, out: Path, inputs: dict[str, Any], scored: dict[str, Any],
+                  profiles: list[dict[str, Any]], by_segment: dict, notes: list[str], seed: int) -> Path:
+    as_of, k, churn = inputs["as_of"], inputs["k"], scored["churn"]
     names = {p["segment"]: p["name"] for p in profiles}
-    xy, rows = pca_2d(x, n_sample=int(pcfg.projection_sample), seed=seed)
+    xy, rows = pca_2d(scored["x"], n_sample=int(cfg.profile.projection_sample), seed=seed)
     k_svg = work / "segment" / "k_selection.svg"
     overview = {"as of": as_of}
     if churn:
@@ -359,25 +388,45 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             overview["RFM-only AUC"] = round(churn["metrics"]["rfm_logistic"]["roc_auc"], 3)
     context = {
         "title": "gpuseg segment report",
-        "subtitle": f"{len(ids):,} customers, {k} segments, data as of {as_of}",
+        "subtitle": f"{len(inputs['ids']):,} customers, {k} segments, data as of {as_of}",
         "overview": overview,
         "segments": [{**p, "ngrams": [(tuple(g), c, r) for g, c, r in p["ngrams"]]} for p in profiles],
-        "projection": {"xy": xy, "segments": labels[rows]},
+        "projection": {"xy": xy, "segments": inputs["labels"][rows]},
         "lift_matrix": lift_matrix(by_segment, names),
         "notes": notes,
         **({"k_selection_svg": k_svg.read_text()} if k_svg.exists() else {}),
     }
-    report_path = write_report(out / "report.html", render_report(context))
+    return write_report(out / "report.html", render_report(context))
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Profile every segment, score churn and value for every customer, and write report.html."""
+    ctx = start(cfg, "profile", needs_device=True)
+    seed = int(cfg.seed)
+    work = work_dir(cfg)
+    out = work / "profile"
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    inputs = _load_inputs(cfg, work)
+    notes: list[str] = []
+    scored = _score_customers(cfg, work, inputs, ctx["device"], seed, notes)
+    # the profile's own artifact: segment/segments.parquet stays as the segment job wrote it
+    write_parquet(out / "customer_scores.parquet", scored["table"])
+    profiles, lifts, by_segment = _profile_segments(cfg, work, inputs, scored)
+    _write_profiles(out, inputs["as_of"], inputs["k"], profiles, lifts)
+    report_path = _write_report(cfg, work, out, inputs, scored, profiles, by_segment, notes, seed)
+    k = inputs["k"]
     metrics = {
-        "n_customers": len(ids), "n_segments": k, "as_of": as_of,
-        "value": value["report"],
-        "churn": {"label": label_name, **churn.get("metrics", {})},
+        "n_customers": len(inputs["ids"]), "n_segments": k, "as_of": inputs["as_of"],
+        "value": scored["value"]["report"],
+        "churn": {"label": scored["label"], **scored["churn"].get("metrics", {})},
         "personas": {p["segment"]: p["name"] for p in profiles},
         "notes": notes,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(out / "metrics.json", metrics)
     log.info("profile: %d segments; report at %s", k, report_path)
-    result = {"n_segments": k, "churn_label": label_name, "notes": notes, "output_dir": str(out),
-              "report_path": str(report_path), "profiles_path": str(out / "profiles.json")}
+    result = {"n_segments": k, "churn_label": scored["label"], "notes": notes, "output_dir": str(out),
+              "report_path": str(report_path), "profiles_path": str(out / "profiles.json"),
+              "scores_path": str(out / "customer_scores.parquet")}
     return finish(cfg, "profile", ctx["manifest"], result)

@@ -13,7 +13,6 @@ from gpuseg.profile.personas import (
     DEFAULT_RULES,
     PersonaAssignment,
     assign_personas,
-    match_report,
     validate_rules,
 )
 from gpuseg.profile.words import distinctive_words, distinctive_words_by_source
@@ -26,7 +25,6 @@ __all__ = [
     "distinctive_words_by_source",
     "journey_ngrams",
     "lifts_by_segment",
-    "match_report",
     "representatives",
     "segment_lifts",
     "segment_means",

@@ -37,13 +37,11 @@ Steady regulars                    |lift| < 0.5 on recency, frequency, spend, ba
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from gpuseg.profile.lifts import check_segments
 from gpuseg.runtime.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -238,50 +236,3 @@ def assign_personas(lifts_by_segment: Mapping[int, Mapping[str, float]],
                                               actions.get(best["name"], best["action"]))
         log.debug("segment %s -> %s (score %.3f)", seg, out[int(seg)].name, out[int(seg)].score)
     return out
-
-
-def match_report(assigned_names: Mapping[int, str], segments, truth_personas,
-                 name_to_persona: Mapping[str, str | Sequence[str]]) -> dict[str, Any]:
-    """Compare assigned persona names with planted personas (synthetic data, benchmarks).
-
-    Parameters
-    ----------
-    assigned_names : mapping
-        ``segment -> persona name`` (e.g. ``{s: a.name for s, a in assign_personas(...).items()}``).
-    segments : array of int, shape (n,)
-        Segment of each customer.
-    truth_personas : array of str, shape (n,)
-        Planted persona of each customer.
-    name_to_persona : mapping
-        Rule name -> the planted persona (or list of personas) it stands for. Part of the test or
-        benchmark data, not of the pipeline.
-
-    Returns
-    -------
-    dict
-        ``segments``: per segment ``segment``, ``name``, ``majority_persona``, ``majority_share``,
-        ``expected`` (personas the name stands for) and ``match``; plus ``n_matched``,
-        ``n_segments`` and ``match_rate``.
-    """
-    seg = check_segments(segments)
-    truth = np.asarray(truth_personas).astype(str)
-    if truth.shape != seg.shape:
-        raise UserInputError(f"The 'truth_personas' parameter has {truth.shape[0]} entries but "
-                             f"'segments' has {seg.shape[0]}; they must be aligned.")
-    rows = []
-    for s in sorted(assigned_names):
-        members = truth[seg == s]
-        name = assigned_names[s]
-        target = name_to_persona.get(name, [])
-        expected = [target] if isinstance(target, str) else list(target)
-        if members.size:
-            persona, count = Counter(members.tolist()).most_common(1)[0]
-            share = count / members.size
-        else:
-            persona, share = None, 0.0
-        rows.append({"segment": int(s), "name": name, "majority_persona": persona,
-                     "majority_share": float(share), "expected": expected,
-                     "match": persona is not None and persona in expected})
-    n_matched = sum(r["match"] for r in rows)
-    return {"segments": rows, "n_matched": n_matched, "n_segments": len(rows),
-            "match_rate": n_matched / len(rows) if rows else float("nan")}
