@@ -69,3 +69,27 @@ def synthetic_project(work: Path, n_customers: int):
     validate.run(cfg("validate"))
     features.run(cfg("features"))
     return cfg
+
+
+def headless_chromium(profile_dir: Path, *args: str):
+    """Run Debian's headless Chromium on ``args``; return ``(process, page_lines)``.
+
+    ``page_lines`` are the lines of Chromium's log that come from a page, which a test expects to be
+    none: every console message ("CONSOLE(12)" in older builds, "INFO:CONSOLE:12]" in newer ones) and
+    the errors a page can raise without one (an uncaught exception, a load refused by a content
+    policy, a resource that failed to load). Skips the test where Chromium is not installed (CI
+    installs it, see .ci/run); ``profile_dir`` is a fresh user-data directory for this run.
+    """
+    import re
+    import shutil
+    import subprocess
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        pytest.skip("needs Debian's chromium package (installed by .ci/run)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--enable-logging=stderr", "--v=0", f"--user-data-dir={profile_dir}"]
+    out = subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=120)
+    page = re.compile(r"CONSOLE|Uncaught|Refused to|Failed to load")
+    return out, [line for line in out.stderr.splitlines() if page.search(line)]

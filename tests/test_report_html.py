@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
 from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+from conftest import headless_chromium
+from markupsafe import Markup
 
 from gpuseg.report.html import SECTION_IDS, lift_matrix, pca_2d, render_report, write_report
 from gpuseg.report.svg import bar_chart, diverging_color, heatmap, scatter
@@ -91,6 +91,101 @@ def test_report_degrades_gracefully_without_optional_parts():
     assert "<script" not in bad and "Chart left out" in bad
 
 
+XSS_NAME = "<script>alert(1)</script>"
+XSS_WORD = '"><img src=x onerror=alert(1)>'
+
+
+def _xss_context() -> dict:
+    """The full context with hostile user text in every field a user controls."""
+    ctx = _context()
+    big, small = ctx["segments"][1], ctx["segments"][0]
+    small["name"], big["name"] = XSS_NAME, f"Dormant {XSS_WORD}"
+    for seg in ctx["segments"]:
+        seg["words"] = {"review": [("great", 0.3), (XSS_WORD, 0.2)], XSS_WORD: [(XSS_NAME, 0.1)]}
+        seg["top_lifts"] = [*seg["top_lifts"], (XSS_WORD, 1.5)]
+        seg["top_events"] = [(XSS_WORD, 0.5, 1.2)]
+        seg["ngrams"] = [(("view", XSS_NAME), 3, 2.0)]
+        seg["action"] = XSS_WORD
+        seg["representatives"] = [{"customer_id": XSS_NAME, "snippet": XSS_WORD}]
+    names = {0: small["name"], 1: big["name"]}
+    lifts = {0: {"monetary_sum": 2.1, XSS_WORD: 1.5}, 1: {"recency_days": 2.0, XSS_NAME: -0.9}}
+    ctx.pop("k_selection_svg")  # drawn from the panels instead, one panel named by the user
+    ctx.update(title=f"Report {XSS_NAME}", subtitle=XSS_WORD, notes=[XSS_NAME, XSS_WORD],
+               overview={XSS_WORD: XSS_NAME, "Customers": 160},
+               projection={**ctx["projection"], "note": XSS_WORD}, lift_matrix=lift_matrix(lifts, names),
+               k_selection={"panels": {XSS_WORD: ([2, 3, 4], [3.0, 2.0, 1.5])}, "chosen_k": 3})
+    return ctx
+
+
+class _Sections(HTMLParser):
+    """Per section: its tags, attributes, text, and the text inside SVG <title> and <text>."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections, self.stack, self.tags, self.attrs = {}, [], [], []
+        self.current = None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs += attrs
+        if tag == "section":
+            self.current = dict(attrs)["id"]
+            self.sections[self.current] = {"text": [], "svg_text": []}
+        self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs += attrs
+
+    def handle_endtag(self, tag):
+        while self.stack and self.stack.pop() != tag:
+            pass
+        if tag == "section":
+            self.current = None
+
+    def handle_data(self, data):
+        if self.current is None:
+            return
+        self.sections[self.current]["text"].append(data)
+        if "svg" in self.stack and self.stack[-1] in ("title", "text"):
+            self.sections[self.current]["svg_text"].append(data)
+
+
+def test_user_text_is_escaped_in_every_section():
+    html = render_report(_xss_context())
+    parser = _Sections()
+    parser.feed(html)
+    # the payloads are text, never markup: no script, no image, no handler, no attribute broken out of
+    assert "<script" not in html and "<img" not in html
+    assert not {"script", "img"} & set(parser.tags)
+    assert not [k for k, _ in parser.attrs if k.startswith("on") or k == "src"]
+    assert {k for k, _ in parser.attrs} <= {"lang", "charset", "name", "content", "href", "id", "class",
+                                             "style", "width", "height", "viewbox", "font-family",
+                                             "font-size", "font-weight", "role", "x", "y", "x1", "x2",
+                                             "y1", "y2", "cx", "cy", "r", "fill", "fill-opacity",
+                                             "stroke", "stroke-width", "stroke-dasharray", "points",
+                                             "text-anchor", "transform"}
+    assert set(SECTION_IDS) <= set(parser.sections)
+    text = {sid: "".join(sec["text"]) for sid, sec in parser.sections.items()}
+    svg_text = {sid: "".join(sec["svg_text"]) for sid, sec in parser.sections.items()}
+    # each section shows the hostile text, read back as the very same characters
+    for sid in SECTION_IDS:
+        assert XSS_NAME in text[sid] or XSS_WORD in text[sid], sid
+    for sid in ("overview", "sizes", "personas"):
+        assert XSS_NAME in text[sid] and XSS_WORD in text[sid], sid
+    # inside the SVG charts too (<text> labels and <title> tooltips), and no chart was left out
+    for sid in ("sizes", "projection", "lifts", "churn-value"):
+        assert XSS_NAME in svg_text[sid] and XSS_WORD in svg_text[sid], sid
+    assert XSS_WORD in svg_text["k-selection"] and "Chart left out" not in html
+    assert text["overview"].count(XSS_NAME) == 2  # a note and a tile
+    assert "<title>Report &lt;script&gt;alert(1)&lt;/script&gt;</title>" in html
+    assert "<p>&#34;&gt;&lt;img src=x onerror=alert(1)&gt;</p></header>" in html
+    # Markup handed in as user text is escaped all the same
+    ctx = _context()
+    ctx["segments"][0]["name"] = Markup("<b>bold</b>")
+    assert "<b>bold</b>" not in render_report(ctx)
+
+
 def test_svg_helpers():
     svg = bar_chart(["a", "<b>"], [1.0, float("nan")], title="t")
     assert svg.count("<rect") == 2 and "&lt;b&gt;" in svg and "n/a" in svg
@@ -116,36 +211,27 @@ def test_pca_2d_deterministic_and_correct():
 
 
 _CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-          "--enable-logging=stderr", "--v=0"]
-#: page console messages: "CONSOLE(12)" (older Chromium) or "INFO:CONSOLE:12]" (newer)
-_CONSOLE = re.compile(r"CONSOLE[(:]|Uncaught")
-
-
-def _chromium(tmp_path, name, *args):
-    return subprocess.run([_CHROMIUM, *_FLAGS, f"--user-data-dir={tmp_path / ('profile-' + name)}", *args],
-                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.skipif(_CHROMIUM is None, reason="needs Debian's chromium package (installed by .ci/run)")
 def test_report_renders_in_headless_chromium(tmp_path):
-    report = write_report(tmp_path / "report.html", render_report(_context()))
-    dom = _chromium(tmp_path, "dom", "--dump-dom", report.as_uri())
+    report = write_report(tmp_path / "report.html", render_report(_xss_context()))
+    dom, page_lines = headless_chromium(tmp_path / "profile-dom", "--dump-dom", report.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
     for sid in SECTION_IDS:
         assert f'id="{sid}"' in dom.stdout
-    assert "High-value loyalists" in dom.stdout
-    page_lines = [ln for ln in dom.stderr.splitlines() if _CONSOLE.search(ln)]
+    # the hostile names and words reached the DOM as text, not as elements
+    assert "Dormant &quot;&gt;&lt;img" in dom.stdout or 'Dormant "&gt;&lt;img' in dom.stdout
+    assert "<img" not in dom.stdout and "<script" not in dom.stdout
     assert page_lines == []
     # the console check can fail: a page with an error is caught by the same filter
     bad = tmp_path / "bad.html"
     bad.write_text("<html><body><script>undefinedFunction();</script></body></html>")
-    bad_run = _chromium(tmp_path, "bad", "--dump-dom", bad.as_uri())
-    assert any(_CONSOLE.search(ln) for ln in bad_run.stderr.splitlines())
+    _, bad_lines = headless_chromium(tmp_path / "profile-bad", "--dump-dom", bad.as_uri())
+    assert bad_lines
     png = tmp_path / "report.png"
-    shot = _chromium(tmp_path, "shot", "--hide-scrollbars", "--window-size=1200,2000",
-                     f"--screenshot={png}", report.as_uri())
+    shot, _ = headless_chromium(tmp_path / "profile-shot", "--hide-scrollbars", "--window-size=1200,2000",
+                                f"--screenshot={png}", report.as_uri())
     assert shot.returncode == 0, shot.stderr[-2000:]
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

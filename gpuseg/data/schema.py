@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from gpuseg.runtime.layout import artifact, job_dir
+
 SCHEMA_VERSION = 1
 
 TIMESTAMP = pa.timestamp("us")
@@ -56,9 +58,9 @@ TABLES = ("customers", "events", "texts")
 
 def validated_dir(work_dir: str | Path) -> Path:
     """Folder of the canonical tables written by ``gpuseg validate``."""
-    return Path(work_dir) / "validated"
+    return job_dir(work_dir, "validate")
 
 
 def validated_path(work_dir: str | Path, table: str) -> Path:
-    """Path of one canonical table."""
-    return validated_dir(work_dir) / f"{table}.parquet"
+    """Path of one canonical table (``customers``, ``events`` or ``texts``)."""
+    return artifact(work_dir, "validate", table)

@@ -16,6 +16,7 @@ from gpuseg.data.schema import validated_dir
 from gpuseg.runtime.device import resolve_device
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import read_json, write_json
+from gpuseg.runtime.layout import artifact, manifest_path
 from gpuseg.runtime.manifest import run_manifest
 from gpuseg.runtime.seeding import seed_everything
 from gpuseg.runtime.tables import join_on_customer_id
@@ -43,7 +44,7 @@ def start(cfg: DictConfig, job: str, *, needs_device: bool = False) -> dict[str,
 
 def finish(cfg: DictConfig, job: str, manifest: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     """Write ``<work_dir>/manifests/<job>.json`` (manifest + result) and return the result."""
-    write_json(work_dir(cfg) / "manifests" / f"{job}.json", {**manifest, "result": result})
+    write_json(manifest_path(work_dir(cfg), job), {**manifest, "result": result})
     return result
 
 
@@ -80,20 +81,20 @@ def table_configured(cfg: DictConfig, table: str) -> bool:
 
 def has_validated_table(work: Path, table: str) -> bool:
     """Whether ``gpuseg validate`` wrote the canonical ``table`` (events and texts are optional)."""
-    return (validated_dir(work) / f"{table}.parquet").exists()
+    return artifact(work, "validate", table).exists()
 
 
 def load_validated(work: Path) -> tuple[dict[str, Any], pa.Table]:
     """The validated schema and customers table, or a clear error telling to validate first."""
     folder = validated_dir(work)
-    if not (folder / "schema.json").exists():
+    if not artifact(work, "validate", "schema").exists():
         raise UserInputError(f"no validated data in '{folder}': run `gpuseg validate` (or `gpuseg run`) first "
                              "with the same paths.work_dir", config_key="paths.work_dir")
-    return read_json(folder / "schema.json"), pq.read_table(folder / "customers.parquet")
+    return read_json(artifact(work, "validate", "schema")), pq.read_table(artifact(work, "validate", "customers"))
 
 
 #: per-customer matrices a job can take, in order of preference for ``input: auto``
-MATRIX_INPUTS = ("fuse/fused.parquet", "features/matrix.parquet")
+MATRIX_INPUTS = (("fuse", "fused"), ("features", "matrix"))
 
 
 def matrix_input(configured: str | None, key: str, work: Path) -> Path:
@@ -113,17 +114,17 @@ def matrix_input(configured: str | None, key: str, work: Path) -> Path:
         if not path.exists():
             raise UserInputError(f"input '{path}' does not exist", config_key=key)
         return path
-    for rel in MATRIX_INPUTS:
-        if (work / rel).exists():
-            return work / rel
+    for job, name in MATRIX_INPUTS:
+        if artifact(work, job, name).exists():
+            return artifact(work, job, name)
     raise UserInputError(f"no customer matrix in '{work}': run `gpuseg features` (and `gpuseg fuse`) or "
                          "`gpuseg run` first", config_key="paths.work_dir")
 
 
 def segments_with_scores(work: Path) -> pa.Table:
     """``segment/segments.parquet`` with the profile job's ``profile/customer_scores.parquet`` beside it."""
-    segments = pq.read_table(Path(work) / "segment" / "segments.parquet")
-    scores = Path(work) / "profile" / "customer_scores.parquet"
+    segments = pq.read_table(artifact(work, "segment", "segments"))
+    scores = artifact(work, "profile", "scores")
     if not scores.exists():
         return segments
     return join_on_customer_id(segments, pq.read_table(scores), names=(str(scores),))

@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
-from gpuseg.data.schema import validated_dir
 from gpuseg.features.rfm import RFMFeaturizer
 from gpuseg.features.transform import TabularTransform
 from gpuseg.jobs.common import (
@@ -24,13 +23,14 @@ from gpuseg.jobs.common import (
 )
 from gpuseg.runtime.errors import ConfigError
 from gpuseg.runtime.io import write_json, write_parquet
+from gpuseg.runtime.layout import artifact, job_dir
 
 log = logging.getLogger(__name__)
 
 
 def features_dir(work: Path) -> Path:
     """Folder of the features block artifacts."""
-    return Path(work) / "features"
+    return job_dir(work, "features")
 
 
 def _check_purchases(raw: pa.Table, schema: dict[str, Any]) -> None:
@@ -50,7 +50,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ctx = start(cfg, "features")
     work = work_dir(cfg)
     schema, customers = load_validated(work)
-    folder = validated_dir(work)
     fcfg = cfg.features
     as_of = data_as_of(cfg)
     if schema.get("as_of") not in (None, as_of):
@@ -59,8 +58,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ids = customers["customer_id"].combine_chunks()
     numeric_attrs = list(schema["customers"]["numeric"])
     categorical_attrs = list(schema["customers"]["categorical"])
-    events = folder / "events.parquet"
-    texts = folder / "texts.parquet" if has_validated_table(work, "texts") else None
+    events = artifact(work, "validate", "events")
+    texts = artifact(work, "validate", "texts") if has_validated_table(work, "texts") else None
     featurizer = None
     if has_validated_table(work, "events"):
         featurizer = RFMFeaturizer(
@@ -105,14 +104,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     out = features_dir(work)
     out.mkdir(parents=True, exist_ok=True)
-    write_parquet(out / "features.parquet", table)
+    write_parquet(artifact(work, "features", "table"), table)
     model = pa.table({"customer_id": table["customer_id"],
                       **{name: pa.array(matrix[:, j]) for j, name in enumerate(names)}})
-    write_parquet(out / "matrix.parquet", model)
-    (out / "featurizer.json").unlink(missing_ok=True)
+    write_parquet(artifact(work, "features", "matrix"), model)
+    artifact(work, "features", "featurizer").unlink(missing_ok=True)
     if featurizer is not None:
-        featurizer.save(out / "featurizer.json")
-    transform.save(out / "transform.json")
+        featurizer.save(artifact(work, "features", "featurizer"))
+    transform.save(artifact(work, "features", "transform"))
     no_events = int(np.sum(np.asarray(raw["n_events"].to_numpy(zero_copy_only=False)) == 0)) \
         if "n_events" in raw.column_names else table.num_rows
     metrics = {
@@ -125,9 +124,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "featurizer_stats": getattr(featurizer, "stats_", {}),
         "has_events": featurizer is not None,
     }
-    write_json(out / "metrics.json", metrics)
+    write_json(artifact(work, "features", "metrics"), metrics)
     log.info("features: %d customers x %d model columns (%d without events) in %.1fs",
              table.num_rows, len(names), no_events, seconds)
-    result = {**metrics, "output_dir": str(out), "features_path": str(out / "features.parquet"),
-              "matrix_path": str(out / "matrix.parquet")}
+    result = {**metrics, "output_dir": str(out), "features_path": str(artifact(work, "features", "table")),
+              "matrix_path": str(artifact(work, "features", "matrix"))}
     return finish(cfg, "features", ctx["manifest"], result)

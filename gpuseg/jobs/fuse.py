@@ -19,18 +19,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from gpuseg.data.schema import validated_dir
 from gpuseg.fusion import BlockFuser, block_from_table
 from gpuseg.jobs.common import finish, start, work_dir
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import write_json, write_numpy, write_parquet
+from gpuseg.runtime.layout import artifact, job_dir
 
 log = logging.getLogger(__name__)
 
 
 def fuse_dir(work: Path) -> Path:
     """Folder of the fusion artifacts."""
-    return Path(work) / "fuse"
+    return job_dir(work, "fuse")
 
 
 def _read_blocks(cfg: DictConfig, work: Path) -> tuple[dict[str, tuple], dict[str, str]]:
@@ -71,7 +71,7 @@ def _weights(cfg: DictConfig, names: list[str]) -> str | dict[str, float]:
 
 
 def _customers(work: Path) -> pa.Array | None:
-    path = validated_dir(work) / "customers.parquet"
+    path = artifact(work, "validate", "customers")
     if not path.exists():
         return None
     return pq.read_table(path, columns=["customer_id"])["customer_id"].combine_chunks()
@@ -100,9 +100,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dim = fused.shape[1]
     table = pa.table({"customer_id": ids,
                       "fused": pa.FixedSizeListArray.from_arrays(pa.array(fused.reshape(-1), pa.float32()), dim)})
-    write_parquet(out / "fused.parquet", table)
-    write_numpy(out / "fused.npy", fused)
-    fuser.save(out / "transform")
+    write_parquet(artifact(work, "fuse", "fused"), table)
+    write_numpy(artifact(work, "fuse", "matrix"), fused)
+    fuser.save(artifact(work, "fuse", "transform"))
     metrics = {
         "n_customers": len(ids),
         "n_features": dim,
@@ -117,11 +117,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "device": str(device),
         "seconds": round(seconds, 3),
     }
-    write_json(out / "metrics.json", metrics)
+    write_json(artifact(work, "fuse", "metrics"), metrics)
     log.info("fuse: %d customers, blocks %s -> %d columns in %.1fs", len(ids),
              {n: b["n_columns"] for n, b in metrics["blocks"].items()}, dim, seconds)
     result = {**{k: metrics[k] for k in ("n_customers", "n_features", "pca_components", "explained_variance")},
               "variance_shares": fuser.variance_shares_, "output_dir": str(out),
-              "fused_path": str(out / "fused.parquet"), "matrix_path": str(out / "fused.npy"),
-              "transform_path": str(out / "transform.json")}
+              "fused_path": str(artifact(work, "fuse", "fused")),
+              "matrix_path": str(artifact(work, "fuse", "matrix")),
+              "transform_path": str(artifact(work, "fuse", "transform_meta"))}
     return finish(cfg, "fuse", ctx["manifest"], result)

@@ -24,7 +24,6 @@ import pyarrow.parquet as pq
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gpuseg.data.schema import validated_dir
 from gpuseg.features.rfm import to_microseconds
 from gpuseg.jobs.common import data_as_of, finish, load_validated, start, work_dir
 from gpuseg.journey.baselines import (
@@ -39,12 +38,13 @@ from gpuseg.journey.sequences import SequenceBuilder, Sequences
 from gpuseg.journey.train import distributed_context
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import write_json, write_parquet
+from gpuseg.runtime.layout import artifact, job_dir
 
 log = logging.getLogger(__name__)
 
 def journeys_dir(work: Path) -> Path:
     """Folder of the journey block artifacts."""
-    return Path(work) / "journeys"
+    return job_dir(work, "journeys")
 
 
 def _label(jcfg: DictConfig, schema: dict[str, Any], customers: pa.Table) -> tuple[str | None, np.ndarray | None]:
@@ -81,10 +81,9 @@ def _split(n: int, val_fraction: float, test_fraction: float,
 
 def _rfm_matrix(work: Path, ids: pa.Array) -> np.ndarray | None:
     """RFM+ model matrix (or raw numeric features) aligned to ``ids``, if `gpuseg features` ran."""
-    folder = work / "features"
-    path = folder / "matrix.parquet"
+    path = artifact(work, "features", "matrix")
     if not path.exists():
-        path = folder / "features.parquet"
+        path = artifact(work, "features", "table")
         if not path.exists():
             return None
     table = pq.read_table(path)
@@ -151,7 +150,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     jcfg = cfg.journey
     seed = int(cfg.seed)
     schema, customers = load_validated(work)
-    folder = validated_dir(work)
     ids = customers["customer_id"].combine_chunks()
     as_of = data_as_of(cfg)
     if schema.get("as_of") not in (None, as_of):
@@ -166,7 +164,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
 
     # sequences: vocabularies from the training customers only, applied to everyone
-    events = folder / "events.parquet"
+    events = artifact(work, "validate", "events")
     train_rows, val_rows, test_rows = _split(len(ids), float(jcfg.val_fraction), float(jcfg.test_fraction), seed)
     builder = SequenceBuilder(
         max_len=int(jcfg.max_len), as_of=to_microseconds(as_of), extra_columns=extra,
@@ -183,7 +181,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     label, y = _label(jcfg, schema, customers)
 
     out = journeys_dir(work)
-    ckpt = out / "checkpoints"
+    ckpt = artifact(work, "journeys", "checkpoints")
     if not bool(jcfg.resume) and ckpt.exists() and rank == 0:
         shutil.rmtree(ckpt)
     embed_dims = OmegaConf.to_container(jcfg.embed_dims, resolve=True) if isinstance(
@@ -229,10 +227,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics["seconds"] = {"sequences": round(t_seq, 3), "train": round(t_train, 3), "encode": round(t_encode, 3),
                           "total": round(time.perf_counter() - t0, 3)}
 
-    write_parquet(out / "embeddings.parquet", _embedding_table(ids, seqs, embeddings))
-    encoder.save(out / "encoder", extra={"sequences": builder.to_dict(), "label": label, "as_of": as_of})
-    builder.save(out / "vocabularies.json")
-    write_json(out / "metrics.json", metrics)
+    write_parquet(artifact(work, "journeys", "embeddings"), _embedding_table(ids, seqs, embeddings))
+    encoder.save(artifact(work, "journeys", "encoder"), extra={"sequences": builder.to_dict(), "label": label, "as_of": as_of})
+    builder.save(artifact(work, "journeys", "vocabularies"))
+    write_json(artifact(work, "journeys", "metrics"), metrics)
     nea = metrics["next_event_accuracy"] or {}
     log.info("journeys: next-event accuracy %.3f (unigram %.3f, Markov %.3f); %d customers embedded in %.1fs",
              nea.get("model", float("nan")), nea.get("unigram", float("nan")), nea.get("markov", float("nan")),
@@ -240,6 +238,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     result = {**{k: metrics[k] for k in ("n_customers", "customers_without_events", "split", "seconds")},
               "next_event_accuracy": metrics["next_event_accuracy"],
               "label_auc": metrics.get("label_auc"),
-              "output_dir": str(out), "embeddings_path": str(out / "embeddings.parquet"),
-              "encoder_path": str(out / "encoder.safetensors"), "metrics_path": str(out / "metrics.json")}
+              "output_dir": str(out), "embeddings_path": str(artifact(work, "journeys", "embeddings")),
+              "encoder_path": str(artifact(work, "journeys", "encoder_weights")),
+              "metrics_path": str(artifact(work, "journeys", "metrics"))}
     return finish(cfg, "journeys", ctx["manifest"], result)

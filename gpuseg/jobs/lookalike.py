@@ -27,6 +27,7 @@ from gpuseg.lookalike import LookalikeIndex, reach_curve
 from gpuseg.report.svg import small_multiples
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import atomic_path, read_json, write_json, write_parquet
+from gpuseg.runtime.layout import artifact, job_dir
 from gpuseg.runtime.matrix import read_matrix
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def _excluded(cfg: DictConfig, work: Path) -> list[str] | None:
     if spec is None:
         return None
     wanted = [int(s) for s in (spec if isinstance(spec, (list, ListConfig)) else [spec])]
-    path = work / "segment" / "segments.parquet"
+    path = artifact(work, "segment", "segments")
     if not path.exists():
         raise UserInputError(f"lookalike.exclude_segment needs '{path}': run `gpuseg segment` first",
                              config_key="lookalike.exclude_segment")
@@ -99,7 +100,7 @@ def _fingerprint(source: Path, icfg: DictConfig) -> str:
 
 def _index(cfg: DictConfig, work: Path, device) -> tuple[LookalikeIndex, bool, Path]:
     icfg = cfg.lookalike.index
-    folder = work / "lookalike" / "index"
+    folder = artifact(work, "lookalike", "index")
     source = matrix_input(cfg.lookalike.input, "lookalike.input", work)
     fingerprint = _fingerprint(source, icfg)
     stamp = folder / "source.json"
@@ -133,7 +134,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     device = ctx["device"]
     lcfg = cfg.lookalike
     work = work_dir(cfg)
-    out = work / "lookalike"
+    out = job_dir(work, "lookalike")
     out.mkdir(parents=True, exist_ok=True)
     size = None if lcfg.size is None else lcfg.size
     threshold = None if lcfg.threshold is None else float(lcfg.threshold)
@@ -186,12 +187,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                  float(pc.max(table["score"]).as_py() or np.nan), float(pc.min(table["score"]).as_py() or np.nan))
     t_expand = time.perf_counter() - t1
     audience = pa.concat_tables(audiences)
-    write_parquet(out / "audience.parquet", audience)
-    write_json(out / "reach_curve.json", {"mode": str(lcfg.mode), "metric": index.metric,
+    write_parquet(artifact(work, "lookalike", "audience"), audience)
+    write_json(artifact(work, "lookalike", "reach_curve"), {"mode": str(lcfg.mode), "metric": index.metric,
                                           "score": "similarity" if index.metric != "l2" else
                                           "minus squared L2 distance", "curves": curves})
     panels = {f"{q}: min score": (c["size"], c["min_score"]) for q, c in curves.items()}
-    with atomic_path(out / "reach_curve.svg") as tmp:
+    with atomic_path(artifact(work, "lookalike", "reach_curve_svg")) as tmp:
         tmp.write_text(small_multiples(panels, title=f"reach vs similarity ({lcfg.mode}, {index.metric})",
                                        marker_x=size))
     metrics = {
@@ -208,7 +209,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "device": str(device),
         "seconds": {"index": round(t_index, 3), "expand": round(t_expand, 3)},
     }
-    write_json(out / "metrics.json", metrics)
-    result = {**metrics, "output_dir": str(out), "audience_path": str(out / "audience.parquet"),
-              "reach_curve_path": str(out / "reach_curve.json"), "index_dir": str(out / "index")}
+    write_json(artifact(work, "lookalike", "metrics"), metrics)
+    result = {**metrics, "output_dir": str(out), "audience_path": str(artifact(work, "lookalike", "audience")),
+              "reach_curve_path": str(artifact(work, "lookalike", "reach_curve")),
+              "index_dir": str(artifact(work, "lookalike", "index"))}
     return finish(cfg, "lookalike", ctx["manifest"], result)

@@ -19,7 +19,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from gpuseg.data.schema import validated_dir
 from gpuseg.features.rfm import to_microseconds
 from gpuseg.jobs.common import (
     data_as_of,
@@ -45,6 +44,7 @@ from gpuseg.profile.words import distinctive_words_by_source
 from gpuseg.report.html import lift_matrix, pca_2d, render_report, write_report
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import read_json, write_json, write_parquet
+from gpuseg.runtime.layout import artifact, job_dir
 from gpuseg.runtime.matrix import read_matrix
 from gpuseg.value import BetaGeoModel, ChurnModel, GammaGammaModel, btyd_summary
 from gpuseg.value.churn import binary_metrics, risk_tier
@@ -172,11 +172,11 @@ def _baseline(work: Path, segmentation: dict[str, Any], has_events: bool) -> tup
     """
     if not has_events:
         return None, "no RFM+ baseline: the data have no events table"
-    features = (work / "features" / "matrix.parquet").resolve()
+    features = artifact(work, "features", "matrix").resolve()
     source = Path(segmentation["input"]).resolve()
     fused_blocks = None
-    fuse_metrics = work / "fuse" / "metrics.json"
-    if source == (work / "fuse" / "fused.parquet").resolve() and fuse_metrics.exists():
+    fuse_metrics = artifact(work, "fuse", "metrics")
+    if source == artifact(work, "fuse", "fused").resolve() and fuse_metrics.exists():
         fused_blocks = sorted(read_json(fuse_metrics).get("blocks", {}))
     if source == features or fused_blocks == ["tabular"]:
         return None, ("no RFM+ baseline: the segmented matrix holds the RFM+ features alone, so the "
@@ -216,8 +216,8 @@ def _sequences(events: Path, ids: pa.Array, as_of: str, max_len: int) -> tuple[n
     return np.asarray(seqs.categorical[:, :, 0]), vocab
 
 
-def _texts(folder: Path, ids: pa.Array, labels: np.ndarray, as_of: str):
-    path = folder / "texts.parquet"
+def _texts(work: Path, ids: pa.Array, labels: np.ndarray, as_of: str):
+    path = artifact(work, "validate", "texts")
     if not path.exists():
         return None
     texts = pq.read_table(path)
@@ -229,7 +229,7 @@ def _texts(folder: Path, ids: pa.Array, labels: np.ndarray, as_of: str):
 def _load_inputs(cfg: DictConfig, work: Path) -> dict[str, Any]:
     """The upstream artifacts the profile reads, checked to come from the same customers."""
     schema, customers = load_validated(work)
-    seg_path = work / "segment" / "segments.parquet"
+    seg_path = artifact(work, "segment", "segments")
     if not seg_path.exists():
         raise UserInputError(f"no segments in '{seg_path.parent}': run `gpuseg segment` first",
                              config_key="paths.work_dir")
@@ -238,15 +238,14 @@ def _load_inputs(cfg: DictConfig, work: Path) -> dict[str, Any]:
     if not segments["customer_id"].combine_chunks().equals(ids):
         raise UserInputError("segments.parquet and the validated customers differ: re-run `gpuseg segment` "
                              "after `gpuseg validate`", config_key="paths.work_dir")
-    segmentation = read_json(work / "segment" / "segmentation.json")
-    folder = validated_dir(work)
+    segmentation = read_json(artifact(work, "segment", "segmentation"))
     return {
         "schema": schema, "customers": customers, "ids": ids, "segments": segments,
         "labels": segments["segment"].to_numpy().astype(np.int64),
         "segmentation": segmentation, "k": int(segmentation["n_clusters"]),
-        "features": pq.read_table(work / "features" / "features.parquet"),
-        "folder": folder, "as_of": data_as_of(cfg),
-        "events": folder / "events.parquet" if has_validated_table(work, "events") else None,
+        "features": pq.read_table(artifact(work, "features", "table")),
+        "work": work, "as_of": data_as_of(cfg),
+        "events": artifact(work, "validate", "events") if has_validated_table(work, "events") else None,
     }
 
 
@@ -277,7 +276,7 @@ def _score_customers(cfg: DictConfig, work: Path, inputs: dict[str, Any], device
 
 def _journey_codes(work: Path, events: Path, ids: pa.Array, as_of: str, max_len: int) -> tuple[np.ndarray, list[str]]:
     """Event-type codes of every customer, with the journeys job's own sequence settings when it ran."""
-    encoder = work / "journeys" / "encoder.json"
+    encoder = artifact(work, "journeys", "encoder_meta")
     state = read_json(encoder) if encoder.exists() else {}
     if state.get("as_of") == as_of and "sequences" in state:
         builder = SequenceBuilder.from_dict(state["sequences"])
@@ -349,38 +348,38 @@ def _profile_segments(cfg: DictConfig, work: Path, inputs: dict[str, Any],
 
 def _words(cfg: DictConfig, inputs: dict[str, Any]) -> tuple[dict[str, dict[int, list]], dict[int, str]]:
     """Distinctive words per source and segment, and each customer's first text as a snippet."""
-    text_info = _texts(inputs["folder"], inputs["ids"], inputs["labels"], inputs["as_of"])
+    text_info = _texts(inputs["work"], inputs["ids"], inputs["labels"], inputs["as_of"])
     words: dict[str, dict[int, list]] = {}
     snippets: dict[int, str] = {}
     if text_info is None or not text_info[0].num_rows:
         return words, snippets
     texts, text_index, text_segments = text_info
     body = texts["text"].to_pylist()
-    wcfg = cfg.profile.words
+    # the words block's keys are the function's keywords (stop lists, the common-word rule)
     words = distinctive_words_by_source(body, texts["source"].to_pylist(), text_segments, inputs["k"],
-                                        top_n=int(wcfg.top_n), min_df=int(wcfg.min_df))
+                                        **OmegaConf.to_container(cfg.profile.words, resolve=True))
     for row in range(len(body) - 1, -1, -1):  # keep each customer's first text
         if body[row]:  # rating-only reviews have no text
             snippets[int(text_index[row])] = body[row]
     return words, snippets
 
 
-def _write_profiles(out: Path, as_of: str, k: int, profiles: list[dict[str, Any]], lifts: pa.Table) -> None:
-    write_json(out / "profiles.json", {"as_of": as_of, "n_segments": k, "segments": profiles})
+def _write_profiles(work: Path, as_of: str, k: int, profiles: list[dict[str, Any]], lifts: pa.Table) -> None:
+    write_json(artifact(work, "profile", "profiles"), {"as_of": as_of, "n_segments": k, "segments": profiles})
     columns = ("name", "action", "size", "share", "value_share", "mean_rating", "churn_rate", "churn_score",
                "expected_value")
     flat = pa.table({"segment": pa.array([p["segment"] for p in profiles], pa.int32()),
                      **{c: [p[c] for p in profiles] for c in columns}})
-    write_parquet(out / "profiles.parquet", flat)
-    write_parquet(out / "lifts.parquet", lifts)
+    write_parquet(artifact(work, "profile", "profiles_table"), flat)
+    write_parquet(artifact(work, "profile", "lifts"), lifts)
 
 
-def _write_report(cfg: DictConfig, work: Path, out: Path, inputs: dict[str, Any], scored: dict[str, Any],
+def _write_report(cfg: DictConfig, work: Path, inputs: dict[str, Any], scored: dict[str, Any],
                   profiles: list[dict[str, Any]], by_segment: dict, notes: list[str], seed: int) -> Path:
     as_of, k, churn = inputs["as_of"], inputs["k"], scored["churn"]
     names = {p["segment"]: p["name"] for p in profiles}
     xy, rows = pca_2d(scored["x"], n_sample=int(cfg.profile.projection_sample), seed=seed)
-    k_svg = work / "segment" / "k_selection.svg"
+    k_svg = artifact(work, "segment", "k_selection_svg")
     overview = {"as of": as_of}
     if churn:
         overview["churn AUC (held out)"] = round(churn["metrics"]["model"]["roc_auc"], 3)
@@ -396,7 +395,7 @@ def _write_report(cfg: DictConfig, work: Path, out: Path, inputs: dict[str, Any]
         "notes": notes,
         **({"k_selection_svg": k_svg.read_text()} if k_svg.exists() else {}),
     }
-    return write_report(out / "report.html", render_report(context))
+    return write_report(artifact(work, "profile", "report"), render_report(context))
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -404,17 +403,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ctx = start(cfg, "profile", needs_device=True)
     seed = int(cfg.seed)
     work = work_dir(cfg)
-    out = work / "profile"
+    out = job_dir(work, "profile")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     inputs = _load_inputs(cfg, work)
     notes: list[str] = []
     scored = _score_customers(cfg, work, inputs, ctx["device"], seed, notes)
     # the profile's own artifact: segment/segments.parquet stays as the segment job wrote it
-    write_parquet(out / "customer_scores.parquet", scored["table"])
+    write_parquet(artifact(work, "profile", "scores"), scored["table"])
     profiles, lifts, by_segment = _profile_segments(cfg, work, inputs, scored)
-    _write_profiles(out, inputs["as_of"], inputs["k"], profiles, lifts)
-    report_path = _write_report(cfg, work, out, inputs, scored, profiles, by_segment, notes, seed)
+    _write_profiles(work, inputs["as_of"], inputs["k"], profiles, lifts)
+    report_path = _write_report(cfg, work, inputs, scored, profiles, by_segment, notes, seed)
     k = inputs["k"]
     metrics = {
         "n_customers": len(inputs["ids"]), "n_segments": k, "as_of": inputs["as_of"],
@@ -424,9 +423,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "notes": notes,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    write_json(out / "metrics.json", metrics)
+    write_json(artifact(work, "profile", "metrics"), metrics)
     log.info("profile: %d segments; report at %s", k, report_path)
     result = {"n_segments": k, "churn_label": scored["label"], "notes": notes, "output_dir": str(out),
-              "report_path": str(report_path), "profiles_path": str(out / "profiles.json"),
-              "scores_path": str(out / "customer_scores.parquet")}
+              "report_path": str(report_path), "profiles_path": str(artifact(work, "profile", "profiles")),
+              "scores_path": str(artifact(work, "profile", "scores"))}
     return finish(cfg, "profile", ctx["manifest"], result)

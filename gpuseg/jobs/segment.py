@@ -28,6 +28,7 @@ from gpuseg.jobs.common import finish, matrix_input, start, work_dir
 from gpuseg.report.svg import small_multiples
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import atomic_path, write_json, write_parquet
+from gpuseg.runtime.layout import artifact, job_dir
 from gpuseg.runtime.matrix import read_matrix
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def _nearest_two(model: MiniBatchKMeans, x: torch.Tensor, chunk: int = 65536):
     return [torch.cat([p[i] for p in parts]).cpu().numpy() for i in range(4)]
 
 
-def _choose_k(cfg: DictConfig, x: torch.Tensor, seed: int, device, params, out: Path) -> tuple[int, dict | None]:
+def _choose_k(cfg: DictConfig, x: torch.Tensor, seed: int, device, params, work: Path) -> tuple[int, dict | None]:
     scfg = cfg.segment
     if scfg.n_clusters != "auto":
         k = scfg.n_clusters
@@ -74,11 +75,11 @@ def _choose_k(cfg: DictConfig, x: torch.Tensor, seed: int, device, params, out: 
     evidence = select_k(sample, ks, fit, seed=seed, min_share=float(sel.min_share),
                         silhouette_sample=int(sel.silhouette_sample), n_bootstrap=int(sel.n_bootstrap),
                         bootstrap_fraction=float(sel.bootstrap_fraction), rule=str(sel.rule))
-    write_json(out / "k_selection.json", evidence)
+    write_json(artifact(work, "segment", "k_selection"), evidence)
     panels = {name: (ks, [c[name] for c in evidence["candidates"]])
               for name in ("silhouette", "calinski_harabasz", "davies_bouldin", "stability", "inertia",
                            "min_share")}
-    with atomic_path(out / "k_selection.svg") as tmp:
+    with atomic_path(artifact(work, "segment", "k_selection_svg")) as tmp:
         tmp.write_text(small_multiples(panels, title=f"k selection (chosen k = {evidence['k']}, rule: "
                                        f"{evidence['rule']})", marker_x=evidence["k"]))
     log.info("auto k: %d (%s); knee at %d", evidence["k"], evidence["rule"], evidence["knee_k"])
@@ -132,7 +133,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     device: torch.device = ctx["device"]
     seed = int(cfg.seed)
     work = work_dir(cfg)
-    out = work / "segment"
+    out = job_dir(work, "segment")
     out.mkdir(parents=True, exist_ok=True)
     source = matrix_input(cfg.segment.input, "segment.input", work)
     ids, matrix, names = read_matrix(source)
@@ -142,7 +143,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     params = OmegaConf.to_container(cfg.segment.kmeans, resolve=True)
     t0 = time.perf_counter()
     x = torch.from_numpy(matrix).to(device)
-    k, evidence = _choose_k(cfg, x, seed, device, params, out)
+    k, evidence = _choose_k(cfg, x, seed, device, params, work)
     if k > n:
         raise ConfigError(f"n_clusters={k} is more than the {n} customers", config_key="segment.n_clusters")
     model = _kmeans(k, seed, device, params).fit(x)
@@ -166,8 +167,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "second_segment": pa.array(np.where(np.isfinite(d2), second, -1).astype(np.int32)),
         "is_outlier": pa.array(outlier),
     })
-    write_parquet(out / "segments.parquet", segments)
-    model.save(out / "kmeans")
+    write_parquet(artifact(work, "segment", "segments"), segments)
+    model.save(artifact(work, "segment", "model"))
     sample = torch.as_tensor(_sample(n, 20000, seed), device=device)
     lab = torch.as_tensor(labels, device=device)
     quality = {}
@@ -187,7 +188,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "model": "kmeans.json",
         "config_hash": ctx["manifest"]["config_hash"],
     }
-    write_json(out / "segmentation.json", segmentation)
+    write_json(artifact(work, "segment", "segmentation"), segmentation)
     metrics = {
         "n_customers": n,
         "n_features": matrix.shape[1],
@@ -203,7 +204,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "device": str(device),
         "seconds": round(seconds, 3),
     }
-    write_json(out / "metrics.json", metrics)
+    write_json(artifact(work, "segment", "metrics"), metrics)
     log.info("segment: %d customers into %d segments (%d macro) in %.1fs", n, k, metrics["n_macro"], seconds)
-    result = {**metrics, "output_dir": str(out), "segments_path": str(out / "segments.parquet")}
+    result = {**metrics, "output_dir": str(out), "segments_path": str(artifact(work, "segment", "segments"))}
     return finish(cfg, "segment", ctx["manifest"], result)

@@ -20,11 +20,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from gpuseg.data.schema import validated_dir
 from gpuseg.jobs.common import data_as_of, finish, load_validated, start, work_dir
 from gpuseg.runtime.distributed import barrier, init_from_env
 from gpuseg.runtime.errors import UserInputError
 from gpuseg.runtime.io import read_json, write_json, write_numpy, write_parquet
+from gpuseg.runtime.layout import artifact, job_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     rank = init_from_env(ctx["device"])
     work = work_dir(cfg)
     schema, customers = load_validated(work)
-    texts_path = validated_dir(work) / "texts.parquet"
+    texts_path = artifact(work, "validate", "texts")
     if not texts_path.exists():
         raise UserInputError("this project has no texts table (data.texts.path is null): the text job has "
                              "nothing to embed", config_key="data.texts.path")
@@ -63,8 +63,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     embedder = TextEmbedder(tcfg.model, device=rank.device, batch_size=tcfg.batch_size,
                             max_length=tcfg.max_length, dedupe=bool(tcfg.dedupe), precision=str(tcfg.precision),
                             progress=bool(cfg.progress) and rank.is_main, num_threads=tcfg.num_threads)
-    out = work / "text"
-    parts = out / "parts"
+    out = job_dir(work, "text")
+    parts = artifact(work, "text", "parts")
     _prepare_parts(parts, _fingerprint(texts_path, cfg, embedder.model_path, embedder.max_length), rank.is_main)
     barrier(rank)
 
@@ -104,7 +104,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         vectors, index.astype(np.int64), meta["timestamp"].to_numpy(), np.asarray(meta["source"].to_pylist(), dtype=object),
         len(ids), as_of=data_as_of(cfg), half_life_days=float(tcfg.half_life_days), sources_order=sources)
     table = customer_text_table(aggregates, ids)
-    write_parquet(out / "embeddings.parquet", table)
+    write_parquet(artifact(work, "text", "embeddings"), table)
     metrics = {
         **totals,
         "n_customers": len(ids),
@@ -119,10 +119,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "embed_seconds": round(embed_seconds, 3),
         "texts_per_s": round(totals["n_texts"] / embed_seconds, 1) if totals["n_texts"] and embed_seconds else None,
     }
-    write_json(out / "metrics.json", metrics)
+    write_json(artifact(work, "text", "metrics"), metrics)
     log.info("text: %d texts, %d customers with text, %d truncated", totals["n_texts"],
              metrics["customers_with_text"], totals["n_truncated"])
-    result = {**metrics, "output_dir": str(out), "embeddings_path": str(out / "embeddings.parquet")}
+    result = {**metrics, "output_dir": str(out), "embeddings_path": str(artifact(work, "text", "embeddings"))}
     return finish(cfg, "text", ctx["manifest"], result)
 
 

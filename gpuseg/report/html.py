@@ -1,8 +1,13 @@
 """One self-contained ``report.html``: inline CSS and inline SVG, no script, no network.
 
 :func:`render_report` takes a plain ``context`` dict (built by the profile job from its artifacts)
-and returns the HTML string; every piece of user text (segment names, words, snippets, ids) is
-escaped. Sections carry stable ids so tests and readers can link to them: ``overview``,
+and returns the HTML string. The page itself is the jinja2 template ``templates/report.html.j2``
+(on ``templates/base.html.j2``), rendered with autoescaping on: this module only turns the context
+into plain values (strings, numbers) for it, so every piece of user text (segment names, words,
+snippets, ids, notes) is escaped by the template. The one exception is the inline SVG charts, passed
+as :class:`markupsafe.Markup` by :func:`_inline_svg` alone: the charts of
+:mod:`gpuseg.report.svg` escape every text they draw themselves, and any SVG is checked for scripts,
+links and event handlers before it is trusted. Sections carry stable ids so tests and readers can link to them: ``overview``,
 ``sizes``, ``projection``, ``lifts``, ``k-selection``, ``churn-value`` and ``personas``. A section
 whose data is absent says so instead of failing.
 
@@ -25,16 +30,18 @@ Segment dict keys: ``segment`` (int), ``name``, ``size``, ``share``, ``action``,
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
-from html import escape
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import torch
+from markupsafe import Markup
 
 from gpuseg.profile.personas import humanize
 from gpuseg.report.svg import bar_chart, color, heatmap, scatter, small_multiples
@@ -45,28 +52,6 @@ log = logging.getLogger(__name__)
 
 SECTION_IDS = ("overview", "sizes", "projection", "lifts", "k-selection", "churn-value", "personas")
 
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;
-background:#f6f7f9;line-height:1.45}
-header{background:#1f3b57;color:#fff;padding:18px 28px}header h1{margin:0;font-size:24px}
-header p{margin:4px 0 0;opacity:.85}
-nav{background:#fff;border-bottom:1px solid #ddd;padding:8px 28px;font-size:14px}
-nav a{margin-right:16px;color:#1f3b57;text-decoration:none}
-main{padding:8px 28px 40px;max-width:1200px}
-section{background:#fff;border:1px solid #e1e4e8;border-radius:8px;padding:16px 20px;margin:18px 0}
-h2{margin:0 0 10px;font-size:19px;color:#1f3b57}.note{color:#666;font-size:13px}
-.tiles{display:flex;flex-wrap:wrap;gap:12px}.tile{background:#f0f4f8;border-radius:6px;
-padding:10px 14px;min-width:120px}.tile b{display:block;font-size:20px}.tile span{font-size:12px;color:#555}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:14px}
-.card{border:1px solid #e1e4e8;border-left:6px solid #888;border-radius:6px;padding:12px 14px}
-.card h3{margin:0 0 2px;font-size:17px}.card h4{margin:10px 0 3px;font-size:13px;color:#1f3b57}
-.card ul{margin:0;padding-left:18px;font-size:13px}.card p{margin:2px 0;font-size:13px}
-.up{color:#b2182b}.down{color:#2166ac}.action{background:#fff8e1;border-radius:4px;padding:6px 8px}
-.words span{display:inline-block;background:#eef2f6;border-radius:10px;padding:1px 8px;margin:2px;
-font-size:12px}blockquote{margin:2px 0 4px;padding-left:8px;border-left:3px solid #ddd;color:#444;
-font-size:12px}.chart{overflow-x:auto}.notes{background:#fff4e5;border-left:4px solid #e08a00;
-border-radius:4px;padding:4px 12px;margin:10px 0}.notes h3{margin:4px 0;font-size:14px}
-"""
 
 
 def _num(value: Any) -> float:
@@ -96,15 +81,27 @@ def _fmt(value: Any) -> str:
     return f"{int(v):,}" if float(v).is_integer() and abs(v) < 1e15 else f"{v:,.3g}"
 
 
-def _inline_svg(svg: str) -> str:
-    """An SVG document made safe to inline: no XML prolog, no namespace URL, no script or links."""
-    svg = re.sub(r"<\?xml[^>]*\?>", "", svg)
+#: what an SVG must not hold to be inlined: scripts, foreign HTML, links, event handlers, url()
+_UNSAFE_SVG = re.compile(r"<script|<foreignObject|\bhref\s*=|\bsrc\s*=|\bon\w+\s*=|url\(", re.IGNORECASE)
+
+
+def _inline_svg(svg: str, *, ours: bool = False) -> Markup:
+    """An SVG document made safe to inline (no XML prolog, no namespace URL), as trusted markup.
+
+    This is the only place the report marks text as safe HTML. An SVG holding scripts, links or
+    event handlers is left out. ``ours=True`` is for a chart just drawn by :mod:`gpuseg.report.svg`:
+    it escapes every text it draws (labels, legend, ``<title>``) and puts no user text in an
+    attribute, so only its tags are checked (a segment called ``"src=x"`` keeps its chart). Any
+    other SVG (an artifact read from disk) is checked whole.
+    """
+    svg = re.sub(r"<\?xml[^>]*\?>", "", str(svg))
     svg = re.sub(r"<!DOCTYPE[^>]*>", "", svg, flags=re.IGNORECASE)
     svg = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", svg)
-    if re.search(r"<script|<foreignObject|\bhref\s*=|\bsrc\s*=|\bon\w+\s*=|url\(", svg, re.IGNORECASE):
+    probe = re.sub(r">[^<]*<", "><", svg) if ours else svg
+    if _UNSAFE_SVG.search(probe):
         log.warning("an SVG for the report holds scripts, links or event handlers; left out")
-        return '<p class="note">Chart left out: it referenced external content.</p>'
-    return svg.strip()
+        return Markup('<p class="note">Chart left out: it referenced external content.</p>')
+    return Markup(svg.strip())
 
 
 def lift_words(feature: str, z: float) -> str:
@@ -178,31 +175,28 @@ def lift_matrix(lifts: Mapping[int, Mapping[str, float]], names: Mapping[int, st
 
 
 # ---------------------------------------------------------------------------------- sections
+# Each function below turns part of the context into the plain values one section of the template
+# shows: strings and numbers (escaped there) and SVG charts (Markup, from _inline_svg only). A
+# section whose data is absent gets None or an empty list, and the template says so.
 
 
-def _section(sid: str, title: str, body: str) -> str:
-    return f'<section id="{sid}"><h2>{escape(title)}</h2>\n{body}\n</section>'
+def _text(value: Any) -> str:
+    """User text as a plain ``str`` (a ``str`` subclass such as Markup would skip escaping)."""
+    return str(value)
 
 
-def _overview(ctx: Mapping[str, Any], segs: Sequence[Mapping[str, Any]]) -> str:
+def _overview(ctx: Mapping[str, Any], segs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     tiles = dict(ctx.get("overview") or {})
     tiles.setdefault("Segments", len(segs))
     if "Customers" not in tiles and segs:
         sizes = [_num(s.get("size")) for s in segs]
         tiles["Customers"] = int(sum(v for v in sizes if v == v))
-    html = ['<div class="tiles">']
-    html += [f'<div class="tile"><b>{escape(_fmt(v))}</b><span>{escape(str(k))}</span></div>'
-             for k, v in tiles.items()]
-    html.append("</div>")
-    notes = [str(n) for n in ctx.get("notes") or []]
-    if notes:
-        html.append('<div class="notes"><h3>Notes</h3><ul>' + "".join(f"<li>{escape(n)}</li>" for n in notes)
-                    + "</ul></div>")
+    biggest = None
     if segs:
-        biggest = max(segs, key=lambda s: np.nan_to_num(_num(s.get("size")), nan=-1.0))
-        html.append(f'<p>The largest segment is <b>{escape(str(biggest.get("name", "")))}</b> '
-                    f'({escape(_fmt_pct(biggest.get("share")))} of customers).</p>')
-    return _section("overview", "Overview", "\n".join(html))
+        big = max(segs, key=lambda s: np.nan_to_num(_num(s.get("size")), nan=-1.0))
+        biggest = {"name": _text(big.get("name", "")), "share": _fmt_pct(big.get("share"))}
+    return {"tiles": [{"value": _text(_fmt(v)), "label": _text(k)} for k, v in tiles.items()],
+            "notes": [_text(n) for n in ctx.get("notes") or []], "biggest": biggest}
 
 
 def _label(s: Mapping[str, Any]) -> str:
@@ -211,57 +205,52 @@ def _label(s: Mapping[str, Any]) -> str:
     return name if name.startswith(f"Segment {s.get('segment')}:") else f"{s.get('segment')}: {name}"
 
 
-def _sizes(segs: Sequence[Mapping[str, Any]]) -> str:
+def _colors(segs: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [color(int(s.get("segment", i))) for i, s in enumerate(segs)]
+
+
+def _sizes(segs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if not segs:
-        return _section("sizes", "Segment sizes", '<p class="note">No segments.</p>')
+        return {"chart": None, "shares": []}
     svg = bar_chart([_label(s) for s in segs], [_num(s.get("size")) for s in segs],
-                    value_format="{:,.0f}", colors=[color(int(s.get("segment", i))) for i, s in enumerate(segs)])
-    shares = ", ".join(f"{escape(str(s.get('name', '')))} {escape(_fmt_pct(s.get('share')))}" for s in segs)
-    return _section("sizes", "Segment sizes", f'<div class="chart">{_inline_svg(svg)}</div>'
-                    f'<p class="note">Share of customers: {shares}.</p>')
+                    value_format="{:,.0f}", colors=_colors(segs))
+    return {"chart": _inline_svg(svg, ours=True),
+            "shares": [{"name": _text(s.get("name", "")), "share": _fmt_pct(s.get("share"))} for s in segs]}
 
 
-def _projection(ctx: Mapping[str, Any], names: Mapping[int, str]) -> str:
+def _projection(ctx: Mapping[str, Any], names: Mapping[int, str]) -> dict[str, Any] | None:
     proj = ctx.get("projection")
     if not proj or proj.get("xy") is None or len(proj.get("xy")) == 0:
-        return _section("projection", "Map of customers", '<p class="note">No projection available.</p>')
+        return None
     xy = np.asarray(proj["xy"], dtype=np.float64)
     labels = np.asarray(proj["segments"]).astype(int)
     svg = scatter(xy.tolist(), labels.tolist(), group_names={int(k): f"{k}: {v}" for k, v in names.items()})
     note = proj.get("note") or (f"{len(xy):,} sampled customers projected on the first two principal "
                                 "components; nearby points behave alike.")
-    return _section("projection", "Map of customers",
-                    f'<div class="chart">{_inline_svg(svg)}</div><p class="note">{escape(str(note))}</p>')
+    return {"chart": _inline_svg(svg, ours=True), "note": _text(note)}
 
 
-def _lifts(ctx: Mapping[str, Any]) -> str:
+def _lifts(ctx: Mapping[str, Any]) -> Markup | None:
     lm = ctx.get("lift_matrix")
     if not lm or not lm.get("rows") or not lm.get("columns"):
-        return _section("lifts", "What sets each segment apart", '<p class="note">No lifts available.</p>')
-    svg = heatmap(lm["rows"], lm["columns"], lm["values"])
-    return _section("lifts", "What sets each segment apart",
-                    f'<div class="chart">{_inline_svg(svg)}</div><p class="note">Each cell is the '
-                    "segment's mean in population standard deviations from the average (red above, "
-                    "blue below).</p>")
+        return None
+    return _inline_svg(heatmap(lm["rows"], lm["columns"], lm["values"]), ours=True)
 
 
-def _k_selection(ctx: Mapping[str, Any]) -> str:
-    title = "How the number of segments was chosen"
-    if ctx.get("k_selection_svg"):
-        body = f'<div class="chart">{_inline_svg(str(ctx["k_selection_svg"]))}</div>'
-    elif ctx.get("k_selection") and ctx["k_selection"].get("panels"):
-        ks = ctx["k_selection"]
-        svg = small_multiples({str(k): v for k, v in ks["panels"].items()}, marker_x=ks.get("chosen_k"))
-        body = f'<div class="chart">{_inline_svg(svg)}</div>'
+def _k_selection(ctx: Mapping[str, Any]) -> dict[str, Any] | None:
+    ks = ctx.get("k_selection") or {}
+    if ctx.get("k_selection_svg"):  # an artifact read from disk: checked whole
+        chart = _inline_svg(str(ctx["k_selection_svg"]))
+    elif ks.get("panels"):
+        chart = _inline_svg(small_multiples({str(k): v for k, v in ks["panels"].items()},
+                                            marker_x=ks.get("chosen_k")), ours=True)
     else:
-        return _section("k-selection", title, '<p class="note">No k-selection evidence recorded.</p>')
-    chosen = (ctx.get("k_selection") or {}).get("chosen_k")
-    if chosen is not None:
-        body += f"<p>Chosen number of segments: <b>{escape(_fmt(chosen))}</b> (dashed line).</p>"
-    return _section("k-selection", title, body)
+        return None
+    chosen = ks.get("chosen_k")
+    return {"chart": chart, "chosen_k": None if chosen is None else _text(_fmt(chosen))}
 
 
-def _churn_value(segs: Sequence[Mapping[str, Any]]) -> str:
+def _churn_value(segs: Sequence[Mapping[str, Any]]) -> list[Markup]:
     charts = []
     for key, label, fmt in (("churn_rate", "Churn rate (observed)", "{:.1%}"),
                             ("churn_score", "Mean predicted churn score", "{:.2f}"),
@@ -270,20 +259,13 @@ def _churn_value(segs: Sequence[Mapping[str, Any]]) -> str:
         vals = [_num(s.get(key)) for s in segs]
         if any(v == v for v in vals):
             svg = bar_chart([_label(s) for s in segs], vals, title=label, value_format=fmt,
-                            colors=[color(int(s.get("segment", i))) for i, s in enumerate(segs)])
-            charts.append(f'<div class="chart">{_inline_svg(svg)}</div>')
-    if not charts:
-        return _section("churn-value", "Churn and value by segment",
-                        '<p class="note">No churn labels, scores or value estimates available.</p>')
-    return _section("churn-value", "Churn and value by segment", "\n".join(charts))
+                            colors=_colors(segs))
+            charts.append(_inline_svg(svg, ours=True))
+    return charts
 
 
-def _card(s: Mapping[str, Any]) -> str:
+def _card(s: Mapping[str, Any]) -> dict[str, Any]:
     seg = int(s.get("segment", 0))
-    out = [f'<div class="card" id="persona-{seg}" style="border-left-color:{color(seg)}">',
-           f"<h3>{escape(str(s.get('name', f'Segment {seg}')))}</h3>",
-           f"<p>Segment {seg} &middot; {escape(_fmt_int(s.get('size')))} customers "
-           f"({escape(_fmt_pct(s.get('share')))})</p>"]
     facts = []
     for key, label, f in (("mean_rating", "mean rating", "{:.2f}"), ("churn_rate", "churn", "{:.1%}"),
                           ("churn_score", "churn score", "{:.2f}"),
@@ -292,51 +274,34 @@ def _card(s: Mapping[str, Any]) -> str:
         v = _num(s.get(key))
         if v == v:
             facts.append(f"{label} {f.format(v)}")
-    if facts:
-        out.append(f"<p>{escape(' · '.join(facts))}</p>")
-    lifts = [(f, z) for f, z in (s.get("top_lifts") or []) if _num(z) == _num(z)][:5]
-    if lifts:
-        out.append("<h4>What sets them apart</h4><ul>")
-        out += [f'<li class="{"up" if z >= 0 else "down"}">{escape(lift_words(f, float(z)))}</li>'
-                for f, z in lifts]
-        out.append("</ul>")
-    words = s.get("words") or {}
-    if any(words.values()):
-        out.append("<h4>What they say</h4>")
-        for source, pairs in words.items():
-            if pairs:
-                chips = "".join(f"<span>{escape(str(w))}</span>" for w, *_ in pairs[:8])
-                out.append(f'<p class="words"><i>{escape(str(source))}s:</i> {chips}</p>')
-    grams = s.get("ngrams") or []
+    lifts = [(f, float(z)) for f, z in (s.get("top_lifts") or []) if _num(z) == _num(z)][:5]
+    words = [{"source": _text(source), "words": [_text(w) for w, *_ in pairs[:8]]}
+             for source, pairs in (s.get("words") or {}).items() if pairs]
     events = s.get("top_events") or []
-    if grams or events:
-        out.append("<h4>Typical journey</h4>")
-        if events:
-            out.append("<p>Most frequent: " + escape(", ".join(
-                f"{e} ({_fmt_pct(sh)})" for e, sh, *_ in events[:4])) + "</p>")
-        if grams:
-            out.append("<ul>" + "".join(
-                f"<li>{escape(' → '.join(map(str, g)))} <span class='note'>(&times;{_num(r):.1f} vs "
-                "average)</span></li>" for g, _c, r, *_ in grams[:4]) + "</ul>")
-    if s.get("action"):
-        out.append(f'<h4>Suggested action</h4><p class="action">{escape(str(s["action"]))}</p>')
-    reps = s.get("representatives") or []
-    if reps:
-        out.append("<h4>Representative customers</h4>")
-        for r in reps[:3]:
-            snippet = str(r.get("snippet") or "")
-            snippet = snippet if len(snippet) <= 180 else snippet[:177] + "..."
-            out.append(f"<p><b>{escape(str(r.get('customer_id', '')))}</b></p>")
-            if snippet:
-                out.append(f"<blockquote>{escape(snippet)}</blockquote>")
-    out.append("</div>")
-    return "\n".join(out)
+    reps = []
+    for r in (s.get("representatives") or [])[:3]:
+        snippet = str(r.get("snippet") or "")
+        reps.append({"customer_id": _text(r.get("customer_id", "")),
+                     "snippet": snippet if len(snippet) <= 180 else snippet[:177] + "..."})
+    return {
+        "segment": seg, "color": color(seg), "name": _text(s.get("name", f"Segment {seg}")),
+        "size": _fmt_int(s.get("size")), "share": _fmt_pct(s.get("share")), "facts": " · ".join(facts),
+        "lifts": [{"up": z >= 0, "text": lift_words(_text(f), z)} for f, z in lifts],
+        "words": words,
+        "events": ", ".join(f"{e} ({_fmt_pct(sh)})" for e, sh, *_ in events[:4]),
+        "ngrams": [{"path": " → ".join(map(str, g)), "ratio": f"{_num(r):.1f}"}
+                   for g, _c, r, *_ in (s.get("ngrams") or [])[:4]],
+        "action": _text(s["action"]) if s.get("action") else None,
+        "representatives": reps,
+    }
 
 
-def _personas(segs: Sequence[Mapping[str, Any]]) -> str:
-    if not segs:
-        return _section("personas", "Personas", '<p class="note">No segments.</p>')
-    return _section("personas", "Personas", '<div class="cards">' + "\n".join(_card(s) for s in segs) + "</div>")
+@functools.cache
+def _environment() -> jinja2.Environment:
+    """The report's templates (``gpuseg/report/templates``), every expression HTML-escaped."""
+    return jinja2.Environment(loader=jinja2.PackageLoader("gpuseg.report", "templates"), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                              keep_trailing_newline=True)
 
 
 def render_report(context: Mapping[str, Any]) -> str:
@@ -345,17 +310,15 @@ def render_report(context: Mapping[str, Any]) -> str:
         raise UserInputError(f"The 'context' parameter must be a mapping, got {type(context).__name__}.")
     segs = sorted(context.get("segments") or [], key=lambda s: int(s.get("segment", 0)))
     names = {int(s.get("segment", i)): str(s.get("name", f"Segment {i}")) for i, s in enumerate(segs)}
-    title = str(context.get("title") or "Customer segments")
     subtitle = context.get("subtitle")
-    nav = "".join(f'<a href="#{sid}">{sid.replace("-", " ").capitalize()}</a>' for sid in SECTION_IDS)
-    body = [_overview(context, segs), _sizes(segs), _projection(context, names), _lifts(context),
-            _k_selection(context), _churn_value(segs), _personas(segs)]
-    return "\n".join([
-        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
-        f"<header><h1>{escape(title)}</h1>" + (f"<p>{escape(str(subtitle))}</p>" if subtitle else "") + "</header>",
-        f"<nav>{nav}</nav>", "<main>", *body, "</main>", "</body>", "</html>", ""])
+    return _environment().get_template("report.html.j2").render(
+        title=_text(context.get("title") or "Customer segments"),
+        subtitle=_text(subtitle) if subtitle else None,
+        nav=[{"id": sid, "label": sid.replace("-", " ").capitalize()} for sid in SECTION_IDS],
+        overview=_overview(context, segs), sizes=_sizes(segs), projection=_projection(context, names),
+        lifts=_lifts(context), k_selection=_k_selection(context), churn_value=_churn_value(segs),
+        personas=[_card(s) for s in segs],
+    )
 
 
 def write_report(path, html: str) -> Path:
