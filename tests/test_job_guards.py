@@ -117,3 +117,20 @@ def test_roles_that_leave_no_purchase_are_an_error_naming_data_roles(make_cfg, t
     table = pq.read_table(result["features_path"])
     assert table.column("frequency").to_pylist() == [2.0, 0.0]
     assert isinstance(table, pa.Table)
+
+
+def test_a_label_without_values_is_skipped_with_a_warning(caplog):
+    from gpuseg.jobs.common import customer_label
+
+    schema = {"customers": {"labels": ["churned", "upsold"]}}
+    customers = pa.table({"customer_id": ["a", "b"], "churned": pa.array([None, None], pa.float64()),
+                          "upsold": [1.0, 0.0]})
+    with caplog.at_level("WARNING"):
+        assert customer_label("auto", schema, customers, key="journey.label") == (None, None)
+    assert "has no known value" in caplog.text and "journey.label" in caplog.text
+    name, values = customer_label("upsold", schema, customers, key="journey.label")
+    assert name == "upsold" and values.tolist() == [1.0, 0.0]
+    assert customer_label(None, schema, customers, key="journey.label") == (None, None)
+    with pytest.raises(ConfigError, match="not a column") as err:
+        customer_label("churnd", schema, customers, key="profile.churn.label")
+    assert err.value.config_key == "profile.churn.label"

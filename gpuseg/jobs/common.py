@@ -128,3 +128,41 @@ def segments_with_scores(work: Path) -> pa.Table:
     if not scores.exists():
         return segments
     return join_on_customer_id(segments, pq.read_table(scores), names=(str(scores),))
+
+
+def customer_label(setting: Any, schema: dict[str, Any], customers: pa.Table, *,
+                   key: str) -> tuple[str | None, np.ndarray | None]:
+    """The label column a job's ``label`` setting names: ``auto``, a column, or null for none.
+
+    ``auto`` is the first label of the customers table (None when it has none). Values are
+    float with NaN for unknown. A label without a single known value is skipped with a warning:
+    there is nothing to learn from it, and that is no reason to stop the pipeline.
+
+    Parameters
+    ----------
+    setting : str or None
+        The job's setting (``journey.label``, ``profile.churn.label``).
+    schema : dict
+        The validated ``schema.json``.
+    customers : pyarrow.Table
+        The validated customers table.
+    key : str
+        The setting's config key, named in errors.
+    """
+    labels = list((schema.get("customers") or {}).get("labels") or [])
+    if setting is None or str(setting).lower() in ("null", "none", ""):
+        return None, None
+    name = str(setting)
+    if name == "auto":
+        if not labels:
+            return None, None
+        name = labels[0]
+    if name not in customers.column_names:
+        raise ConfigError(f"label {name!r} is not a column of the customers table; labels there: {labels}",
+                          config_key=key)
+    values = np.asarray(customers[name].cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False),
+                        dtype=np.float64)
+    if not np.isfinite(values).any():
+        log.warning("label %r has no known value (every cell is empty): skipped (%s)", name, key)
+        return None, None
+    return name, values

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gpuseg.features.rfm import to_microseconds
-from gpuseg.jobs.common import data_as_of, finish, load_validated, start, work_dir
+from gpuseg.jobs.common import customer_label, data_as_of, finish, load_validated, start, work_dir
 from gpuseg.journey.baselines import (
     MarkovBaseline,
     UnigramBaseline,
@@ -45,24 +45,6 @@ log = logging.getLogger(__name__)
 def journeys_dir(work: Path) -> Path:
     """Folder of the journey block artifacts."""
     return job_dir(work, "journeys")
-
-
-def _label(jcfg: DictConfig, schema: dict[str, Any], customers: pa.Table) -> tuple[str | None, np.ndarray | None]:
-    """Name and values (float, NaN = unknown) of the auxiliary label, or (None, None)."""
-    name = jcfg.label
-    labels = list(schema.get("customers", {}).get("labels") or [])
-    if name is None or str(name).lower() in ("null", "none", ""):
-        return None, None
-    if str(name) == "auto":
-        if not labels:
-            return None, None
-        name = labels[0]
-    name = str(name)
-    if name not in customers.column_names:
-        raise ConfigError(f"label {name!r} is not a column of the customers table; labels there: {labels}",
-                          config_key="journey.label")
-    col = customers[name].cast(pa.float64())
-    return name, np.asarray(col.fill_null(np.nan).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 def _split(n: int, val_fraction: float, test_fraction: float,
@@ -178,7 +160,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise UserInputError(f"no training customer has an event before as_of={as_of}: no journeys to learn",
                              table="events", config_key="data.as_of")
     t_seq = time.perf_counter() - t0
-    label, y = _label(jcfg, schema, customers)
+    label, y = customer_label(jcfg.label, schema, customers, key="journey.label")
 
     out = journeys_dir(work)
     ckpt = artifact(work, "journeys", "checkpoints")

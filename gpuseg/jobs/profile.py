@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpuseg.features.rfm import to_microseconds
 from gpuseg.jobs.common import (
+    customer_label,
     data_as_of,
     finish,
     has_validated_table,
@@ -42,7 +43,7 @@ from gpuseg.profile.ngrams import journey_ngrams, top_event_types
 from gpuseg.profile.personas import assign_personas
 from gpuseg.profile.words import distinctive_words_by_source
 from gpuseg.report.html import lift_matrix, pca_2d, render_report, write_report
-from gpuseg.runtime.errors import ConfigError, UserInputError
+from gpuseg.runtime.errors import UserInputError
 from gpuseg.runtime.io import read_json, write_json, write_parquet
 from gpuseg.runtime.layout import artifact, job_dir
 from gpuseg.runtime.matrix import read_matrix
@@ -143,25 +144,17 @@ def _not_estimated(out: dict[str, Any], notes: list[str], reason: str) -> dict[s
 
 
 def _churn_label(cfg, schema, customers: pa.Table, value: dict[str, Any]) -> tuple[str | None, np.ndarray | None]:
-    name = cfg.profile.churn.label
-    labels = list(schema["customers"].get("labels") or [])
-    if name is None:
+    """The churn label: the configured or first customers label, else no purchase in the hold-out."""
+    name, y = customer_label(cfg.profile.churn.label, schema, customers, key="profile.churn.label")
+    if name is not None or cfg.profile.churn.label != "auto":
+        return name, y
+    summary = value["summary"]
+    if summary is None or "holdout_purchases" not in summary.column_names:
         return None, None
-    if name == "auto":
-        if labels:
-            name = labels[0]
-        elif value["summary"] is not None and "holdout_purchases" in value["summary"].column_names:
-            summary = value["summary"]
-            t = summary["T"].to_numpy(zero_copy_only=False)
-            held = summary["holdout_purchases"].to_numpy(zero_copy_only=False).astype(float)
-            # no purchase in the hold-out, for customers who had bought before as_of
-            return "no_purchase_in_holdout", np.where(np.isfinite(t), (held == 0).astype(float), np.nan)
-        else:
-            return None, None
-    if name not in customers.column_names:
-        raise ConfigError(f"churn label {name!r} is not a column of the customers table (labels: {labels})",
-                          config_key="profile.churn.label")
-    return str(name), customers[name].to_numpy(zero_copy_only=False).astype(float)
+    t = summary["T"].to_numpy(zero_copy_only=False)
+    held = summary["holdout_purchases"].to_numpy(zero_copy_only=False).astype(float)
+    # no purchase in the hold-out, for customers who had bought before as_of
+    return "no_purchase_in_holdout", np.where(np.isfinite(t), (held == 0).astype(float), np.nan)
 
 
 def _baseline(work: Path, segmentation: dict[str, Any], has_events: bool) -> tuple[np.ndarray | None, str | None]:
