@@ -11,7 +11,6 @@ separate the synthetic data's planted personas is scored by benchmarks/bench_jou
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -21,7 +20,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gpuseg.features.rfm import to_microseconds
@@ -35,7 +33,7 @@ from gpuseg.journey.baselines import (
 )
 from gpuseg.journey.model import JourneyEncoder
 from gpuseg.journey.sequences import SequenceBuilder, Sequences
-from gpuseg.journey.train import distributed_context
+from gpuseg.runtime.distributed import init_from_env
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import write_json, write_parquet
 from gpuseg.runtime.layout import artifact, job_dir
@@ -123,11 +121,8 @@ def _embedding_table(ids: pa.Array, seqs: Sequences, emb: np.ndarray) -> pa.Tabl
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (or resume) the journey encoder, score it on held-out customers, embed everyone."""
     ctx = start(cfg, "journeys", needs_device=True)
-    device = ctx["device"]
-    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-        torch.cuda.set_device(device)
-    rank, world = distributed_context(device)
+    place = init_from_env(ctx["device"])
+    device, rank, world = place.device, place.rank, place.world
     work = work_dir(cfg)
     jcfg = cfg.journey
     seed = int(cfg.seed)

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -23,12 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from gpuseg.journey.sequences import Sequences
+from gpuseg.runtime.distributed import all_reduce_values, barrier_all, rank_and_world
 from gpuseg.runtime.io import atomic_path, read_json, write_json
 from gpuseg.runtime.progress import progress_bar
 
@@ -143,32 +142,6 @@ def combine(parts: dict[str, torch.Tensor], settings: TrainSettings) -> torch.Te
 
 
 # --------------------------------------------------------------------------------- distributed
-
-
-def distributed_context(device: torch.device) -> tuple[int, int]:
-    """(rank, world size); initialises the process group under ``torchrun`` if needed."""
-    if not dist.is_available():
-        return 0, 1
-    if not dist.is_initialized():
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return 0, 1
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _all_reduce(values: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
-    if world <= 1:
-        return values
-    keys = sorted(values)
-    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=comm)
-    dist.all_reduce(t)
-    return dict(zip(keys, t.tolist(), strict=True))
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
 
 
 # --------------------------------------------------------------------------------- checkpoints
@@ -308,7 +281,7 @@ def evaluate_loss(net: nn.Module, seqs: Sequences, rows: np.ndarray, labels: np.
             parts = batch_losses(net, make_batch(seqs, b, labels, device), gap_index)
             for k, v in parts.items():
                 sums[k] += float(v)
-    sums = _all_reduce(sums, world, device)
+    sums = all_reduce_values(sums)
     loss = (sums["ce"] + settings.gap_weight * sums["se"]) / max(sums["steps"], 1.0)
     loss += settings.mix_weight * sums["mix"] / max(sums["sequences"], 1.0)
     if labels is not None and sums["labelled"] > 0:
@@ -349,7 +322,7 @@ def fit_network(net: nn.Module, seqs: Sequences, labels: np.ndarray | None, trai
         ``history`` (per-epoch train/val loss, lr), ``best_epoch``, ``best_val_loss``,
         ``epochs_run`` (in this call), ``resumed_from`` (epoch or None), ``finished``.
     """
-    rank, world = distributed_context(device)
+    rank, world = rank_and_world()
     module = net
     gap_index = int(module.gap_index)
     optimizer = torch.optim.AdamW(module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -384,7 +357,7 @@ def fit_network(net: nn.Module, seqs: Sequences, labels: np.ndarray | None, trai
                 for e in found:
                     for suffix in (".json", ".safetensors"):
                         (folder / f"epoch_{e:04d}{suffix}").unlink(missing_ok=True)
-        _barrier(world)
+        barrier_all()
 
     model: nn.Module = module
     if world > 1:
@@ -420,7 +393,7 @@ def fit_network(net: nn.Module, seqs: Sequences, labels: np.ndarray | None, trai
         bar.close()
         lr = float(scheduler.get_last_lr()[0])
         scheduler.step()
-        train_loss = _all_reduce({"t": total, "n": float(count)}, world, device)
+        train_loss = all_reduce_values({"t": total, "n": float(count)})
         train_loss = train_loss["t"] / max(train_loss["n"], 1.0)
         val_loss = (evaluate_loss(module, seqs, val_rows, labels, settings, device, gap_index, rank, world)
                     if len(val_rows) else train_loss)
@@ -443,7 +416,7 @@ def fit_network(net: nn.Module, seqs: Sequences, labels: np.ndarray | None, trai
                         "finished": finished}
                 save_checkpoint(folder, epoch, net=module, optimizer=optimizer, scheduler=scheduler,
                                 best_state=best_state, meta=meta)
-            _barrier(world)
+            barrier_all()
         if callback is not None:
             callback(epoch, record)
     if finished:
