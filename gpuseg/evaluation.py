@@ -16,9 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gpuseg.journey.baselines import adjusted_rand_index, kmeans_labels
+from gpuseg.journey.baselines import kmeans_labels
 from gpuseg.profile.lifts import check_segments
 from gpuseg.runtime.errors import UserInputError
+from gpuseg.runtime.metrics import adjusted_rand_index
 
 #: the synthetic personas that differ only in the order of their events
 ORDER_PAIR = ("gadget_planner", "gadget_impulse")

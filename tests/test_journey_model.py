@@ -18,15 +18,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import adjusted_rand_score, roc_auc_score
 
 from gpuseg.journey import JourneyEncoder, MarkovBaseline, Sequences, UnigramBaseline
-from gpuseg.journey.baselines import (
-    accuracy,
-    adjusted_rand_index,
-    fit_logistic,
-    kmeans_labels,
-    roc_auc,
-)
+from gpuseg.journey.baselines import accuracy, kmeans_labels
 from gpuseg.journey.train import list_checkpoints, load_checkpoint
 from gpuseg.runtime.errors import ConfigError, UserInputError
+from gpuseg.runtime.logistic import fit_logistic, logistic_proba
+from gpuseg.runtime.metrics import adjusted_rand_index, roc_auc
 
 TINY = dict(hidden_size=24, num_layers=2, out_dim=8, embed_dims=6, batch_size=32, epochs=4, lr=0.01,
             patience=5, num_threads=1, seed=0)
@@ -223,9 +219,12 @@ def test_baselines_and_scores_match_references(data):
     assert adjusted_rand_index(a, b) == pytest.approx(adjusted_rand_score(a, b))
     X = rng.normal(size=(400, 5)) * [1, 10, 0.1, 1, 1]
     yl = (X[:, 0] + X[:, 1] / 10 + rng.normal(0, 1, 400) > 0).astype(int)
-    ours = fit_logistic(X, yl)(X)
-    ref = LogisticRegression(C=1e3, max_iter=1000).fit(X, yl).predict_proba(X)[:, 1]
+    Z = (X - X.mean(0)) / X.std(0)
+    ours = logistic_proba(Z, *fit_logistic(Z, yl))
+    ref = LogisticRegression(C=1e3, max_iter=1000).fit(Z, yl).predict_proba(Z)[:, 1]
     assert np.abs(ours - ref).max() < 0.02
+    # string labels and tensors score alike
+    assert adjusted_rand_index(a.astype(str), torch.as_tensor(b)) == pytest.approx(adjusted_rand_score(a, b))
 
 
 def _ddp_worker(rank, world, init_file, out_dir):

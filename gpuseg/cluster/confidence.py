@@ -32,23 +32,6 @@ def margin(d1: np.ndarray, d2: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(m, nan=0.0), 0.0, 1.0)
 
 
-def fit_logistic_1d(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-3, n_iter: int = 50) -> tuple[float, float]:
-    """Fit ``P(y=1) = sigmoid(a + b x)`` by Newton's method (small ridge for separable data)."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    design = np.column_stack([np.ones_like(x), x])
-    w = np.zeros(2)
-    for _ in range(n_iter):
-        p = 1.0 / (1.0 + np.exp(-(design @ w)))
-        grad = design.T @ (p - y) + l2 * w
-        hess = (design * (p * (1 - p))[:, None]).T @ design + l2 * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-10:
-            break
-    return float(w[0]), float(w[1])
-
-
 def calibrated_confidence(m: np.ndarray, a: float, b: float) -> np.ndarray:
     """Apply a fitted calibration to margins."""
     return 1.0 / (1.0 + np.exp(-(a + b * np.asarray(m, dtype=np.float64))))

@@ -1,12 +1,15 @@
 """Clustering quality metrics computed with torch on the data's device.
 
 Each takes data and integer labels as tensors and returns a Python float; the scores follow
-scikit-learn's definitions (tests compare them) but run chunked on CPU or CUDA.
+scikit-learn's definitions (tests compare them) but run chunked on CPU or CUDA. The adjusted Rand
+index lives in :mod:`gpuseg.runtime.metrics` (every layer scores with it).
 """
 
 from __future__ import annotations
 
 import torch
+
+from gpuseg.runtime.metrics import adjusted_rand_index, contingency  # noqa: F401  (re-exported)
 
 
 def _as_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -14,34 +17,6 @@ def _as_labels(labels: torch.Tensor) -> torch.Tensor:
     if labels.numel() and labels.min() < 0:
         raise ValueError("labels must be non-negative integers")
     return labels
-
-
-def contingency(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Contingency table of two labelings (rows: values of ``a``, columns: values of ``b``)."""
-    a, b = _as_labels(a), _as_labels(b)
-    if a.shape != b.shape:
-        raise ValueError(f"labelings differ in length: {a.numel()} and {b.numel()}")
-    _, a = torch.unique(a, return_inverse=True)
-    _, b = torch.unique(b, return_inverse=True)
-    ka, kb = int(a.max()) + 1, int(b.max()) + 1
-    return torch.bincount(a * kb + b, minlength=ka * kb).reshape(ka, kb).double()
-
-
-def adjusted_rand_index(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Adjusted Rand index between two labelings (1 = identical partitions, ~0 = chance)."""
-    table = contingency(a, b)
-    n = table.sum()
-
-    def comb2(x: torch.Tensor) -> torch.Tensor:
-        return (x * (x - 1) / 2).sum()
-
-    sum_cells = comb2(table)
-    sum_rows, sum_cols = comb2(table.sum(1)), comb2(table.sum(0))
-    expected = sum_rows * sum_cols / (n * (n - 1) / 2)
-    maximum = (sum_rows + sum_cols) / 2
-    if float(maximum - expected) == 0.0:
-        return 1.0
-    return float((sum_cells - expected) / (maximum - expected))
 
 
 def cluster_means(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,8 +28,6 @@ from gpuseg.journey.baselines import (
     MarkovBaseline,
     UnigramBaseline,
     accuracy,
-    fit_logistic,
-    roc_auc,
 )
 from gpuseg.journey.model import JourneyEncoder
 from gpuseg.journey.sequences import SequenceBuilder, Sequences
@@ -37,6 +35,8 @@ from gpuseg.runtime.distributed import init_from_env
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import write_json, write_parquet
 from gpuseg.runtime.layout import artifact, job_dir
+from gpuseg.runtime.metrics import roc_auc
+from gpuseg.value.churn import ChurnModel
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ def _rfm_matrix(work: Path, ids: pa.Array) -> np.ndarray | None:
         return None
     X = np.column_stack([table[c].cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
                          for c in cols])
-    return X[index.to_numpy(zero_copy_only=False)]
+    # raw features leave undefined statistics NaN: the comparison imputes them as 0
+    return np.nan_to_num(X[index.to_numpy(zero_copy_only=False)], nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _next_event_metrics(encoder: JourneyEncoder, train: Sequences, test: Sequences) -> dict[str, Any]:
@@ -101,8 +102,9 @@ def _label_metrics(work: Path, encoder: JourneyEncoder, seqs: Sequences, y: np.n
         result["note"] = "run `gpuseg features` first for the RFM+ logistic regression comparison"
         return result
     train = train_rows[~np.isnan(y[train_rows])]
-    predict = fit_logistic(X[train], y[train])
-    result["rfm_logistic_auc"] = roc_auc(y[test], predict(X[test]))
+    # the same logistic regression the profile job uses as its RFM+ baseline
+    baseline = ChurnModel(hidden=0, device="cpu").fit(X[train], y[train])
+    result["rfm_logistic_auc"] = roc_auc(y[test], baseline.predict_proba(X[test]))
     result["n_rfm_features"] = int(X.shape[1])
     return result
 

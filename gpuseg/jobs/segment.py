@@ -15,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 from gpuseg.cluster import MiniBatchKMeans
 from gpuseg.cluster.confidence import (
     calibrated_confidence,
-    fit_logistic_1d,
     margin,
     match_labels,
     outlier_thresholds,
@@ -29,6 +28,7 @@ from gpuseg.report.svg import small_multiples
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import atomic_path, write_json, write_parquet
 from gpuseg.runtime.layout import artifact, job_dir
+from gpuseg.runtime.logistic import fit_logistic
 from gpuseg.runtime.matrix import read_matrix
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ def _calibrate(cfg, x, labels_full, margins, k, seed, device, params) -> dict[st
         # every customer kept (or lost) its segment: the calibration is the observed rate
         return {"method": "constant", "a": float(np.log((y[0] + 1e-3) / (1 - y[0] + 1e-3))), "b": 0.0,
                 "agreement": float(y.mean())}
-    a, b = fit_logistic_1d(m, y)
+    coef, a = fit_logistic(m[:, None], y)
+    b = float(coef[0])
     return {"method": "bootstrap_logistic", "a": a, "b": b, "agreement": float(y.mean()),
             "n_bootstrap": int(ccfg.n_bootstrap)}
 

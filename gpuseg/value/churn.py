@@ -1,12 +1,13 @@
 """Churn propensity: a logistic regression or one-hidden-layer MLP in torch, plus its metrics.
 
-:class:`ChurnModel` standardises the features (statistics from the training rows), trains with
-Adam on mini-batches drawn from a seeded generator (same seed, same CPU result) and, when
-``holdout_fraction > 0``, keeps the weights of the epoch with the lowest validation loss and
-reports ``validation_`` metrics (ROC AUC, log loss, Brier score, calibration table).
+:class:`ChurnModel` standardises the features (statistics from the training rows). As a logistic
+regression (``hidden=0``) it is fitted exactly by L-BFGS; as an MLP it trains with Adam on
+mini-batches drawn from a seeded generator (same seed, same CPU result) and, when
+``holdout_fraction > 0``, keeps the weights of the epoch with the lowest validation loss. Either
+way a hold-out gives ``validation_`` metrics (ROC AUC, log loss, Brier score, calibration table).
 
 The metrics are plain numpy functions so that a job can score any model the same way:
-:func:`roc_auc` (Mann-Whitney, ties counted half), :func:`calibration_table` (equal-width bins)
+:func:`roc_auc` (from :mod:`gpuseg.runtime.metrics`), :func:`calibration_table` (equal-width bins)
 and :func:`risk_tier` (``low`` / ``medium`` / ``high`` from score thresholds, so that "high churn
 risk (score > 0.7)" is one filter).
 """
@@ -25,6 +26,8 @@ from safetensors.torch import load_file, save_file
 from gpuseg.runtime.device import resolve_device
 from gpuseg.runtime.errors import UserInputError
 from gpuseg.runtime.io import atomic_path, read_json, write_json
+from gpuseg.runtime.logistic import fit_logistic
+from gpuseg.runtime.metrics import check_binary_labels, check_scores, roc_auc  # noqa: F401  (roc_auc re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -32,61 +35,6 @@ FORMAT_VERSION = 1
 
 
 # -------------------------------------------------------------------------------------- metrics
-def _binary_labels(y: Any, name: str = "y") -> np.ndarray:
-    arr = np.asarray(y)
-    if arr.ndim != 1:
-        raise UserInputError(f"The '{name}' parameter must be 1-dimensional. Got shape {arr.shape}.")
-    try:
-        vals = arr.astype(np.float64)
-    except (TypeError, ValueError):
-        raise UserInputError(f"The '{name}' parameter must hold 0/1 labels.") from None
-    bad = ~np.isin(vals, (0.0, 1.0))
-    if bad.any():
-        idx = np.flatnonzero(bad)[:5]
-        raise UserInputError(f"The '{name}' parameter must hold 0/1 labels. Got {arr[idx].tolist()} "
-                             f"at index {idx.tolist()}.")
-    return vals.astype(np.int64)
-
-
-def _scores(p: Any, n: int) -> np.ndarray:
-    arr = np.asarray(p, dtype=np.float64)
-    if arr.shape != (n,):
-        raise UserInputError(f"The 'p' parameter must have shape ({n},) like y. Got {arr.shape}.")
-    if not np.isfinite(arr).all():
-        raise UserInputError("The 'p' parameter must be finite.")
-    return arr
-
-
-def roc_auc(y: Any, p: Any) -> float:
-    """Area under the ROC curve: P(score of a random positive > that of a random negative).
-
-    Ties count one half (the Mann-Whitney U statistic from average ranks).
-
-    Parameters
-    ----------
-    y : array-like of shape (n,)
-        0/1 labels.
-    p : array-like of shape (n,)
-        Scores.
-
-    Returns
-    -------
-    float
-        NaN when ``y`` holds a single class.
-    """
-    yy = _binary_labels(y)
-    pp = _scores(p, yy.size)
-    n_pos = int(yy.sum())
-    n_neg = yy.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inv, counts = np.unique(pp, return_inverse=True, return_counts=True)
-    # average rank of each distinct score (1-based): ranks before it + (count + 1) / 2
-    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0
-    rank_sum = avg_rank[inv][yy == 1].sum()
-    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
 def calibration_table(y: Any, p: Any, n_bins: int = 10) -> dict[str, list]:
     """Observed positive rate against mean predicted probability in equal-width bins of ``p``.
 
@@ -107,8 +55,8 @@ def calibration_table(y: Any, p: Any, n_bins: int = 10) -> dict[str, list]:
     """
     if isinstance(n_bins, bool) or not isinstance(n_bins, int | np.integer) or n_bins < 1:
         raise UserInputError(f"The 'n_bins' parameter must be an int >= 1. Got {n_bins!r} instead.")
-    yy = _binary_labels(y)
-    pp = _scores(p, yy.size)
+    yy = check_binary_labels(y)
+    pp = check_scores(p, yy.size)
     if ((pp < 0) | (pp > 1)).any():
         raise UserInputError("The 'p' parameter must hold probabilities in [0, 1].")
     edges = np.linspace(0.0, 1.0, n_bins + 1)
@@ -156,8 +104,8 @@ def risk_tier(p: Any, thresholds: tuple[float, float] = (0.3, 0.7)) -> np.ndarra
 
 def binary_metrics(y: Any, p: Any, n_bins: int = 10) -> dict[str, Any]:
     """ROC AUC, log loss, Brier score, positive rate and calibration table of scores ``p``."""
-    yy = _binary_labels(y)
-    pp = _scores(p, yy.size)
+    yy = check_binary_labels(y)
+    pp = check_scores(p, yy.size)
     q = np.clip(pp, 1e-12, 1 - 1e-12)
     return {
         "n": int(yy.size),
@@ -216,7 +164,8 @@ class ChurnModel:
     l2 : float, default=1e-3
         L2 penalty on the weights (not the biases), added to the mean log loss.
     epochs : int, default=50
-        Passes over the training rows.
+        Passes over the training rows (MLP only: ``hidden=0`` is fitted exactly by L-BFGS, see
+        :mod:`gpuseg.runtime.logistic`, and ignores ``epochs``, ``lr`` and ``batch_size``).
     lr : float, default=1e-2
         Adam learning rate.
     batch_size : int, default=1024
@@ -302,7 +251,7 @@ class ChurnModel:
         """
         self._check_params()
         Xa = _check_X(X)
-        ya = _binary_labels(y)
+        ya = check_binary_labels(y)
         if ya.size != Xa.shape[0]:
             raise UserInputError(f"The 'X' and 'y' parameters must have the same number of rows. Got "
                                  f"{Xa.shape[0]} and {ya.size}.")
@@ -328,6 +277,8 @@ class ChurnModel:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.random_state))
             net = _Net(self.n_features_in_, int(self.hidden)).to(device)
+        if int(self.hidden) == 0:
+            return self._fit_logistic(net, xt, yt, ya, val, Xa, device)
         opt = torch.optim.Adam(net.parameters(), lr=float(self.lr))
         weights = [p for name, p in net.named_parameters() if name.endswith("weight")]
         loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
@@ -367,6 +318,21 @@ class ChurnModel:
             self.validation_ = binary_metrics(ya[val], self.predict_proba(Xa[val]))
             log.info("churn model: validation ROC AUC %.4f at epoch %d",
                      self.validation_["roc_auc"], self.best_epoch_)
+        return self
+
+    def _fit_logistic(self, net: _Net, xt: torch.Tensor, yt: torch.Tensor, ya: np.ndarray, val: np.ndarray,
+                      Xa: np.ndarray, device: torch.device) -> ChurnModel:
+        """``hidden=0``: the exact penalised fit (L-BFGS), shared with every logistic model in gpuseg."""
+        coef, intercept = fit_logistic(xt.cpu().numpy(), yt.cpu().numpy(), l2=float(self.l2), device=device)
+        with torch.no_grad():
+            net.out.weight.copy_(torch.as_tensor(coef, dtype=torch.float32).reshape(1, -1))
+            net.out.bias.fill_(intercept)
+        self.history_ = []
+        self.best_epoch_ = 0
+        self._net = net.eval()
+        self.validation_ = None
+        if val.size:
+            self.validation_ = binary_metrics(ya[val], self.predict_proba(Xa[val]))
         return self
 
     def _fitted(self) -> _Net:
