@@ -2,7 +2,8 @@
 
 The error classes subclass both :class:`~gpuseg.runtime.errors.UserInputError` (so the CLI shows
 the message, not a traceback) and ``ValueError``/``TypeError`` (so code written against
-scikit-learn that catches those keeps working).
+scikit-learn that catches those keeps working); :class:`NotFittedError` is also scikit-learn's
+``sklearn.exceptions.NotFittedError``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+from sklearn.utils.validation import validate_data
 
 from gpuseg.runtime.errors import ConfigError, UserInputError
 
@@ -24,8 +27,51 @@ class InputDataError(UserInputError, ValueError):
     """The data given to ``fit``/``predict`` cannot be used (shape, NaN, too few rows...)."""
 
 
-class NotFittedError(UserInputError, ValueError, AttributeError):
-    """``predict``/``transform``/``save`` called before ``fit``."""
+class InputTypeError(InputDataError, TypeError):
+    """The data given to ``fit``/``predict`` has elements of the wrong type (e.g. a dict)."""
+
+
+class NotFittedError(UserInputError, _SklearnNotFittedError):
+    """``predict``/``transform``/``save`` called before ``fit``.
+
+    Also a ``sklearn.exceptions.NotFittedError`` (hence ``ValueError`` and ``AttributeError``).
+    """
+
+
+def check_param_names(estimator, params) -> None:
+    """``set_params``: raise :class:`InvalidParameterError` (scikit-learn's words) on unknown names."""
+    valid = estimator._get_param_names()
+    for key in params:
+        if key.partition("__")[0] not in valid:
+            raise InvalidParameterError(
+                f"Invalid parameter {key!r} for estimator {estimator!r}. "
+                f"Valid parameters are: {sorted(valid)!r}."
+            )
+
+
+def check_array_input(estimator, X, *, reset: bool, name: str = "X"):
+    """Check an in-memory array-like (list, numpy, pandas) the scikit-learn way.
+
+    ``validate_data`` converts it to a numeric ndarray (object columns to float64, other numeric
+    dtypes kept), rejects sparse, complex, non-2-D, empty and zero-column input, and sets
+    (``reset=True``) or checks (``reset=False``) ``n_features_in_`` and ``feature_names_in_``.
+    NaN and infinity are left for the caller, which names the first bad row. scikit-learn's
+    ``ValueError``/``TypeError`` come back as :class:`InputDataError`/:class:`InputTypeError`
+    with the same message.
+    """
+    dtype = getattr(X, "dtype", None)
+    if isinstance(dtype, np.dtype) and dtype.kind in "USV":
+        raise InputDataError(f"Input {name} must be numeric, got dtype {dtype}.")
+    try:
+        return validate_data(estimator, X, reset=reset, accept_sparse=False, dtype="numeric",
+                             ensure_all_finite=False, ensure_min_samples=1,
+                             ensure_min_features=1)
+    except UserInputError:
+        raise
+    except TypeError as exc:
+        raise InputTypeError(str(exc)) from exc
+    except ValueError as exc:
+        raise InputDataError(str(exc)) from exc
 
 
 def _is_int(value) -> bool:

@@ -11,6 +11,9 @@ What it does differently from the tools users have today:
   rows used (faiss silently trains on 256 points per centroid);
 - ``partial_fit``, data-parallel ``fit`` under ``torch.distributed``, and safe save/load
   (safetensors + JSON, no pickle).
+
+It is a scikit-learn estimator (``BaseEstimator`` with the cluster and transformer mixins):
+``clone``, ``Pipeline``, ``GridSearchCV`` and ``check_estimator`` work with it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import sparse
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    ClusterMixin,
+    TransformerMixin,
+)
 
 from gpuseg.cluster import _engine as eng
 from gpuseg.cluster import distributed as ddp
@@ -33,14 +43,16 @@ from gpuseg.cluster._assign import (
     auto_chunk_rows,
     matmul_precision,
 )
-from gpuseg.cluster._source import ResidentSource, Source, make_source
+from gpuseg.cluster._source import ResidentSource, Source, _is_batch_iterable, make_source
 from gpuseg.cluster._validation import (
     InputDataError,
     InvalidParameterError,
     NotFittedError,
+    check_array_input,
     check_device,
     check_int,
     check_options,
+    check_param_names,
     check_random_state,
     check_real,
 )
@@ -54,7 +66,8 @@ SCHEMA_VERSION = 1
 _NAME = "MiniBatchKMeans"
 
 
-class MiniBatchKMeans:
+class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
+                      BaseEstimator):
     """Mini-batch k-means with k-means++ seeding and Lloyd refinement, on CPU or CUDA.
 
     Parameters
@@ -113,9 +126,17 @@ class MiniBatchKMeans:
     n_steps_ : int
         Mini-batch updates performed.
     n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Column names of ``X`` at fit, when ``X`` was a DataFrame with string column names.
 
     Notes
     -----
+    In-memory array-likes (lists, numpy arrays, pandas DataFrames) are checked by
+    scikit-learn's ``validate_data`` (feature names, ``n_features_in_``, no sparse or complex
+    data); tensors, memory maps, iterables and callables are streamed as they are. Computation
+    is float32 whatever the input dtype: ``transform`` returns float32 and ``predict`` int32
+    (for tensor input: tensors on ``X``'s device). ``fit`` takes no ``sample_weight``.
+
     Data-parallel fit: launch with ``torchrun``, call
     ``torch.distributed.init_process_group("nccl" or "gloo")``, and have each rank call
     ``fit`` on its own shard with the same parameters. Seeding runs on rank 0 from a sample
@@ -124,7 +145,8 @@ class MiniBatchKMeans:
     rank must make the same number of calls).
 
     Saved models (:meth:`save`) are two files, ``<path>.safetensors`` (``cluster_centers``,
-    ``counts``) and ``<path>.json`` (parameters, ``n_features_in_``, ``inertia_``, versions,
+    ``counts``) and ``<path>.json`` (parameters, ``n_features_in_``, ``feature_names_in_``
+    when fitted on a DataFrame, ``inertia_``, versions,
     ``schema_version``, SHA-256 of the tensor file); nothing is pickled.
 
     Examples
@@ -175,34 +197,44 @@ class MiniBatchKMeans:
 
     # ------------------------------------------------------------------ scikit-learn plumbing
 
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self"]
-
-    def get_params(self, deep: bool = True) -> dict:
-        """Constructor parameters as a dict (scikit-learn API)."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
     def set_params(self, **params) -> MiniBatchKMeans:
         """Set constructor parameters (scikit-learn API); unknown names are an error."""
-        valid = self._param_names()
-        for key, value in params.items():
-            if key not in valid:
-                raise InvalidParameterError(
-                    f"Invalid parameter {key!r} for estimator {self!r}. "
-                    f"Valid parameters are: {sorted(valid)!r}."
-                )
-            setattr(self, key, value)
-        return self
+        check_param_names(self, params)
+        return super().set_params(**params)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        tags.input_tags.allow_nan = False
+        # computed in float32 on every device: float32 in, float32 out
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "cluster_centers_")
+
+    @property
+    def _n_features_out(self) -> int:
+        """Width of ``transform``'s output (for ``get_feature_names_out``)."""
+        return self.cluster_centers_.shape[0]
+
+    def _check_input(self, X, *, reset: bool):
+        """Array-likes through scikit-learn's checks; tensors, memmaps and streams as they are."""
+        if _is_streamed(X):
+            if reset:
+                self.__dict__.pop("feature_names_in_", None)
+            return X
+        return check_array_input(self, X, reset=reset)
 
     def __repr__(self) -> str:
+        # the changed parameters in signature order (scikit-learn's repr sorts them by name)
         defaults = {
             p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()
+            if p.name != "self"
         }
         changed = []
-        for k, v in self.get_params().items():
-            d = defaults.get(k)
+        for k, d in defaults.items():
+            v = getattr(self, k)
             same = v is d if isinstance(v, np.ndarray) or isinstance(d, np.ndarray) else v == d
             if not same:
                 changed.append(f"{k}={'array' if isinstance(v, np.ndarray) else repr(v)}")
@@ -310,6 +342,7 @@ class MiniBatchKMeans:
         self._device = resolve_device(self.device, key="device")
         for stale in ("labels_", "inertia_"):  # a refit must not keep the last fit's answers
             self.__dict__.pop(stale, None)
+        X = self._check_input(X, reset=True)
         src = make_source(X, self._device)
         if not src.multi_pass:
             raise InputDataError(
@@ -413,6 +446,7 @@ class MiniBatchKMeans:
         if first:
             self._validate_params()
             self._device = resolve_device(self.device, key="device")
+        X = self._check_input(X, reset=first)
         src = make_source(X, self._device)
         if first:
             seed = self._seed()
@@ -470,6 +504,7 @@ class MiniBatchKMeans:
     def _passes(self, X):
         """Yield ``(chunk, labels, sqdist)`` for every chunk of ``X`` with the fitted centres."""
         self._check_fitted()
+        X = self._check_input(X, reset=False)
         src = make_source(X, self._device)
         centers = self._inference_centers()
         settings = self._settings(self.n_features_in_)
@@ -570,6 +605,8 @@ class MiniBatchKMeans:
             "estimator": "gpuseg.cluster.MiniBatchKMeans",
             "params": params,
             "n_features_in_": int(self.n_features_in_),
+            "feature_names_in_": (list(map(str, self.feature_names_in_))
+                                  if hasattr(self, "feature_names_in_") else None),
             "n_clusters": int(self.n_clusters),
             "inertia_": getattr(self, "inertia_", None),
             "n_iter_": getattr(self, "n_iter_", None),
@@ -625,6 +662,8 @@ class MiniBatchKMeans:
                                  f"metadata says ({meta['n_clusters']}, {meta['n_features_in_']})")
         model.cluster_centers_ = centers.numpy().copy()
         model.n_features_in_ = int(meta["n_features_in_"])
+        if meta.get("feature_names_in_") is not None:
+            model.feature_names_in_ = np.asarray(meta["feature_names_in_"], dtype=object)
         for attr in ("inertia_", "n_iter_", "n_steps_"):
             if meta.get(attr) is not None:
                 setattr(model, attr, meta[attr])
@@ -635,6 +674,17 @@ class MiniBatchKMeans:
         )
         model._rng = np.random.default_rng(params.get("random_state"))
         return model
+
+
+def _is_streamed(X) -> bool:
+    """Tensors, memory maps, iterables of batches and callables: not for ``validate_data``."""
+    if sparse.issparse(X):  # iterable over rows, but scikit-learn names it in its error
+        return False
+    if isinstance(X, (torch.Tensor, np.memmap)):
+        return True
+    if callable(X) and not hasattr(X, "__array__"):
+        return True
+    return _is_batch_iterable(X)
 
 
 def _prefix(path) -> Path:

@@ -15,6 +15,10 @@ unchanged to new data:
 
 The fitted state is saved as safetensors (numbers) + JSON (block order, column order per
 block, weights, flags); nothing is pickled.
+
+``BlockFuser`` is a scikit-learn estimator for parameters (``get_params``/``set_params``,
+``clone``, grid searches over its parameters); its input is a dict of blocks and its output an
+``(ids, matrix)`` pair, so it is not a drop-in ``Pipeline`` step.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from sklearn.base import BaseEstimator, TransformerMixin
 
 from gpuseg.cluster._validation import (
     InputDataError,
     InvalidParameterError,
     NotFittedError,
     check_device,
+    check_param_names,
 )
 from gpuseg.runtime.device import resolve_device
 from gpuseg.runtime.io import atomic_path, read_json, write_json
@@ -109,7 +115,7 @@ def _align(name: str, ref: pa.Array, ids: pa.Array, X: np.ndarray) -> tuple[np.n
     return out, present
 
 
-class BlockFuser:
+class BlockFuser(TransformerMixin, BaseEstimator):
     """Fuse per-customer feature blocks into one matrix: align, standardise, weight, PCA, L2.
 
     Parameters
@@ -157,6 +163,15 @@ class BlockFuser:
         self.l2_normalize = l2_normalize
         self.standardize = standardize
         self.device = device
+
+    # ------------------------------------------------------------------ scikit-learn plumbing
+    def set_params(self, **params) -> BlockFuser:
+        """Set constructor parameters (scikit-learn API); unknown names are an error."""
+        check_param_names(self, params)
+        return super().set_params(**params)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "blocks_")
 
     # ------------------------------------------------------------------ validation
     def _check_params(self) -> None:
