@@ -3,8 +3,8 @@
 # benchmarks/results/ (and copied to $OUT when set, e.g. on a lent device machine).
 #   bash scripts/gpu-checks.sh            # tests + benchmarks
 #   bash scripts/gpu-checks.sh tests      # CUDA tests only
-# Wheels that the machine lacks (hydra-core, omegaconf, antlr4, faiss-cpu) may sit in .whl/
-# (../shared/scripts/gpu-wheels.sh), and the text model's config and tokenizer without its weights
+# Wheels that the machine lacks (hydra-core, omegaconf, antlr4, faiss-cpu, duckdb) may sit in .whl/
+# (../shared/scripts/gpu-wheels.sh duckdb==2.0.1; the image has scikit-learn, scipy and jinja2), and the text model's config and tokenizer without its weights
 # in .minilm-config/ (python benchmarks/bench_text.py --export-config .minilm-config): carry both.
 set -uo pipefail
 cd "$(dirname "$0")/.."
