@@ -108,11 +108,11 @@ def test_unparseable_timestamp_shows_first_rows(tmp_path):
 
 
 def test_timestamp_format_fixes_it(tmp_path):
-    events = {"cid": ["a", "b"], "ts": ["01/12/2024 10:00", "31/12/2024 11:30"], "type": ["purchase"] * 2,
+    events = {"cid": ["a", "b"], "ts": ["01/02/2024 10:00", "31/03/2024 11:30"], "type": ["purchase"] * 2,
               "amount": [1.0, 2.0]}
     _run(tmp_path, _mapping(_files(tmp_path, events=events), events__timestamp_format="%d/%m/%Y %H:%M"))
     ts = pq.read_table(tmp_path / "work" / "validated" / "events.parquet")["timestamp"].to_pylist()
-    assert ts == [datetime(2024, 12, 1, 10), datetime(2024, 12, 31, 11, 30)]
+    assert ts == [datetime(2024, 2, 1, 10), datetime(2024, 3, 31, 11, 30)]
 
 
 def test_wrong_type_amount(tmp_path):
@@ -161,7 +161,9 @@ def test_empty_table(tmp_path, table):
 
 def test_unknown_customers_policy(tmp_path):
     events = {"cid": ["a", "zz", "b"], "ts": ["2024-01-01"] * 3, "type": ["purchase"] * 3, "amount": [1.0, 2.0, 3.0]}
-    texts = {"cid": ["zz"], "ts": ["2024-01-01"], "src": ["review"], "body": ["who am i"], "stars": [2.0]}
+    # one stranger among known customers (a table of nothing but strangers is an id mismatch)
+    texts = {"cid": ["zz", "a"], "ts": ["2024-01-01"] * 2, "src": ["review"] * 2, "body": ["who am i", "me"],
+             "stars": [2.0, 3.0]}
     paths = _files(tmp_path, events=events, texts=texts)
     with pytest.raises(UserInputError, match="unknown customer") as err:
         _run(tmp_path, _mapping(paths, policy={"unknown_customer": "error"}))
@@ -175,14 +177,15 @@ def test_unknown_customers_policy(tmp_path):
 
 
 def test_empty_texts_policy(tmp_path):
+    # empty texts without a rating follow the policy (rated ones keep their rating: test_validate_texts.py)
     texts = {"cid": ["a", "b", "c"], "ts": ["2024-01-01"] * 3, "src": ["review"] * 3, "body": ["fine", "   ", None],
-             "stars": [4.0, 1.0, 2.0]}
+             "stars": [4.0, None, None]}
     paths = _files(tmp_path, texts=texts)
     with pytest.raises(UserInputError, match="empty text"):
         _run(tmp_path, _mapping(paths, policy={"empty_text": "error"}))
     report = _run(tmp_path, _mapping(paths))
     assert report["tables"]["texts"] == {"rows_read": 3, "rows_kept": 1, "rejected": {"empty text": 2},
-                                         "repaired_utf8": 0}
+                                         "repaired_utf8": 0, "dropped_values": {}}
 
 
 def test_duplicate_events_policy(tmp_path):
@@ -272,7 +275,8 @@ def test_large_input_streams_in_batches(tmp_path):
     events = {"cid": ids[rng.integers(0, 500, n)], "ts": pa.array(rng.integers(0, 10**15, n), pa.timestamp("us")),
               "type": np.array(["view", "purchase"])[rng.integers(0, 2, n)], "amount": rng.random(n)}
     customers = {"cid": ids, "age": rng.random(500), "region": ["n"] * 500, "churned": [0] * 500}
-    paths = _files(tmp_path, customers=customers, events=events)
+    texts = {"cid": ["c1"], "ts": ["2024-01-02"], "src": ["review"], "body": ["great"], "stars": [5.0]}
+    paths = _files(tmp_path, customers=customers, events=events, texts=texts)
     mapping = _mapping(paths)
     mapping.batch_size = 4096
     report = _run(tmp_path, mapping)

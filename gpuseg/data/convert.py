@@ -14,7 +14,14 @@ import pyarrow.compute as pc
 from gpuseg.data.schema import TIMESTAMP
 from gpuseg.runtime.errors import UserInputError
 
-_TIMESTAMP_UNITS = ("s", "ms", "us", "ns")
+#: units of numeric epoch timestamps (``timestamp_unit``)
+TIMESTAMP_UNITS = ("s", "ms", "us", "ns")
+_MICROS_PER_UNIT = {"s": 1_000_000, "ms": 1_000, "us": 1}
+
+# Integers in this range read as YYYYMMDD dates (20110901); as epoch numbers they would all fall
+# within a few days of 1970, which real data never does.
+_YYYYMMDD = (19000101, 21001231)
+_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 
 
 def to_string(arr: pa.Array) -> tuple[pa.Array, int]:
@@ -120,9 +127,11 @@ def to_timestamp(arr: pa.Array, *, fmt: str | None = None, unit: str = "s") -> t
     Parameters
     ----------
     arr : pyarrow.Array
-        Timestamps, dates, ISO-8601 strings (with or without a zone offset) or epoch numbers.
+        Timestamps, dates, ISO-8601 strings (with or without a zone offset), epoch numbers, or
+        epoch numbers as text (as CSV files hold them).
     fmt : str, optional
-        strptime format for strings that are not ISO 8601.
+        strptime format for values that are not ISO 8601 or epoch numbers; numbers are formatted
+        as integers first, so ``"%Y%m%d"`` reads both ``20110901`` and ``"20110901"``.
     unit : {"s", "ms", "us", "ns"}
         Unit of numeric epoch values.
 
@@ -130,37 +139,111 @@ def to_timestamp(arr: pa.Array, *, fmt: str | None = None, unit: str = "s") -> t
     -------
     (pyarrow.Array, numpy.ndarray)
         The timestamps and the mask of non-null values that did not parse.
+
+    Raises
+    ------
+    UserInputError
+        When, with no ``fmt``, every number looks like a YYYYMMDD date (19000101 to 21001231):
+        read as epoch numbers they would all land in 1970, so the format is asked for instead.
     """
     arr = _combine(arr)
-    no_bad = np.zeros(len(arr), dtype=bool)
+    if unit not in TIMESTAMP_UNITS:
+        raise ValueError(f"timestamp unit must be one of {TIMESTAMP_UNITS}, got {unit!r}")
     if pa.types.is_timestamp(arr.type):
         if arr.type.tz is not None:
             arr = pc.cast(arr, pa.timestamp(arr.type.unit))  # drops the zone, keeps the UTC instant
-        return arr.cast(TIMESTAMP), no_bad
+        return arr.cast(TIMESTAMP), np.zeros(len(arr), dtype=bool)
     if pa.types.is_date(arr.type):
-        return arr.cast(pa.timestamp("s")).cast(TIMESTAMP), no_bad
-    if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
-        if unit not in _TIMESTAMP_UNITS:
-            raise ValueError(f"timestamp unit must be one of {_TIMESTAMP_UNITS}, got {unit!r}")
-        values = arr.cast(pa.float64()).to_numpy(zero_copy_only=False)
-        scale = {"s": 1e6, "ms": 1e3, "us": 1.0, "ns": 1e-3}[unit]
-        finite = np.isfinite(values)
-        micros = np.where(finite, values * scale, 0).astype(np.int64)
-        valid = pc.is_valid(arr).to_numpy(zero_copy_only=False)
-        return pa.array(micros, TIMESTAMP, mask=~(finite & valid)), valid & ~finite
+        return arr.cast(pa.timestamp("s")).cast(TIMESTAMP), np.zeros(len(arr), dtype=bool)
+    if _is_number(arr.type):
+        return _strptime(_integer_text(arr), fmt) if fmt else _from_epoch(arr, unit)
     strings = pc.utf8_trim_whitespace(to_string(arr)[0])
     strings = pc.if_else(pc.equal(strings, ""), pa.nulls(len(strings), pa.string()), strings)
-    valid = pc.is_valid(strings).to_numpy(zero_copy_only=False)
     if fmt:
-        parsed = pc.strptime(strings, format=fmt, unit="us", error_is_null=True)
-        return parsed.cast(TIMESTAMP), valid & ~pc.is_valid(parsed).to_numpy(zero_copy_only=False)
+        return _strptime(strings, fmt)
+    numbers = _numeric_text(strings)
+    if numbers is not None:
+        return _from_epoch(numbers, unit)
+    return _parse_iso(strings)
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def _strptime(strings: pa.Array, fmt: str) -> tuple[pa.Array, np.ndarray]:
+    valid = pc.is_valid(strings).to_numpy(zero_copy_only=False)
+    parsed = pc.strptime(strings, format=fmt, unit="us", error_is_null=True)
+    return parsed.cast(TIMESTAMP), valid & ~pc.is_valid(parsed).to_numpy(zero_copy_only=False)
+
+
+def _integer_text(arr: pa.Array) -> pa.Array:
+    """Numbers as text for strptime; integral floats (20110901.0, as pandas writes) lose their ``.0``."""
+    if pa.types.is_integer(arr.type):
+        return arr.cast(pa.string())
+    values = arr.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    finite = np.isfinite(values)
+    if np.all(np.floor(values[finite]) == values[finite]):
+        ints = pa.array(np.where(finite, values, 0).astype(np.int64), mask=~finite)
+        return pc.if_else(pc.is_valid(arr), ints, pa.nulls(len(arr), pa.int64())).cast(pa.string())
+    return arr.cast(pa.string())
+
+
+def _numeric_text(strings: pa.Array) -> pa.Array | None:
+    """The strings as integers (exact) or floats when every non-null one is a number, else None."""
+    head = strings.drop_null().slice(0, 64)
+    # a failed cast costs as much as a full parse: only try when the first values are numbers
+    if not len(head) or not pc.all(pc.match_substring_regex(head, _NUMBER)).as_py():
+        return None
+    for target in (pa.int64(), pa.float64()):
+        try:
+            return strings.cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    return None
+
+
+def _from_epoch(arr: pa.Array, unit: str) -> tuple[pa.Array, np.ndarray]:
+    """Epoch numbers in ``unit`` to timestamps; integers stay exact, floats are scaled."""
+    _refuse_yyyymmdd(arr)
+    valid = pc.is_valid(arr).to_numpy(zero_copy_only=False)
+    if pa.types.is_integer(arr.type):
+        values = arr.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+        if unit == "ns":
+            micros = values // 1000
+        else:
+            scale = _MICROS_PER_UNIT[unit]
+            ok = np.abs(values) <= np.iinfo(np.int64).max // scale
+            micros = np.where(ok, values, 0) * scale
+            return pa.array(micros, TIMESTAMP, mask=~(valid & ok)), valid & ~ok
+        return pa.array(micros, TIMESTAMP, mask=~valid), np.zeros(len(arr), dtype=bool)
+    values = arr.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    scale = {"s": 1e6, "ms": 1e3, "us": 1.0, "ns": 1e-3}[unit]
+    finite = np.isfinite(values)
+    micros = np.where(finite, values * scale, 0).astype(np.int64)
+    return pa.array(micros, TIMESTAMP, mask=~(finite & valid)), valid & ~finite
+
+
+def _refuse_yyyymmdd(arr: pa.Array) -> None:
+    values = pc.cast(arr, pa.float64(), safe=False).drop_null().to_numpy(zero_copy_only=False)
+    if not len(values):
+        return
+    lo, hi = _YYYYMMDD
+    if np.all((values >= lo) & (values <= hi) & (np.floor(values) == values)):
+        example = int(values[0])
+        raise UserInputError(
+            f"the timestamps are numbers that look like YYYYMMDD dates (e.g. {example}); read as epoch "
+            f"numbers they would all fall in 1970. Set timestamp_format: '%Y%m%d' to read them as dates")
+
+
+def _parse_iso(strings: pa.Array) -> tuple[pa.Array, np.ndarray]:
     for target in (TIMESTAMP, pa.timestamp("us", tz="UTC")):
         try:
-            return pc.cast(strings.cast(target), TIMESTAMP), no_bad
+            return pc.cast(strings.cast(target), TIMESTAMP), np.zeros(len(strings), dtype=bool)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
     # Mixed or bad values: parse one by one (naive first, then with a zone offset).
-    out, bad = [], np.zeros(len(arr), dtype=bool)
+    out, bad = [], np.zeros(len(strings), dtype=bool)
     naive_type, aware_type = TIMESTAMP, pa.timestamp("us", tz="UTC")
     for i, v in enumerate(strings.to_pylist()):
         if v is None:

@@ -1,17 +1,24 @@
 """Streaming validation: user files in, canonical tables + rejects + a report out.
 
+A table comes from one file (``path``) or from a SQL query over named sources (``query``, run by
+DuckDB, see :mod:`gpuseg.data.sources`); either way it arrives as Arrow record batches.
+
 Fatal problems (missing file or column, unparseable values, duplicate customer ids, non-finite
-amounts, empty tables) raise :class:`UserInputError` naming the table, column, first offending
-rows and the config key to change. Recoverable problems (rows without a customer id, events or
-texts of unknown customers, empty texts, duplicate events) follow the configured policy: ``error``
-stops the same way, ``reject`` sets the rows aside in ``rejects/<table>.parquet`` with a reason.
+amounts, empty tables, ids that match almost no customer, an ``as_of`` before the data) raise
+:class:`UserInputError` naming the table, column, first offending rows and the config key to
+change. Recoverable problems (rows without a customer id, events or texts of unknown customers,
+empty texts, duplicate events or customers) follow the configured policy: ``error`` stops the
+same way, ``reject`` (or ``first``/``last`` for duplicate customers) sets the rows aside in
+``rejects/<table>.parquet`` with a reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +29,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gpuseg.data import convert
-from gpuseg.data.mapping import CustomersSpec, DataMapping, EventsSpec, FileSpec, TextsSpec
+from gpuseg.data.mapping import CustomersSpec, DataMapping, EventsSpec, FileSpec, Policy, TextsSpec
 from gpuseg.data.schema import EVENTS, REJECTS, SCHEMA_VERSION, TEXTS, validated_dir
-from gpuseg.runtime.errors import UserInputError
+from gpuseg.data.sources import QueryStream, SourceDatabase
+from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import (
     ParquetStreamWriter,
     atomic_path,
@@ -39,6 +47,12 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS_SHOWN = 5
 
+#: share of the rows with an id whose customer is unknown above which the ids look mismatched
+MISMATCH_SHARE = 0.9
+
+#: rejects reason of a text row kept for its rating, without its (empty) text
+EMPTY_TEXT_RATING_KEPT = "empty text: text dropped, rating kept"
+
 
 @dataclass
 class TableReport:
@@ -48,10 +62,13 @@ class TableReport:
     rows_kept: int = 0
     rejected: Counter = field(default_factory=Counter)
     repaired_utf8: int = 0
+    # rows kept, but with a value set aside (also listed in the rejects file), by reason
+    dropped_values: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {"rows_read": self.rows_read, "rows_kept": self.rows_kept,
-                "rejected": dict(self.rejected), "repaired_utf8": self.repaired_utf8}
+                "rejected": dict(self.rejected), "repaired_utf8": self.repaired_utf8,
+                "dropped_values": dict(self.dropped_values)}
 
 
 class _Batch:
@@ -118,8 +135,8 @@ def _check_file(spec: FileSpec, table: str, required: list[str], key: str) -> No
         raise UserInputError(f"file not found: '{path}'", table=table, config_key=f"{key}.path")
     try:
         present = table_columns(path, spec.format, delimiter=spec.delimiter)
-    except UserInputError:
-        raise
+    except UserInputError as exc:
+        raise UserInputError(exc.args[0], table=table, config_key=exc.config_key or f"{key}.path") from None
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserInputError(f"cannot read '{path}': {exc}", table=table, config_key=f"{key}.path") from None
     missing = [c for c in required if c not in present]
@@ -128,6 +145,15 @@ def _check_file(spec: FileSpec, table: str, required: list[str], key: str) -> No
             f"column(s) {missing} not found in '{path}'; the file has {present}",
             table=table, column=missing[0], config_key=f"{key}.columns",
         )
+
+
+def _open(spec: FileSpec, table: str, columns: list[str], batch_size: int, key: str,
+          db: SourceDatabase | None) -> Iterator[_Batch]:
+    """Check that the table's input has ``columns``, then return its batches (file or query)."""
+    if spec.query:
+        return _query_batches(spec, table, columns, batch_size, key, db)
+    _check_file(spec, table, columns, key)
+    return _batches(spec, table, columns, batch_size, key)
 
 
 def _batches(spec: FileSpec, table: str, columns: list[str], batch_size: int, key: str):
@@ -140,6 +166,43 @@ def _batches(spec: FileSpec, table: str, columns: list[str], batch_size: int, ke
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserInputError(f"cannot read '{spec.path}' after row {offset}: {exc}", table=table,
                              config_key=f"{key}.path") from None
+
+
+def _query_batches(spec: FileSpec, table: str, columns: list[str], batch_size: int, key: str,
+                   db: SourceDatabase) -> Iterator[_Batch]:
+    stream = db.query(spec.query, table=table, batch_size=batch_size)
+    present = list(stream.schema.names)
+    missing = [c for c in columns if c not in present]
+    if missing:
+        stream.close()
+        raise UserInputError(f"column(s) {missing} not in the output of the query; it has {present}",
+                             table=table, column=missing[0], config_key=f"{key}.columns")
+    return _stream_batches(stream, table, columns)
+
+
+def _stream_batches(stream: QueryStream, table: str, columns: list[str]) -> Iterator[_Batch]:
+    offset = 0
+    for raw in stream:
+        # only the mapped columns, as for a file, so rejects records look the same
+        raw = pa.RecordBatch.from_arrays([raw.column(c) for c in columns], names=columns)
+        yield _Batch(table, raw, offset)
+        offset += raw.num_rows
+
+
+def _where(spec: FileSpec) -> str:
+    """The table's input, for messages."""
+    return "the query's result" if spec.query else f"'{spec.path}'"
+
+
+def _input_key(spec: FileSpec, key: str) -> str:
+    return f"{key}.query" if spec.query else f"{key}.path"
+
+
+def _open_sources(mapping: DataMapping, out: Path):
+    """The DuckDB sources when a table is built by a query; nothing to open otherwise."""
+    if not mapping.uses_queries:
+        return contextlib.nullcontext(None)
+    return SourceDatabase(mapping.sources, temp_dir=out)
 
 
 def _fail_on(mask: np.ndarray, batch: _Batch, message: str, column: str, key: str) -> None:
@@ -167,24 +230,74 @@ def _null_mask(arr: pa.Array) -> np.ndarray:
     return ~_mask(pc.is_valid(arr))
 
 
+def _timestamps(arr: pa.Array, fmt: str | None, unit: str, batch: _Batch, column: str,
+                key: str) -> pa.Array:
+    """Parse a timestamp column; unparseable values are an error naming ``<key>.timestamp_format``."""
+    try:
+        ts, bad = convert.to_timestamp(arr, fmt=fmt, unit=unit)
+    except UserInputError as exc:  # numbers that look like YYYYMMDD dates
+        raise UserInputError(exc.args[0], table=batch.table, column=column, config_key=f"{key}.timestamp_format",
+                             rows=batch.rows(np.ones(batch.raw.num_rows, dtype=bool))) from None
+    _fail_on(bad, batch, "unparseable timestamp (set timestamp_format, e.g. '%d/%m/%Y %H:%M')", column,
+             f"{key}.timestamp_format")
+    return ts
+
+
+class _UnknownIds:
+    """Counts rows of unknown customers, to tell a table whose ids are written differently from
+    the customers' (42 against '00042') from a few strangers."""
+
+    def __init__(self, table: str):
+        self.table = table
+        self.with_id = 0
+        self.unknown = 0
+        self.example: str | None = None
+
+    def add(self, ids: pa.Array, with_id: np.ndarray, unknown: np.ndarray) -> None:
+        self.with_id += int(with_id.sum())
+        self.unknown += int(unknown.sum())
+        if self.example is None and unknown.any():
+            self.example = ids[int(np.flatnonzero(unknown)[0])].as_py()
+
+    def mismatched(self) -> bool:
+        return self.unknown >= 1 and self.unknown > MISMATCH_SHARE * self.with_id
+
+    def error(self, known_ids: pa.Array, rejects_path: Path | None) -> UserInputError:
+        table = self.table
+        where = f" The rejected rows are in '{rejects_path}'." if rejects_path else ""
+        return UserInputError(
+            f"{self.unknown} of {self.with_id} {table} rows with a customer id "
+            f"({100 * self.unknown / self.with_id:.0f}%) name a customer that is not in the customers table, so "
+            f"the two tables most likely write ids differently ({table} has e.g. {self.example!r}, customers "
+            f"has e.g. {known_ids[0].as_py()!r}). Make them agree: zero-padded ids read as numbers lose their "
+            "zeros (read them as text, e.g. options: {all_varchar: true} on a source, or cast in the query), "
+            f"and check data.customers.columns.customer_id and data.{table}.columns.customer_id. This stops even "
+            "with data.policy.unknown_customer: reject, since setting (nearly) every row aside is never the "
+            f"intent.{where}",
+            table=table, config_key=f"data.{table}.columns.customer_id")
+
+
 # ---------------------------------------------------------------------------------------- customers
 
 
 def _validate_customers(spec: CustomersSpec, batch_size: int, out: Path, rejects: _Rejects,
-                        policy: str, show: bool) -> tuple[pa.Array, TableReport, dict[str, Any]]:
+                        policy: Policy, show: bool,
+                        db: SourceDatabase | None = None) -> tuple[pa.Array, TableReport, dict[str, Any]]:
     key = "data.customers"
     attrs = list(dict.fromkeys(spec.numeric + spec.categorical + spec.labels))
-    source = [spec.customer_id] + [c for c in attrs if c != spec.customer_id]
-    _check_file(spec.file, "customers", source, key)
+    source = list(dict.fromkeys([spec.customer_id] + attrs + ([spec.order_by] if spec.order_by else [])))
     report = TableReport()
-    parts = []
+    parts, rows, order = [], [], []
+    # the raw batches are kept only when duplicates may be dropped: their rows go to the rejects
+    kept: list[tuple[_Batch, pa.Array]] = []
+    order_kinds: set[str] = set()
     bar = progress_bar(show, desc="validate customers", unit="rows")
-    for batch in _batches(spec.file, "customers", source, batch_size, key):
+    for batch in _open(spec.file, "customers", source, batch_size, key, db):
         raw = batch.raw
         report.rows_read += raw.num_rows
         ids = convert.to_customer_id(raw.column(spec.customer_id))
-        keep = _apply_policy(policy, _null_mask(ids), batch, "missing customer_id", spec.customer_id,
-                             "data.policy.missing_customer_id", rejects, ids, report)
+        keep = _apply_policy(policy.missing_customer_id, _null_mask(ids), batch, "missing customer_id",
+                             spec.customer_id, "data.policy.missing_customer_id", rejects, ids, report)
         columns = {"customer_id": ids}
         for name in spec.numeric:
             values, bad = convert.to_float(raw.column(name))
@@ -196,27 +309,89 @@ def _validate_customers(spec: CustomersSpec, batch_size: int, out: Path, rejects
             columns[name] = values
         for name in spec.labels:
             values, bad = _to_label(raw.column(name))
-            _fail_on(bad, batch, "expected a label such as 0/1 or true/false", name, f"{key}.labels")
+            _fail_on(bad, batch, "expected a label such as 0/1, true/false or yes/no", name, f"{key}.labels")
             columns[name] = values
-        part = pa.table(columns).filter(pa.array(keep))
-        parts.append(part)
+        parts.append(pa.table(columns).filter(pa.array(keep)))
+        rows.append(batch.offset + np.flatnonzero(keep))
+        if spec.order_by:
+            order.append(_order_key(raw.column(spec.order_by), batch, spec.order_by, order_kinds)[keep])
+        if policy.duplicate_customer != "error":
+            kept.append((batch, ids))
         bar.update(raw.num_rows)
     bar.close()
     table = pa.concat_tables(parts) if parts else pa.table({"customer_id": pa.array([], pa.string())})
     if table.num_rows == 0:
-        raise UserInputError(f"no customers with an id in '{spec.file.path}' (the table is empty)",
-                             table="customers", config_key=f"{key}.path")
-    counts = pc.value_counts(table["customer_id"])
-    dup = counts.filter(pc.greater(counts.field("counts"), 1))
-    if len(dup):
-        shown = [f"customer_id={v['values']!r} appears {v['counts']} times" for v in dup.to_pylist()[:MAX_ROWS_SHOWN]]
-        raise UserInputError(f"{len(dup)} duplicate customer id(s): each customer must have one row",
-                             table="customers", column=spec.customer_id, rows=shown,
-                             config_key=f"{key}.columns.customer_id")
+        raise UserInputError(f"no customers with an id in {_where(spec.file)} (the table is empty)",
+                             table="customers", config_key=_input_key(spec.file, key))
+    table = _duplicate_customers(table, np.concatenate(rows), np.concatenate(order) if order else None,
+                                 spec, policy.duplicate_customer, kept, rejects, report)
     report.rows_kept = table.num_rows
     write_parquet(out / "customers.parquet", table)
     meta = {"numeric": spec.numeric, "categorical": spec.categorical, "labels": spec.labels}
     return table["customer_id"].combine_chunks(), report, meta
+
+
+def _order_key(arr: pa.Array, batch: _Batch, column: str, kinds: set[str]) -> np.ndarray:
+    """``customers.order_by`` as float64 (NaN when missing): numbers, or timestamps in microseconds."""
+    kind = "timestamp"
+    if not (pa.types.is_timestamp(arr.type) or pa.types.is_date(arr.type)):
+        values, bad = convert.to_float(arr)
+        kind = "number" if not bad.any() else kind
+    if kind == "timestamp":
+        ts, bad = convert.to_timestamp(arr)
+        _fail_on(bad, batch, "expected a number or a timestamp to order duplicate customers by", column,
+                 "data.customers.order_by")
+        values = ts.cast(pa.int64())
+    if values.null_count < len(values):
+        kinds.add(kind)
+    if len(kinds) > 1:
+        raise UserInputError("the order_by column holds numbers in some rows and timestamps in others",
+                             table="customers", column=column, config_key="data.customers.order_by")
+    return values.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+
+
+def _duplicate_customers(table: pa.Table, rows: np.ndarray, order: np.ndarray | None, spec: CustomersSpec,
+                         policy: str, kept: list[tuple[_Batch, pa.Array]], rejects: _Rejects,
+                         report: TableReport) -> pa.Table:
+    """Stop on duplicate customer ids, or keep one row each (``first``/``last``) and reject the others."""
+    counts = pc.value_counts(table["customer_id"])
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))
+    if not len(dup):
+        return table
+    if policy == "error":
+        shown = [f"customer_id={v['values']!r} appears {v['counts']} times" for v in dup.to_pylist()[:MAX_ROWS_SHOWN]]
+        raise UserInputError(f"{len(dup)} duplicate customer id(s): each customer must have one row (or set "
+                             "data.policy.duplicate_customer to first or last to keep one row each)",
+                             table="customers", column=spec.customer_id, rows=shown,
+                             config_key="data.customers.columns.customer_id")
+    keep = _keep_one(table["customer_id"].combine_chunks(), rows, order, last=policy == "last")
+    by = f"by {spec.order_by}" if spec.order_by else "in row order"
+    reason = f"duplicate customer: kept the {policy} {by}"
+    dropped = rows[~keep]
+    for batch, ids in kept:
+        in_batch = np.isin(batch.offset + np.arange(batch.raw.num_rows), dropped)
+        report.rejected[reason] += rejects.add(batch, in_batch, reason, ids)
+    log.info("customers: %d rows of %d duplicated ids set aside, %s", len(dropped), len(dup),
+             reason.removeprefix("duplicate customer: "))
+    return table.filter(pa.array(keep))
+
+
+def _keep_one(ids: pa.Array, rows: np.ndarray, order: np.ndarray | None, *, last: bool) -> np.ndarray:
+    """Mask of the one row kept per customer id: the first (or last) by ``order``, then by row.
+
+    A missing ``order`` value never wins over a present one; the kept rows stay in row order.
+    """
+    codes = pc.dictionary_encode(ids).indices.to_numpy(zero_copy_only=False)
+    order = np.zeros(len(rows)) if order is None else order
+    missing = np.isnan(order)
+    value = np.where(missing, 0.0, order)
+    sign = -1 if last else 1
+    idx = np.lexsort((sign * rows, sign * value, missing, codes))
+    first = np.ones(len(idx), dtype=bool)
+    first[1:] = codes[idx][1:] != codes[idx][:-1]
+    keep = np.zeros(len(rows), dtype=bool)
+    keep[idx[first]] = True
+    return keep
 
 
 _TRUE = {"1", "true", "yes", "y", "t"}
@@ -299,32 +474,31 @@ def _event_amount(spec: EventsSpec, raw: pa.RecordBatch, batch: _Batch) -> pa.Ar
 
 
 def _validate_events(spec: EventsSpec, batch_size: int, out: Path, rejects: _Rejects,
-                     mapping: DataMapping, known_ids: pa.Array | None, show: bool):
+                     mapping: DataMapping, known_ids: pa.Array | None, show: bool,
+                     db: SourceDatabase | None = None):
     key = "data.events"
     source = _event_source_columns(spec)
-    _check_file(spec.file, "events", source, key)
+    batches = _open(spec.file, "events", source, batch_size, key, db)
     report = TableReport()
     policy = mapping.policy
+    tally = _UnknownIds("events")
     hashes = []
     attr_counts: dict[str, list[pa.Table]] = {}
     pass1 = out / ".events.pass1.parquet"
     schema = pa.schema(list(EVENTS) + [(name, pa.string()) for name in spec.extra_columns])
     bar = progress_bar(show, desc="validate events", unit="rows")
     with ParquetStreamWriter(pass1, schema) as writer:
-        for batch in _batches(spec.file, "events", source, batch_size, key):
+        for batch in batches:
             raw = batch.raw
             report.rows_read += raw.num_rows
             ids = convert.to_customer_id(raw.column(spec.columns["customer_id"]))
             keep = _apply_policy(policy.missing_customer_id, _null_mask(ids), batch, "missing customer_id",
                                  spec.columns["customer_id"], "data.policy.missing_customer_id", rejects, ids, report)
             if known_ids is not None:
-                unknown = keep & ~_mask(pc.is_in(ids, value_set=known_ids))
-                keep &= _apply_policy(policy.unknown_customer, unknown, batch, "unknown customer",
-                                      spec.columns["customer_id"], "data.policy.unknown_customer", rejects, ids, report)
-            ts, bad = convert.to_timestamp(raw.column(spec.columns["timestamp"]), fmt=spec.timestamp_format,
-                                           unit=spec.timestamp_unit)
-            _fail_on(bad, batch, "unparseable timestamp (set timestamp_format, e.g. '%d/%m/%Y %H:%M')",
-                     spec.columns["timestamp"], f"{key}.timestamp_format")
+                keep &= _unknown_customers(batch, ids, keep, known_ids, policy.unknown_customer,
+                                           spec.columns["customer_id"], rejects, report, tally)
+            ts = _timestamps(raw.column(spec.columns["timestamp"]), spec.timestamp_format, spec.timestamp_unit,
+                             batch, spec.columns["timestamp"], key)
             _fail_on(keep & _null_mask(ts), batch, "missing timestamp", spec.columns["timestamp"],
                      f"{key}.columns.timestamp")
             amount = _event_amount(spec, raw, batch)
@@ -348,10 +522,15 @@ def _validate_events(spec: EventsSpec, batch_size: int, out: Path, rejects: _Rej
                 _count_attributes(spec, raw, ids, keep, attr_counts)
             bar.update(raw.num_rows)
     bar.close()
+    if tally.mismatched():
+        pass1.unlink(missing_ok=True)
+        written = rejects.write(out / "rejects")
+        raise tally.error(known_ids, written.get("events"))
     if writer.rows == 0:
         pass1.unlink(missing_ok=True)
-        raise UserInputError(f"no usable events in '{spec.file.path}' (the table is empty or every row was "
-                             "rejected; see the rejects folder)", table="events", config_key=f"{key}.path")
+        raise UserInputError(f"no usable events in {_where(spec.file)} (the table is empty or every row was "
+                             "rejected; see the rejects folder)", table="events",
+                             config_key=_input_key(spec.file, key))
     duplicates = _duplicate_mask(np.concatenate(hashes))
     final = out / "events.parquet"
     if duplicates.any():
@@ -360,6 +539,17 @@ def _validate_events(spec: EventsSpec, batch_size: int, out: Path, rejects: _Rej
         pass1.replace(final)
     report.rows_kept = writer.rows - int(duplicates.sum())
     return report, attr_counts
+
+
+def _unknown_customers(batch: _Batch, ids: pa.Array, keep: np.ndarray, known_ids: pa.Array, policy: str,
+                       column: str, rejects: _Rejects, report: TableReport, tally: _UnknownIds) -> np.ndarray:
+    """Keep-mask after the unknown-customer policy; a batch of (nearly) only strangers means mismatched ids."""
+    unknown = keep & ~_mask(pc.is_in(ids, value_set=known_ids))
+    tally.add(ids, keep, unknown)
+    if policy == "error" and tally.mismatched():
+        raise tally.error(known_ids, None)
+    return _apply_policy(policy, unknown, batch, "unknown customer", column, "data.policy.unknown_customer",
+                         rejects, ids, report)
 
 
 def _count_attributes(spec: EventsSpec, raw: pa.RecordBatch, ids: pa.Array, keep: np.ndarray,
@@ -436,34 +626,40 @@ def _derive_customers(out: Path, spec: EventsSpec, attr_counts: dict[str, list[p
 
 
 def _validate_texts(spec: TextsSpec, batch_size: int, out: Path, rejects: _Rejects,
-                    mapping: DataMapping, known_ids: pa.Array, show: bool) -> TableReport:
+                    mapping: DataMapping, known_ids: pa.Array, show: bool,
+                    db: SourceDatabase | None = None) -> TableReport:
     key = "data.texts"
-    source = list(dict.fromkeys(c for c in spec.columns.values() if c))
-    _check_file(spec.file, "texts", source, key)
+    cols = [c for name, c in spec.columns.items() if c and name != "text"] + spec.text_sources
+    source = list(dict.fromkeys(cols))
+    batches = _open(spec.file, "texts", source, batch_size, key, db)
     report = TableReport()
     policy = mapping.policy
+    tally = _UnknownIds("texts")
+    text_column = spec.text_sources[0]
     bar = progress_bar(show, desc="validate texts", unit="rows")
     with ParquetStreamWriter(out / "texts.parquet", TEXTS) as writer:
-        for batch in _batches(spec.file, "texts", source, batch_size, key):
+        for batch in batches:
             raw = batch.raw
             n = raw.num_rows
             report.rows_read += n
             ids = convert.to_customer_id(raw.column(spec.columns["customer_id"]))
             keep = _apply_policy(policy.missing_customer_id, _null_mask(ids), batch, "missing customer_id",
                                  spec.columns["customer_id"], "data.policy.missing_customer_id", rejects, ids, report)
-            unknown = keep & ~_mask(pc.is_in(ids, value_set=known_ids))
-            keep &= _apply_policy(policy.unknown_customer, unknown, batch, "unknown customer",
-                                  spec.columns["customer_id"], "data.policy.unknown_customer", rejects, ids, report)
-            text, repaired = convert.to_string(raw.column(spec.columns["text"]))
-            report.repaired_utf8 += repaired
+            keep &= _unknown_customers(batch, ids, keep, known_ids, policy.unknown_customer,
+                                       spec.columns["customer_id"], rejects, report, tally)
+            text = _text(raw, spec, report)
+            rating = _rating(raw, spec, batch)
             empty = keep & ~_mask(pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False))
-            keep &= _apply_policy(policy.empty_text, empty, batch, "empty text", spec.columns["text"],
+            # a rating says something even without words: keep the row, set only the empty text aside
+            rated = empty & _mask(pc.is_valid(rating))
+            if rated.any():
+                report.dropped_values[EMPTY_TEXT_RATING_KEPT] += rejects.add(batch, rated, EMPTY_TEXT_RATING_KEPT, ids)
+                text = pc.if_else(pa.array(rated), pa.nulls(n, pa.string()), text)
+            keep &= _apply_policy(policy.empty_text, empty & ~rated, batch, "empty text", text_column,
                                   "data.policy.empty_text", rejects, ids, report)
             if spec.columns["timestamp"]:
-                ts, bad = convert.to_timestamp(raw.column(spec.columns["timestamp"]), fmt=spec.timestamp_format,
-                                               unit=spec.timestamp_unit)
-                _fail_on(bad, batch, "unparseable timestamp (set timestamp_format)", spec.columns["timestamp"],
-                         f"{key}.timestamp_format")
+                ts = _timestamps(raw.column(spec.columns["timestamp"]), spec.timestamp_format, spec.timestamp_unit,
+                                 batch, spec.columns["timestamp"], key)
             else:
                 ts = pa.nulls(n, EVENTS.field("timestamp").type)
             if spec.columns["source"]:
@@ -471,22 +667,52 @@ def _validate_texts(spec: TextsSpec, batch_size: int, out: Path, rejects: _Rejec
                 src = pc.fill_null(src, spec.source_constant or "unknown")
             else:
                 src = pa.array(np.full(n, spec.source_constant, dtype=object), pa.string())
-            if spec.columns["rating"]:
-                rating, bad = convert.to_float(raw.column(spec.columns["rating"]))
-                _fail_on(bad, batch, "expected a numeric rating", spec.columns["rating"], f"{key}.columns.rating")
-                finite = pc.fill_null(pc.is_finite(rating), True)
-                _fail_on(~_mask(finite), batch, "rating must be finite", spec.columns["rating"], f"{key}.columns.rating")
-            else:
-                rating = pa.nulls(n, pa.float64())
             part = pa.table({"customer_id": ids, "timestamp": ts, "source": src, "text": text, "rating": rating})
             writer.write(part.filter(pa.array(keep)))
             bar.update(n)
     bar.close()
     report.rows_kept = writer.rows
+    if tally.mismatched():
+        (out / "texts.parquet").unlink(missing_ok=True)
+        written = rejects.write(out / "rejects")
+        raise tally.error(known_ids, written.get("texts"))
     if report.rows_read == 0:
-        raise UserInputError(f"'{spec.file.path}' has no rows (the table is empty)", table="texts",
-                             config_key=f"{key}.path")
+        raise UserInputError(f"{_where(spec.file)} has no rows (the table is empty)", table="texts",
+                             config_key=_input_key(spec.file, key))
     return report
+
+
+def _text(raw: pa.RecordBatch, spec: TextsSpec, report: TableReport) -> pa.Array:
+    """The text of each row: one column, or the non-blank parts of ``text_columns`` joined."""
+    parts = []
+    for name in spec.text_sources:
+        values, repaired = convert.to_string(raw.column(name))
+        report.repaired_utf8 += repaired
+        parts.append(values)
+    if len(parts) == 1:
+        return parts[0]
+    joined = None
+    for part in parts:
+        blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(part)), 0), True)
+        part = pc.if_else(blank, pa.nulls(len(part), pa.string()), part)
+        if joined is None:
+            joined = part
+            continue
+        # null when either side is null, then whichever side is present (a skipped part adds no separator)
+        both = pc.binary_join_element_wise(joined, part, spec.text_separator)
+        joined = pc.coalesce(both, joined, part)
+    return joined
+
+
+def _rating(raw: pa.RecordBatch, spec: TextsSpec, batch: _Batch) -> pa.Array:
+    column = spec.columns["rating"]
+    if not column:
+        return pa.nulls(raw.num_rows, pa.float64())
+    rating, bad = convert.to_float(raw.column(column))
+    _fail_on(bad, batch, "expected a numeric rating", column, "data.texts.columns.rating")
+    finite = pc.fill_null(pc.is_finite(rating), True)
+    _fail_on(~_mask(finite), batch, "rating must be finite", column, "data.texts.columns.rating")
+    return rating
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -503,7 +729,8 @@ def validate_tables(mapping: DataMapping, work_dir: str | Path, *, as_of: str | 
     work_dir : path-like
         Project work directory.
     as_of : str, optional
-        Observation cut-off, recorded in the schema for downstream jobs.
+        Observation cut-off, recorded in the schema for downstream jobs. With events, one before
+        the first event is an error and one on or after the last a warning (nothing held out).
     roles : dict, optional
         Event-type roles (purchase, return, ...), recorded in the schema.
     progress : bool
@@ -512,33 +739,28 @@ def validate_tables(mapping: DataMapping, work_dir: str | Path, *, as_of: str | 
     Returns
     -------
     dict
-        The validation report (also written to ``validated/validation.json``).
+        The validation report (also written to ``validated/validation.json``): ``n_customers``,
+        per-table counts, rejects files, ``warnings`` and ``output_dir``.
+
+    Notes
+    -----
+    Without events (``mapping.events`` None) no ``events.parquet`` is written (a stale one is
+    removed) and ``schema.json`` has ``"events": null`` and no ``events`` in ``"tables"``.
     """
     out = validated_dir(work_dir)
     out.mkdir(parents=True, exist_ok=True)
     rejects = _Rejects()
-    reports: dict[str, TableReport] = {}
-    known = None
-    customer_meta: dict[str, Any]
-    if mapping.customers is not None:
-        known, reports["customers"], customer_meta = _validate_customers(
-            mapping.customers, mapping.batch_size, out, rejects, mapping.policy.missing_customer_id, progress)
-    reports["events"], attr_counts = _validate_events(mapping.events, mapping.batch_size, out, rejects,
-                                                      mapping, known, progress)
-    if mapping.customers is None:
-        known, customer_meta = _derive_customers(out, mapping.events, attr_counts)
-        reports["customers"] = TableReport(rows_read=len(known), rows_kept=len(known))
-        log.info("no customers table: %d customers derived from the events", len(known))
-    (out / "texts.parquet").unlink(missing_ok=True)
-    if mapping.texts is not None:
-        reports["texts"] = _validate_texts(mapping.texts, mapping.batch_size, out, rejects, mapping, known, progress)
+    warnings: list[str] = []
+    with _open_sources(mapping, out) as db:
+        reports, known, customer_meta, events_summary = _validate_all(mapping, out, rejects, db, as_of,
+                                                                      warnings, progress)
     rejects_written = rejects.write(out / "rejects")
-    events_summary = _events_summary(out / "events.parquet")
     schema = {
         "schema_version": SCHEMA_VERSION,
         "tables": sorted(reports),
         "customers": {**customer_meta, "derived_from_events": mapping.customers is None},
-        "events": {"extra_columns": list(mapping.events.extra_columns), **events_summary},
+        "events": ({"extra_columns": list(mapping.events.extra_columns), **events_summary}
+                   if mapping.events is not None else None),
         "texts": _texts_summary(out / "texts.parquet") if mapping.texts is not None else None,
         "as_of": as_of,
         "roles": roles,
@@ -548,10 +770,65 @@ def validate_tables(mapping: DataMapping, work_dir: str | Path, *, as_of: str | 
         "n_customers": len(known),
         "tables": {name: r.as_dict() for name, r in reports.items()},
         "rejects": rejects_written,
+        "warnings": warnings,
         "output_dir": str(out),
     }
     write_json(out / "validation.json", report)
     return report
+
+
+def _validate_all(mapping: DataMapping, out: Path, rejects: _Rejects, db: SourceDatabase | None,
+                  as_of: str | None, warnings: list[str], progress: bool):
+    """Validate customers, events and texts in that order (each later one checks ids against the first)."""
+    if mapping.customers is None and mapping.events is None:
+        raise ConfigError("there is neither an events nor a customers table", config_key="data.customers.path")
+    reports: dict[str, TableReport] = {}
+    known = None
+    customer_meta: dict[str, Any] = {}
+    events_summary = None
+    attr_counts: dict[str, list[pa.Table]] = {}
+    if mapping.customers is not None:
+        known, reports["customers"], customer_meta = _validate_customers(
+            mapping.customers, mapping.batch_size, out, rejects, mapping.policy, progress, db)
+    if mapping.events is not None:
+        reports["events"], attr_counts = _validate_events(mapping.events, mapping.batch_size, out, rejects,
+                                                          mapping, known, progress, db)
+        events_summary = _events_summary(out / "events.parquet")
+        _check_as_of(as_of, events_summary, warnings)
+    else:
+        # customers-only data: a previous run's events must not pass for this run's
+        (out / "events.parquet").unlink(missing_ok=True)
+    if mapping.customers is None:
+        known, customer_meta = _derive_customers(out, mapping.events, attr_counts)
+        reports["customers"] = TableReport(rows_read=len(known), rows_kept=len(known))
+        log.info("no customers table: %d customers derived from the events", len(known))
+    (out / "texts.parquet").unlink(missing_ok=True)
+    if mapping.texts is not None:
+        reports["texts"] = _validate_texts(mapping.texts, mapping.batch_size, out, rejects, mapping, known,
+                                           progress, db)
+    return reports, known, customer_meta, events_summary
+
+
+def _check_as_of(as_of: str | None, summary: dict[str, Any], warnings: list[str]) -> None:
+    """``as_of`` before the first event is an error; on or after the last one leaves nothing held out."""
+    if as_of is None:
+        return
+    try:
+        cut = np.datetime64(str(as_of).strip().replace(" ", "T"), "us")
+    except ValueError:
+        raise ConfigError(f"data.as_of must be a date or timestamp such as 2024-06-30, got {as_of!r}",
+                          config_key="data.as_of") from None
+    first, last = summary["first"], summary["last"]
+    span = f"the events run from {first} to {last}"
+    if cut < np.datetime64(first.replace(" ", "T"), "us"):
+        raise UserInputError(f"as_of {as_of} is before the first event: {span}. Set data.as_of within that "
+                             "range (features use what happened before it, checks what came after)",
+                             table="events", config_key="data.as_of")
+    if cut >= np.datetime64(last.replace(" ", "T"), "us"):
+        message = (f"as_of {as_of} is on or after the last event ({last}; {span}): nothing is held out after "
+                   "it, so churn and value checks have no later events to measure (data.as_of)")
+        log.warning(message)
+        warnings.append(message)
 
 
 def _events_summary(path: Path) -> dict[str, Any]:

@@ -7,8 +7,10 @@ job killed half-way never leaves a truncated artifact that a later job would tru
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,17 +140,129 @@ def detect_format(path: PathLike, fmt: str = "auto") -> str:
     raise UserInputError(f"cannot tell the format of '{path}': name it .parquet or .csv, or set format")
 
 
+#: ``delimiter`` value for text files whose fields are separated by runs of spaces and tabs.
+WHITESPACE = "whitespace"
+
+# A quoted field (kept whole, blanks and all), blanks at the start or end of a line (dropped), or
+# a run of blanks between fields (one tab).
+_BLANKS_OR_QUOTED = re.compile(rb'(?P<quoted>"(?:[^"]|"")*")|(?P<edge>^[ \t]+|[ \t]+(?=\r?$))|[ \t]+', re.M)
+_EDGE_BLANKS = re.compile(rb"^[ \t]+|[ \t]+(?=\r?$)", re.M)
+_INNER_BLANKS = re.compile(rb"[ \t]+")
+
+
+def _blank_or_quoted(m: re.Match) -> bytes:
+    if m.group("quoted") is not None:
+        return m.group("quoted")
+    return b"" if m.group("edge") is not None else b"\t"
+
+
+def _blanks_to_tabs(block: bytes) -> bytes:
+    if b'"' not in block:
+        # fast path: two C-level substitutions, no Python call per field
+        return _INNER_BLANKS.sub(b"\t", _EDGE_BLANKS.sub(b"", block))
+    return _BLANKS_OR_QUOTED.sub(_blank_or_quoted, block)
+
+
+class WhitespaceCsvStream(io.RawIOBase):
+    """A whitespace-separated text file, read as tab-separated text, one block at a time.
+
+    Fields are separated by runs of spaces and tabs; blanks at the start and end of a line are
+    ignored; double-quoted fields keep their blanks (a quoted field may not span lines). Memory
+    stays bounded by the block size, and compressed files (``.gz``, ``.bz2``, ``.zst``) are
+    decompressed on the way, so the stream can go straight to ``pyarrow.csv.open_csv`` with
+    ``delimiter="\\t"``.
+
+    Parameters
+    ----------
+    path : path-like
+        The text file.
+    block_size : int
+        Bytes read from the file per block (a block is cut at its last line end).
+    """
+
+    def __init__(self, path: PathLike, block_size: int = 1 << 22):
+        super().__init__()
+        self._src = pa.input_stream(str(path), compression="detect")
+        self._block_size = block_size
+        self._pending = b""  # the unfinished last line of the previous block
+        self._out = memoryview(b"")
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._out and not self._eof:
+            self._out = memoryview(self._next_block())
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _next_block(self) -> bytes:
+        chunk = self._src.read(self._block_size)
+        if not chunk:
+            self._eof = True
+            block, self._pending = self._pending, b""
+        else:
+            data = self._pending + chunk
+            cut = data.rfind(b"\n") + 1
+            block, self._pending = data[:cut], data[cut:]
+        return _blanks_to_tabs(block)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._src.close()
+        super().close()
+
+
+def _csv_input(path: PathLike, delimiter: str):
+    """What ``pyarrow.csv.open_csv`` reads and the one-character delimiter it splits on."""
+    if delimiter == WHITESPACE:
+        return WhitespaceCsvStream(path), "\t"
+    return path, delimiter
+
+
+def duplicate_names(names: list[str]) -> list[str]:
+    """Column names that appear more than once, in order of first appearance."""
+    seen: set[str] = set()
+    return list(dict.fromkeys(n for n in names if n in seen or seen.add(n)))
+
+
 def table_columns(path: PathLike, fmt: str = "auto", *, delimiter: str = ",") -> list[str]:
-    """Column names of a Parquet or CSV file without reading its data."""
+    """Column names of a Parquet or CSV file without reading its data.
+
+    Parameters
+    ----------
+    path : path-like
+        Parquet file or folder, or (compressed) CSV file.
+    fmt : {"auto", "parquet", "csv"}
+        File format; ``auto`` goes by the file name.
+    delimiter : str
+        CSV field separator: one character, or ``"whitespace"`` for runs of spaces and tabs.
+
+    Raises
+    ------
+    UserInputError
+        When a column name appears twice: which of the two a mapping means would be a guess.
+    """
     if detect_format(path, fmt) == "parquet":
-        return list(pq.read_schema(_first_parquet_file(path)).names)
-    reader = pacsv.open_csv(
-        path,
-        read_options=pacsv.ReadOptions(block_size=1 << 16),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter),
-        convert_options=pacsv.ConvertOptions(column_types={}, strings_can_be_null=True),
-    )
-    return list(reader.schema.names)
+        names = list(pq.read_schema(_first_parquet_file(path)).names)
+    else:
+        source, delim = _csv_input(path, delimiter)
+        reader = pacsv.open_csv(
+            source,
+            read_options=pacsv.ReadOptions(block_size=1 << 16),
+            parse_options=pacsv.ParseOptions(delimiter=delim),
+            convert_options=pacsv.ConvertOptions(column_types={}, strings_can_be_null=True),
+        )
+        names = list(reader.schema.names)
+        reader.close()
+    duplicated = duplicate_names(names)
+    if duplicated:
+        raise UserInputError(f"'{path}' has duplicate column name(s) {duplicated}: rename them so that each "
+                             "column has its own name")
+    return names
 
 
 def iter_table_batches(
@@ -163,17 +277,19 @@ def iter_table_batches(
 
     CSV columns are read as raw bytes, so that neither a value that does not fit the type guessed
     from the first block nor a stray non-UTF-8 byte can abort the stream half-way; callers convert
-    them (``gpuseg.data.convert``) and report bad values row by row.
+    them (``gpuseg.data.convert``) and report bad values row by row. ``delimiter="whitespace"``
+    splits fields on runs of spaces and tabs (see :class:`WhitespaceCsvStream`).
     """
     if detect_format(path, fmt) == "parquet":
-        for file in _parquet_files(path):
+        for file in parquet_files(path):
             pf = pq.ParquetFile(file)
             yield from pf.iter_batches(batch_size=batch_size, columns=columns)
         return
+    source, delim = _csv_input(path, delimiter)
     reader = pacsv.open_csv(
-        path,
+        source,
         read_options=pacsv.ReadOptions(block_size=1 << 24),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+        parse_options=pacsv.ParseOptions(delimiter=delim, newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
             include_columns=columns,
             column_types={c: pa.binary() for c in columns},
@@ -184,7 +300,8 @@ def iter_table_batches(
     yield from reader
 
 
-def _parquet_files(path: PathLike) -> list[Path]:
+def parquet_files(path: PathLike) -> list[Path]:
+    """The Parquet file itself, or the ``.parquet`` files of a folder (sorted, hidden ones left out)."""
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
@@ -195,9 +312,9 @@ def _parquet_files(path: PathLike) -> list[Path]:
 
 
 def _first_parquet_file(path: PathLike) -> Path:
-    return _parquet_files(path)[0]
+    return parquet_files(path)[0]
 
 
 def count_rows(path: PathLike) -> int:
     """Number of rows of a Parquet file or folder of Parquet files (metadata only)."""
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in _parquet_files(path))
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))
