@@ -204,3 +204,10 @@ def test_default_rules_recover_planted_personas(tmp_path):
     rep = match_report({s: a.name for s, a in named.items()}, seg,
                        truth["persona"].to_numpy(zero_copy_only=False), SYNTHETIC_NAME_TO_PERSONA)
     assert rep["n_matched"] == 9, rep["segments"]
+
+
+def test_fallback_names_read_categorical_attributes_once():
+    lifts = {"Partner=Yes": 1.2, "Partner=No": -1.2, "tenure": 0.8, "Contract=Two year": -0.5}
+    assert fallback_name(1, lifts) == "Segment 1: Partner: Yes / high tenure"
+    assert fallback_name(2, {"attr_region=North": -2.0, "Contract=Two year": 1.0}) == \
+        "Segment 2: rarely region: North / Contract: Two year"

@@ -195,6 +195,10 @@ def _churn(cfg, x: np.ndarray, x_rfm: np.ndarray | None, y: np.ndarray, device, 
     scores = model.predict_proba(x)
     metrics = {"model": binary_metrics(y[test], scores[test]),
                "n_train": len(train), "n_test": len(test), "positive_rate": float(np.mean(y[known]))}
+    minority = int(min(y[test].sum(), len(test) - y[test].sum()))
+    if minority < 20:
+        _note(notes, f"churn AUC is measured on {len(test)} held-out customers of whom {minority} are in the "
+                     "smaller class: too few for a reliable figure")
     if x_rfm is not None:
         baseline = ChurnModel(hidden=0, **params).fit(x_rfm[train], y[train])
         metrics["rfm_logistic"] = binary_metrics(y[test], baseline.predict_proba(x_rfm[test]))

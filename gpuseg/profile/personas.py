@@ -186,16 +186,31 @@ def humanize(feature: str) -> str:
     return special.get(feature, feature.replace("_", " "))
 
 
+def _describe(feature: str, z: float) -> str:
+    """One lift in words: ``high tenure``, ``low recency``, ``Contract: Two year``, ``rarely Partner: Yes``."""
+    if "=" in feature:
+        column, value = feature.split("=", 1)
+        said = f"{column.removeprefix('attr_').replace('_', ' ')}: {value}"
+        return said if z > 0 else f"rarely {said}"
+    return f"{'high' if z > 0 else 'low'} {humanize(feature)}"
+
+
 def fallback_name(segment: int, lifts: Mapping[str, float]) -> str:
-    """``"Segment s: high <top positive lift> / low <top negative lift>"``."""
-    finite = {f: z for f, z in lifts.items() if np.isfinite(z)}
-    pos = max(finite.items(), key=lambda kv: kv[1], default=None)
-    neg = min(finite.items(), key=lambda kv: kv[1], default=None)
-    parts = []
-    if pos is not None and pos[1] > 0:
-        parts.append(f"high {humanize(pos[0])}")
-    if neg is not None and neg[1] < 0:
-        parts.append(f"low {humanize(neg[0])}")
+    """``"Segment s: <strongest lift> / <next strongest>"`` in words, from two different columns.
+
+    The two strongest lifts by size, so a segment is named after what sets it apart most; a
+    categorical attribute counts once (``Partner = Yes`` up is ``Partner = No`` down).
+    """
+    finite = sorted(((f, z) for f, z in lifts.items() if np.isfinite(z) and z != 0), key=lambda kv: -abs(kv[1]))
+    parts, columns = [], set()
+    for feature, z in finite:
+        column = feature.split("=", 1)[0]
+        if column in columns:
+            continue
+        columns.add(column)
+        parts.append(_describe(feature, z))
+        if len(parts) == 2:
+            break
     return f"Segment {segment}: " + (" / ".join(parts) if parts else "average on every feature")
 
 
