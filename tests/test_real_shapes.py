@@ -120,3 +120,38 @@ def test_chinook_store_database_end_to_end(make_cfg, tmp_path):
         assert personal not in lowered
     metrics = json.loads((work / "profile" / "metrics.json").read_text())
     assert metrics["churn"]["label"] == "no_purchase_in_holdout"
+
+
+def write_cdnow(path, n_customers=400, seed=0):
+    """Lines shaped like CDNOW_master.txt: zero-padded id, YYYYMMDD, CDs, dollars; blanks between."""
+    rng = np.random.default_rng(seed)
+    days = np.datetime64("1997-01-01") + np.arange(546)
+    lines = []
+    for c in range(1, n_customers + 1):
+        for _ in range(1 + rng.poisson(2.5)):
+            day = str(days[rng.integers(0, len(days))]).replace("-", "")
+            lines.append(f"{c:05d} {day}  {rng.integers(1, 5):>2d}  {rng.uniform(5, 80):6.2f}")
+    path.write_text("\n".join(lines) + "\n")
+    return [f"{c:05d}" for c in range(1, n_customers + 1)], len(lines)
+
+
+def test_whitespace_transaction_log_with_yyyymmdd_dates(make_cfg, tmp_path):
+    from gpuseg.jobs import features, validate
+
+    data = tmp_path / "cdnow"
+    data.mkdir()
+    ids, n_lines = write_cdnow(data / "CDNOW_master.txt")
+    validate.run(make_cfg("validate", "data=cdnow", f"paths.data_dir={data}"))
+    events = pq.read_table(tmp_path / "work" / "validated" / "events.parquet")
+    report = json.loads((tmp_path / "work" / "validated" / "validation.json").read_text())
+    rejected = sum(report["tables"]["events"]["rejected"].values())
+    assert events.num_rows + rejected == n_lines
+    # zero-padded ids kept as written; YYYYMMDD read as dates, not 1970 epochs
+    customers = pq.read_table(tmp_path / "work" / "validated" / "customers.parquet")["customer_id"].to_pylist()
+    assert sorted(customers) == ids
+    ts = events["timestamp"].to_numpy(zero_copy_only=False)
+    assert ts.min() >= np.datetime64("1997-01-01") and ts.max() <= np.datetime64("1998-07-01")
+    result = features.run(make_cfg("features", "data=cdnow", f"paths.data_dir={data}"))
+    table = pq.read_table(result["features_path"])
+    assert table.num_rows == len(customers)
+    assert np.nansum(table["monetary_sum"].to_numpy(zero_copy_only=False)) > 0
