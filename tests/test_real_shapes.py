@@ -155,3 +155,89 @@ def test_whitespace_transaction_log_with_yyyymmdd_dates(make_cfg, tmp_path):
     table = pq.read_table(result["features_path"])
     assert table.num_rows == len(customers)
     assert np.nansum(table["monetary_sum"].to_numpy(zero_copy_only=False)) > 0
+
+
+POSITIVE_PT = ["Produto excelente, chegou antes do prazo", "Muito confortável e bonito, recomendo",
+               "Ótima qualidade, entrega rápida", "Adorei, superou as expectativas"]
+NEGATIVE_PT = ["Péssimo atendimento, produto não chegou", "Produto com defeito, quero meu dinheiro de volta",
+               "Não recebi o pedido, péssima experiência", "Veio quebrado e ninguém responde"]
+
+
+def write_olist(folder, n_people=240, seed=0):
+    """The seven Olist CSVs, small: a person key per order, payments, items, catalogue, reviews."""
+    import csv
+
+    rng = np.random.default_rng(seed)
+    rows = {name: [] for name in ("customers", "orders", "items", "payments", "reviews", "products")}
+    products = [(f"p{i}", cat) for i, cat in enumerate(["cama_mesa_banho", "beleza_saude", "esporte_lazer",
+                                                        "informatica_acessorios"] * 3)]
+    rows["products"] = [{"product_id": p, "product_category_name": c} for p, c in products]
+    people, order_no = [], 0
+    for person in range(n_people):
+        unique = f"u{person:04d}"
+        people.append(unique)
+        unhappy = person % 2 == 0
+        for k in range(1 + int(rng.random() < 0.35)):  # some people order twice: two customer rows
+            order_no += 1
+            order, cust = f"o{order_no:05d}", f"c{order_no:05d}"
+            day = np.datetime64("2017-01-01") + int(rng.integers(0, 600))
+            rows["customers"].append({"customer_id": cust, "customer_unique_id": unique,
+                                      "customer_zip_code_prefix": "01001", "customer_city": "sao paulo",
+                                      "customer_state": "SP" if person % 3 else "RJ"})
+            rows["orders"].append({"order_id": order, "customer_id": cust, "order_status": "delivered",
+                                   "order_purchase_timestamp": f"{day} 10:{k:02d}:00"})
+            product = products[int(rng.integers(0, len(products)))][0]
+            price = round(float(rng.uniform(20, 300)), 2)
+            rows["items"].append({"order_id": order, "order_item_id": 1, "product_id": product, "price": price})
+            rows["payments"].append({"order_id": order, "payment_sequential": 1,
+                                     "payment_type": "boleto" if unhappy else "credit_card",
+                                     "payment_value": price})
+            texts = NEGATIVE_PT if unhappy else POSITIVE_PT
+            words = person % 5 != 0  # every fifth person reviews with a score only
+            rows["reviews"].append({"review_id": f"r{order_no:05d}", "order_id": order,
+                                    "review_score": 1 if unhappy else 5,
+                                    "review_comment_title": "Ruim" if unhappy and words else "",
+                                    "review_comment_message": texts[order_no % 4] if words else "",
+                                    "review_creation_date": f"{day + 5} 00:00:00"})
+    files = {"customers": "olist_customers_dataset.csv", "orders": "olist_orders_dataset.csv",
+             "items": "olist_order_items_dataset.csv", "payments": "olist_order_payments_dataset.csv",
+             "reviews": "olist_order_reviews_dataset.csv", "products": "olist_products_dataset.csv"}
+    for name, file in files.items():
+        with open(folder / file, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[name][0]))
+            writer.writeheader()
+            writer.writerows(rows[name])
+    (folder / "product_category_name_translation.csv").write_text(
+        "product_category_name,product_category_name_english\ncama_mesa_banho,bed_bath_table\n"
+        "beleza_saude,health_beauty\nesporte_lazer,sports_leisure\ninformatica_acessorios,computers_accessories\n")
+    return people, len(rows["customers"])
+
+
+def test_normalised_shop_database_with_portuguese_reviews(make_cfg, tmp_path):
+    from gpuseg.jobs import run
+
+    data = tmp_path / "olist"
+    data.mkdir()
+    people, n_customer_rows = write_olist(data)
+    cfg = make_cfg("run", "data=olist", f"paths.data_dir={data}", "device=cpu", "data.as_of=2018-06-01",
+                   "segment.n_clusters=2", "segment.confidence.n_bootstrap=1", "journey.epochs=1",
+                   "profile.words.min_df=1")
+    run.run(cfg)
+    work = tmp_path / "work"
+    # one row per person (the per-order customer rows are folded by the duplicate policy)
+    _segments_cover(work, people)
+    validation = json.loads((work / "validated" / "validation.json").read_text())
+    dropped = validation["tables"]["customers"]["rejected"]
+    assert sum(dropped.values()) == n_customer_rows - len(people)
+    rejects = pq.read_table(work / "validated" / "rejects" / "customers.parquet").to_pandas()
+    assert rejects["reason"].str.startswith("duplicate customer: kept the last by seen_at").all()
+    # a review with a score and no words keeps its score
+    features = pq.read_table(work / "features" / "features.parquet").to_pandas().set_index("customer_id")
+    assert features.loc["u0000", "mean_rating"] == 1.0 and features.loc["u0005", "mean_rating"] == 5.0
+    texts = json.loads((work / "validated" / "validation.json").read_text())["tables"]["texts"]
+    assert texts["dropped_values"]["empty text: text dropped, rating kept"] > 0
+    # Portuguese words come out whole, function words do not
+    profiles = json.loads((work / "profile" / "profiles.json").read_text())["segments"]
+    words = {w for p in profiles for w, _ in p["words"].get("review", [])}
+    assert words & {"péssimo", "péssima", "confortável", "ótima", "excelente", "defeito"}
+    assert not words & {"ssimo", "confort", "vel", "não", "de", "do", "meu"}
