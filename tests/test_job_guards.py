@@ -134,3 +134,27 @@ def test_a_label_without_values_is_skipped_with_a_warning(caplog):
     with pytest.raises(ConfigError, match="not a column") as err:
         customer_label("churnd", schema, customers, key="profile.churn.label")
     assert err.value.config_key == "profile.churn.label"
+
+
+def test_value_that_cannot_be_estimated_is_a_note_not_nan_for_everyone(make_cfg, tmp_path):
+    import numpy as np
+
+    from gpuseg.data.schema import EVENTS
+    from gpuseg.jobs.profile import _value
+
+    ids = pa.array([f"c{i}" for i in range(60)])
+    # one purchase each: nobody repeats, so BG/NBD has nothing to learn from
+    days = np.datetime64("2024-01-01", "us") + np.arange(60) * np.timedelta64(1, "D")
+    events = pa.table({"customer_id": ids, "timestamp": pa.array(days, pa.timestamp("us")),
+        "event_type": ["purchase"] * 60, "amount": [10.0] * 60, "category": pa.nulls(60, pa.string()),
+        "channel": pa.nulls(60, pa.string())}, schema=EVENTS)
+    path = tmp_path / "events.parquet"
+    pq.write_table(events, path)
+    notes: list[str] = []
+    out = _value(make_cfg("profile"), ids, path, {"purchase": ["purchase"]}, "2024-06-01", None, 0.0, "cpu", notes)
+    assert notes and notes[0].startswith("value not estimated: too few customers with a purchase history")
+    assert out["report"]["not_estimated"] in notes[0]
+    assert np.isnan(out["expected_value"]).all()
+    notes.clear()
+    _value(make_cfg("profile"), ids, None, {}, "2024-06-01", None, 0.0, "cpu", notes)
+    assert notes == ["value not estimated: the data have no events table"]

@@ -136,7 +136,7 @@ def write_cdnow(path, n_customers=400, seed=0):
 
 
 def test_whitespace_transaction_log_with_yyyymmdd_dates(make_cfg, tmp_path):
-    from gpuseg.jobs import features, validate
+    from gpuseg.jobs import validate
 
     data = tmp_path / "cdnow"
     data.mkdir()
@@ -151,9 +151,13 @@ def test_whitespace_transaction_log_with_yyyymmdd_dates(make_cfg, tmp_path):
     assert sorted(customers) == ids
     ts = events["timestamp"].to_numpy(zero_copy_only=False)
     assert ts.min() >= np.datetime64("1997-01-01") and ts.max() <= np.datetime64("1998-07-01")
-    result = features.run(make_cfg("features", "data=cdnow", f"paths.data_dir={data}"))
-    table = pq.read_table(result["features_path"])
-    assert table.num_rows == len(customers)
+    from gpuseg.jobs import run
+
+    result = run.run(make_cfg("run", "data=cdnow", f"paths.data_dir={data}", "device=cpu", "journey.epochs=1",
+                              "segment.confidence.n_bootstrap=1", "segment.selection.n_bootstrap=1"))
+    assert result["stages"] == ["validate", "features", "journeys", "fuse", "segment", "profile"]
+    _segments_cover(tmp_path / "work", ids)
+    table = pq.read_table(tmp_path / "work" / "features" / "features.parquet")
     assert np.nansum(table["monetary_sum"].to_numpy(zero_copy_only=False)) > 0
 
 
