@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -128,6 +127,11 @@ def _available(index: LookalikeIndex, seeds: list[str], exclude: list[str] | Non
     return index.ntotal - len(banned)
 
 
+def _or_nan(value: float | None) -> float:
+    """A score for a log line: an empty audience has none (a score of 0.0 is a score)."""
+    return float("nan") if value is None else float(value)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Expand the configured seeds into ranked audiences and write them with their reach curves."""
     ctx = start(cfg, "lookalike", needs_device=True)
@@ -184,7 +188,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             table = table.add_column(0, "query", pa.array([label] * table.num_rows, pa.string()))
         audiences.append(table)
         log.info("lookalike %s: %d seeds -> %d customers (scores %.3f .. %.3f)", label, len(ids), table.num_rows,
-                 float(pc.max(table["score"]).as_py() or np.nan), float(pc.min(table["score"]).as_py() or np.nan))
+                 _or_nan(pc.max(table["score"]).as_py()), _or_nan(pc.min(table["score"]).as_py()))
     t_expand = time.perf_counter() - t1
     audience = pa.concat_tables(audiences)
     write_parquet(artifact(work, "lookalike", "audience"), audience)

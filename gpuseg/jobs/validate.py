@@ -23,6 +23,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                              progress=bool(cfg.progress))
     for table, r in report["tables"].items():
         rejected = sum(r["rejected"].values())
-        log.info("%s: %d rows read, %d kept, %d rejected %s", table, r["rows_read"], r["rows_kept"],
-                 rejected, r["rejected"] or "")
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in r["rejected"].items())
+        log.info("%s: %d rows read, %d kept, %d rejected%s", table, r["rows_read"], r["rows_kept"],
+                 rejected, f" ({reasons})" if reasons else "")
     return finish(cfg, "validate", ctx["manifest"], report)
