@@ -341,7 +341,8 @@ class RFMFeaturizer:
         cols = ["timestamp", *counters]
         _check_columns(events_path, "events", cols)
         bar = self._bar(events_path, "fit events")
-        for batch in iter_table_batches(events_path, cols, batch_size=self.batch_size):
+        before = _before(events_path, limit)  # pushed down to the Parquet reader: later rows are not read
+        for batch in iter_table_batches(events_path, cols, batch_size=self.batch_size, filter=before):
             ts = batch.column("timestamp")
             if not pa.types.is_timestamp(ts.type) or ts.type.unit != "us" or ts.type.tz is not None:
                 ts = ts.cast(pa.timestamp("us"))
@@ -357,7 +358,8 @@ class RFMFeaturizer:
         if texts_path is not None:
             sources = Counter()
             _check_columns(texts_path, "texts", ["timestamp", "source"])
-            for batch in iter_table_batches(texts_path, ["timestamp", "source"], batch_size=self.batch_size):
+            for batch in iter_table_batches(texts_path, ["timestamp", "source"], batch_size=self.batch_size,
+                                            filter=_before(texts_path, limit)):
                 mask = _timestamps(batch) < self._as_of_us
                 _count_values(sources, pc.filter(_string_column(batch, "source"), pa.array(mask)))
             self.text_sources_ = sorted(sources)
@@ -542,6 +544,11 @@ def compute_rfm_features(events_path, customer_ids, *, as_of, texts_path=None, *
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _before(path, limit: pa.Scalar):
+    """``timestamp < limit`` as a dataset filter for Parquet input (None for CSV, read whole)."""
+    return pc.field("timestamp") < limit if detect_format(path) == "parquet" else None
 
 
 def _check_columns(path, table: str, needed: Sequence[str]) -> None:

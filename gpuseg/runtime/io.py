@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from gpuseg.runtime.errors import UserInputError
@@ -272,19 +274,26 @@ def iter_table_batches(
     fmt: str = "auto",
     batch_size: int = 262_144,
     delimiter: str = ",",
+    filter: pc.Expression | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream record batches of ``columns`` from a Parquet file/dataset or a (compressed) CSV.
+
+    Parquet goes through :mod:`pyarrow.dataset`: a file, or a folder of files (hive-partitioned
+    folders such as ``year=2024/`` give their partition columns), read with column projection and,
+    when ``filter`` is given (e.g. ``pc.field("timestamp") < as_of``), with the filter pushed down
+    to skip row groups. Batches come in file order, so a read is deterministic.
 
     CSV columns are read as raw bytes, so that neither a value that does not fit the type guessed
     from the first block nor a stray non-UTF-8 byte can abort the stream half-way; callers convert
     them (``gpuseg.data.convert``) and report bad values row by row. ``delimiter="whitespace"``
-    splits fields on runs of spaces and tabs (see :class:`WhitespaceCsvStream`).
+    splits fields on runs of spaces and tabs (see :class:`WhitespaceCsvStream`). ``filter`` is for
+    Parquet only.
     """
     if detect_format(path, fmt) == "parquet":
-        for file in parquet_files(path):
-            pf = pq.ParquetFile(file)
-            yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+        yield from parquet_dataset(path).to_batches(columns=columns, filter=filter, batch_size=batch_size)
         return
+    if filter is not None:
+        raise ValueError("iter_table_batches: a filter applies to Parquet input only")
     source, delim = _csv_input(path, delimiter)
     reader = pacsv.open_csv(
         source,
@@ -298,6 +307,15 @@ def iter_table_batches(
         ),
     )
     yield from reader
+
+
+def parquet_dataset(path: PathLike) -> ds.Dataset:
+    """A Parquet file or folder as a :class:`pyarrow.dataset.Dataset` (hidden and ``_`` files left out)."""
+    path = Path(path)
+    if path.is_dir():
+        parquet_files(path)  # a clear error for a folder without Parquet files
+        return ds.dataset(str(path), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"])
+    return ds.dataset(str(path), format="parquet")
 
 
 def parquet_files(path: PathLike) -> list[Path]:
@@ -317,4 +335,4 @@ def _first_parquet_file(path: PathLike) -> Path:
 
 def count_rows(path: PathLike) -> int:
     """Number of rows of a Parquet file or folder of Parquet files (metadata only)."""
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))
+    return parquet_dataset(path).count_rows()
