@@ -158,3 +158,23 @@ def test_value_that_cannot_be_estimated_is_a_note_not_nan_for_everyone(make_cfg,
     notes.clear()
     _value(make_cfg("profile"), ids, None, {}, "2024-06-01", None, 0.0, "cpu", notes)
     assert notes == ["value not estimated: the data have no events table"]
+
+
+def test_run_reuses_unchanged_stages_and_reruns_what_changed(make_cfg, tmp_path):
+    from gpuseg.jobs import run, segment
+
+    base = ("data.generator.n_customers=300", "device=cpu", "stages=[validate,features,fuse,segment]",
+            "segment.n_clusters=3", "segment.confidence.n_bootstrap=1")
+    first = run.run(make_cfg("run", *base))
+    assert first["reused"] == []
+    again = run.run(make_cfg("run", *base))
+    assert again["reused"] == ["validate", "features", "fuse", "segment"]
+    # a changed setting re-runs its stage and what depends on it, nothing upstream
+    changed = run.run(make_cfg("run", *base[:-2], "segment.n_clusters=4", "segment.confidence.n_bootstrap=1"))
+    assert changed["reused"] == ["validate", "features", "fuse"]
+    # a stage re-run by hand in between is not taken for the run's own result
+    segment.run(make_cfg("segment", "device=cpu", "segment.n_clusters=5", "segment.confidence.n_bootstrap=1"))
+    after = run.run(make_cfg("run", *base[:-2], "segment.n_clusters=4", "segment.confidence.n_bootstrap=1"))
+    assert after["reused"] == ["validate", "features", "fuse"]
+    forced = run.run(make_cfg("run", *base, "force=true"))
+    assert forced["reused"] == []

@@ -7,9 +7,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from gpuseg.jobs import generate, registry
+from gpuseg.jobs import generate, registry, reuse
 from gpuseg.jobs.common import finish, start, table_configured, work_dir
 from gpuseg.runtime.errors import ConfigError
+from gpuseg.runtime.io import read_json
+from gpuseg.runtime.layout import manifest_path
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +22,16 @@ _STAGE_NEEDS = {"text": "texts", "journeys": "events"}
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run ``stages`` in order and return each stage's result plus where the outputs are."""
     ctx = start(cfg, "run", needs_device=True)
+    work = work_dir(cfg)
     results: dict[str, Any] = {}
     if cfg.data.get("generate_if_missing", False) and not generate.exists(cfg):
-        log.info("no input data in %s: generating the synthetic dataset first", cfg.data.dir)
+        log.warning("no dataset in %s: generating the synthetic dataset there (point paths.data_dir at your "
+                    "files and choose a data config, e.g. data=custom, to use your own)", cfg.data.dir)
         results["generate"] = generate.run(cfg)
+    force = bool(cfg.get("force", False))
+    record = reuse.recorded(work)
+    prints = reuse.known_prints(work, record)
+    reused: list[str] = []
     for stage in cfg.stages:
         if stage not in registry.JOBS or stage == "run":
             raise ConfigError(f"unknown stage {stage!r}; stages are jobs among "
@@ -35,12 +43,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if missing and not table_configured(cfg, missing):
             log.info("== %s: skipped (this data has no %s table) ==", stage, missing)
             continue
+        prints[stage] = reuse.fingerprint(cfg, stage, prints)
+        if not force and reuse.reusable(work, stage, prints[stage], record):
+            log.info("== %s: reused (same inputs and config as its last run; force=true runs it again) ==", stage)
+            results[stage] = read_json(manifest_path(work, stage)).get("result", {})
+            reused.append(stage)
+            continue
         log.info("== %s ==", stage)
         results[stage] = registry.load(stage).run(cfg)
-    outputs = {"work_dir": str(work_dir(cfg).resolve())}
+        reuse.remember(work, stage, prints[stage], record)
+    outputs = {"work_dir": str(work.resolve())}
     for stage, result in results.items():
         for key, value in result.items():
             if key.endswith(("_path", "_dir")) or key in ("output_dir", "outputs"):
                 outputs[f"{stage}.{key}"] = value
-    result = {"stages": list(results), "outputs": outputs, "results": results}
+    result = {"stages": list(results), "reused": reused, "outputs": outputs, "results": results}
     return finish(cfg, "run", ctx["manifest"], result)
