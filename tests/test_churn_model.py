@@ -97,7 +97,7 @@ def test_same_seed_same_result_and_save_load(tmp_path):
 
 def test_bad_input_is_a_clear_error():
     X, y, _ = make_data(n=200)
-    with pytest.raises(UserInputError, match="'hidden' parameter of ChurnModel must be an int >= 0"):
+    with pytest.raises(UserInputError, match=r"'hidden' parameter of ChurnModel must be an int in the range \[0, inf\)"):
         ChurnModel(hidden=-1).fit(X, y)
     with pytest.raises(UserInputError, match="'holdout_fraction'"):
         ChurnModel(holdout_fraction=1.0).fit(X, y)

@@ -107,9 +107,13 @@ def test_cut_tree_nests_micro_in_macro():
     rng = np.random.default_rng(2)
     centres = rng.normal(size=(40, 4))
     tree = ward_linkage(centres, np.ones(40))
-    for n in (1, 4, 40):
-        labels = cut_tree(tree, n)
+    cuts = {n: cut_tree(tree, n) for n in (1, 2, 4, 7, 13, 40)}
+    for n, labels in cuts.items():
         assert len(np.unique(labels)) == n and labels[0] == 0
+    # nested: each group of a finer cut lies inside one group of every coarser cut
+    for coarse, fine in [(1, 2), (2, 4), (4, 7), (7, 13), (13, 40), (2, 13)]:
+        for group in np.unique(cuts[fine]):
+            assert len(np.unique(cuts[coarse][cuts[fine] == group])) == 1, (coarse, fine, group)
     with pytest.raises(ValueError):
         cut_tree(tree, 41)
 

@@ -182,7 +182,7 @@ def test_early_stopping_keeps_the_best_epoch(data):
 
 def test_parameter_and_input_errors(data):
     seqs, _ = data
-    with pytest.raises(ConfigError, match="'hidden_size' parameter of JourneyEncoder must be an int >= 1. Got 0 instead"):
+    with pytest.raises(ConfigError, match=r"'hidden_size' parameter of JourneyEncoder must be an int in the range \[1, inf\). Got 0 instead"):
         JourneyEncoder(hidden_size=0).fit(seqs)
     with pytest.raises(ConfigError, match="'precision' parameter"):
         JourneyEncoder(precision="fp8").fit(seqs)

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from sklearn.metrics import adjusted_rand_score
 
 from gpuseg.cluster import MiniBatchKMeans
-from gpuseg.cluster import distributed as ddp
+from gpuseg.runtime import distributed as ddp
 
 # n_init=5: both fits should reach the same optimum, so that seeding luck does not decide
 PARAMS = {"n_clusters": 10, "batch_size": 256, "n_init": 5, "random_state": 0, "device": "cpu"}

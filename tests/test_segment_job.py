@@ -11,8 +11,10 @@ import pytest
 from conftest import synthetic_project
 
 from gpuseg.cluster import MiniBatchKMeans
+from gpuseg.cluster.hierarchy import cut_tree, ward_linkage
 from gpuseg.jobs import segment
 from gpuseg.runtime.matrix import read_matrix
+from gpuseg.runtime.metrics import adjusted_rand_index
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,19 @@ def test_micro_segments_nest_in_macro_segments(project):
     # every micro-segment sits inside exactly one macro segment
     assert (seg.groupby("segment")["macro_segment"].nunique() == 1).all()
     meta = json.loads((work / "segment" / "segmentation.json").read_text())
-    assert len(meta["macro"]["of_segment"]) == 40
+    of_segment = np.asarray(meta["macro"]["of_segment"])
+    assert len(of_segment) == 40
+    # the macro segments are the Ward groups of the size-weighted micro centres, not any grouping
+    model = MiniBatchKMeans.load(work / "segment" / "kmeans", device="cpu")
+    centres = np.asarray(model.cluster_centers_, dtype=np.float64)
+    counts = np.bincount(seg["segment"].to_numpy(), minlength=40).astype(np.float64)
+    expected = cut_tree(ward_linkage(centres, counts), 4)
+    assert adjusted_rand_index(of_segment, expected) == 1.0
+    # and they are compact: a micro centre is nearer its own macro centroid than the others, mostly
+    macro_centres = np.stack([np.average(centres[of_segment == m], axis=0, weights=counts[of_segment == m])
+                              for m in range(4)])
+    nearest = np.argmin(((centres[:, None, :] - macro_centres[None]) ** 2).sum(-1), axis=1)
+    assert (nearest == of_segment).mean() >= 0.85
 
 
 def test_same_seed_same_segments(project):

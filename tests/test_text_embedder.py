@@ -267,9 +267,9 @@ def test_unsupported_sentence_transformers_module(tmp_path):
         ({"batch_size": 0}, "'batch_size' parameter"),
         ({"batch_size": 2.5}, "'batch_size' parameter"),
         ({"num_threads": -1}, "'num_threads' parameter"),
-        ({"precision": "fp8"}, "precision must be one of"),
-        ({"max_length": 4096}, "max_length must be at most 512"),
-        ({"max_length": 1}, "at least 2"),
+        ({"precision": "fp8"}, r"'precision' parameter of TextEmbedder must be a str among \{'auto', 'fp32'"),
+        ({"max_length": 4096}, r"'max_length' parameter of TextEmbedder must be an int in the range \[2, 512\]"),
+        ({"max_length": 1}, r"'max_length' parameter .* \[2, 512\] for this model. Got 1 instead"),
     ],
 )
 def test_parameter_errors(kwargs, match):

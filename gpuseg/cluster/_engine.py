@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from gpuseg.cluster import distributed as ddp
 from gpuseg.cluster._assign import (
     LloydAccumulator,
     PreparedCenters,
@@ -23,6 +22,7 @@ from gpuseg.cluster._assign import (
 )
 from gpuseg.cluster._init import kmeans_plusplus, random_rows
 from gpuseg.cluster._source import ResidentSource, Source
+from gpuseg.runtime import distributed as ddp
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gpuseg.runtime.validation import check_real
+
 
 def two_nearest(distances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Nearest and second-nearest centre and their distances from an (n, k) distance matrix chunk."""
@@ -49,8 +51,7 @@ def outlier_thresholds(labels: np.ndarray, distances: np.ndarray, k: int, quanti
 
     Empty segments get an infinite threshold.
     """
-    if not 0.0 < quantile <= 1.0:
-        raise ValueError(f"The 'quantile' parameter must be in (0, 1]. Got {quantile!r} instead.")
+    check_real("outlier_thresholds", "quantile", quantile, low=0.0, high=1.0, closed_low=False)
     order = np.argsort(labels, kind="stable")
     sorted_labels = labels[order]
     bounds = np.searchsorted(sorted_labels, np.arange(k + 1))

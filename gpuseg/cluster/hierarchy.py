@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpuseg.runtime.validation import InputDataError, check_int
+
 
 def ward_linkage(centers: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Ward linkage of weighted points, in scipy's linkage-matrix format.
@@ -32,9 +34,9 @@ def ward_linkage(centers: np.ndarray, weights: np.ndarray) -> np.ndarray:
     weights = np.asarray(weights, dtype=np.float64).reshape(-1)
     k = centers.shape[0]
     if weights.shape[0] != k:
-        raise ValueError(f"weights has {weights.shape[0]} entries for {k} centers")
+        raise InputDataError(f"weights has {weights.shape[0]} entries for {k} centers")
     if np.any(weights <= 0):
-        raise ValueError("weights must be positive (drop empty micro-segments first)")
+        raise InputDataError("weights must be positive (drop empty micro-segments first)")
     if k < 2:
         return np.zeros((0, 4))
     sq = (centers**2).sum(1)
@@ -85,8 +87,7 @@ def cut_tree(linkage: np.ndarray, n_clusters: int) -> np.ndarray:
     Labels are numbered by the smallest leaf they contain, so they are stable for a given tree.
     """
     k = linkage.shape[0] + 1
-    if not 1 <= n_clusters <= k:
-        raise ValueError(f"n_clusters must be in [1, {k}], got {n_clusters}")
+    check_int("cut_tree", "n_clusters", n_clusters, low=1, high=k)
     parent = np.arange(2 * k - 1)
     for step in range(k - n_clusters):
         a, b = int(linkage[step, 0]), int(linkage[step, 1])

@@ -18,7 +18,6 @@ It is a scikit-learn estimator (``BaseEstimator`` with the cluster and transform
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 from pathlib import Path
@@ -34,7 +33,6 @@ from sklearn.base import (
 )
 
 from gpuseg.cluster import _engine as eng
-from gpuseg.cluster import distributed as ddp
 from gpuseg.cluster._assign import (
     PRECISIONS,
     PreparedCenters,
@@ -44,26 +42,30 @@ from gpuseg.cluster._assign import (
     matmul_precision,
 )
 from gpuseg.cluster._source import ResidentSource, Source, _is_batch_iterable, make_source
-from gpuseg.cluster._validation import (
+from gpuseg.runtime import distributed as ddp
+from gpuseg.runtime.artifacts import load_artifact, save_artifact
+from gpuseg.runtime.device import resolve_device
+from gpuseg.runtime.progress import progress_bar
+from gpuseg.runtime.validation import (
     InputDataError,
     InvalidParameterError,
-    NotFittedError,
     check_array_input,
+    check_bool,
     check_device,
+    check_fitted,
     check_int,
     check_options,
     check_param_names,
     check_random_state,
     check_real,
 )
-from gpuseg.runtime.device import resolve_device
-from gpuseg.runtime.io import atomic_path, read_json, write_json
-from gpuseg.runtime.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+KIND = "gpuseg.MiniBatchKMeans"
 _NAME = "MiniBatchKMeans"
+_REMEDY = "re-run `gpuseg segment` (or fit and save the MiniBatchKMeans again)"
 
 
 class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
@@ -146,8 +148,8 @@ class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
 
     Saved models (:meth:`save`) are two files, ``<path>.safetensors`` (``cluster_centers``,
     ``counts``) and ``<path>.json`` (parameters, ``n_features_in_``, ``feature_names_in_``
-    when fitted on a DataFrame, ``inertia_``, versions,
-    ``schema_version``, SHA-256 of the tensor file); nothing is pickled.
+    when fitted on a DataFrame, ``inertia_``, library versions, ``kind``, ``schema_version`` and
+    one SHA-256 over both files, see :mod:`gpuseg.runtime.artifacts`); nothing is pickled.
 
     Examples
     --------
@@ -269,11 +271,7 @@ class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         check_int(_NAME, "refine_passes", self.refine_passes, low=0)
         check_real(_NAME, "reassignment_ratio", self.reassignment_ratio, low=0.0)
         check_int(_NAME, "init_size", self.init_size, low=1, allow_none=True)
-        if not isinstance(self.compute_labels, (bool, np.bool_)):
-            raise InvalidParameterError(
-                f"The 'compute_labels' parameter of {_NAME} must be an instance of 'bool'. "
-                f"Got {self.compute_labels!r} instead."
-            )
+        check_bool(_NAME, "compute_labels", self.compute_labels)
         check_options(_NAME, "compute_precision", self.compute_precision, PRECISIONS)
         check_int(_NAME, "chunk_size", self.chunk_size, low=1, allow_none=True)
         check_device(_NAME, self.device)
@@ -489,11 +487,7 @@ class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     # ----------------------------------------------------------------------------- inference
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "cluster_centers_"):
-            raise NotFittedError(
-                f"This {_NAME} instance is not fitted yet. Call 'fit' with appropriate arguments "
-                "before using this estimator."
-            )
+        check_fitted(_NAME, hasattr(self, "cluster_centers_"))
 
     def _inference_centers(self) -> torch.Tensor:
         state = getattr(self, "_state", None)
@@ -570,30 +564,22 @@ class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         """Write ``<path>.safetensors`` (centres, counts) and ``<path>.json`` (metadata).
 
         ``path`` may end in ``.json`` or ``.safetensors``; the other file is written beside
-        it. Both writes are atomic; the JSON records the SHA-256 of the tensor file, so a
-        mismatched pair is detected at load time.
+        it. Both writes are atomic; the JSON records one SHA-256 over the tensors and the
+        metadata, so an edited or mismatched pair is detected at load time
+        (:mod:`gpuseg.runtime.artifacts`).
 
         Returns
         -------
         pathlib.Path
             The JSON file.
         """
-        from safetensors.torch import save_file
-
         self._check_fitted()
-        prefix = _prefix(path)
-        tensors_path = prefix.with_name(prefix.name + ".safetensors")
-        json_path = prefix.with_name(prefix.name + ".json")
         state = getattr(self, "_state", None)
         counts = (state.counts if state is not None else torch.zeros(self.n_clusters)).double()
         tensors = {
-            "cluster_centers": torch.as_tensor(self.cluster_centers_).float().contiguous(),
-            "counts": counts.cpu().contiguous(),
+            "cluster_centers": torch.as_tensor(self.cluster_centers_).float(),
+            "counts": counts,
         }
-        with atomic_path(tensors_path) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "gpuseg.MiniBatchKMeans",
-                                                   "schema_version": str(SCHEMA_VERSION)})
-        digest = hashlib.sha256(tensors_path.read_bytes()).hexdigest()
         params = self.get_params()
         params["device"] = str(params["device"])
         if isinstance(params["random_state"], np.random.Generator):
@@ -601,8 +587,6 @@ class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         if not isinstance(params["init"], str):
             params["init"] = np.asarray(params["init"]).tolist()
         meta = {
-            "schema_version": SCHEMA_VERSION,
-            "estimator": "gpuseg.cluster.MiniBatchKMeans",
             "params": params,
             "n_features_in_": int(self.n_features_in_),
             "feature_names_in_": (list(map(str, self.feature_names_in_))
@@ -611,11 +595,8 @@ class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             "inertia_": getattr(self, "inertia_", None),
             "n_iter_": getattr(self, "n_iter_", None),
             "n_steps_": getattr(self, "n_steps_", None),
-            "tensors": {"file": tensors_path.name, "sha256": digest},
-            "versions": _versions(),
         }
-        write_json(json_path, meta)
-        return json_path
+        return save_artifact(path, tensors, meta, kind=KIND, version=SCHEMA_VERSION).meta
 
     @classmethod
     def load(cls, path, device="auto") -> MiniBatchKMeans:
@@ -628,27 +609,11 @@ class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device
             Where to run inference.
         """
-        from safetensors.torch import load_file
-
-        prefix = _prefix(path)
-        json_path = prefix.with_name(prefix.name + ".json")
-        tensors_path = prefix.with_name(prefix.name + ".safetensors")
-        for p in (json_path, tensors_path):
-            if not p.exists():
-                raise InputDataError(f"cannot load k-means model: '{p}' does not exist")
-        meta = read_json(json_path)
-        if meta.get("schema_version") != SCHEMA_VERSION:
-            raise InputDataError(
-                f"'{json_path}' has schema_version {meta.get('schema_version')!r}; this gpuseg "
-                f"reads version {SCHEMA_VERSION}"
-            )
-        digest = hashlib.sha256(tensors_path.read_bytes()).hexdigest()
-        if digest != meta["tensors"]["sha256"]:
-            raise InputDataError(
-                f"'{tensors_path}' does not match '{json_path}' (SHA-256 differs): the two files "
-                "come from different saves"
-            )
-        tensors = load_file(str(tensors_path))
+        art = load_artifact(path, kind=KIND, version=SCHEMA_VERSION, what="k-means model",
+                            remedy=_REMEDY, expected_shapes=lambda m: {
+                                "cluster_centers": (m["n_clusters"], m["n_features_in_"]),
+                                "counts": (m["n_clusters"],)})
+        meta, tensors = art.meta, art.tensors
         params = dict(meta["params"])
         params["device"] = device
         if isinstance(params.get("init"), list):
@@ -657,9 +622,6 @@ class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         check_device(_NAME, device)
         model._device = resolve_device(device, key="device")
         centers = tensors["cluster_centers"]
-        if tuple(centers.shape) != (meta["n_clusters"], meta["n_features_in_"]):
-            raise InputDataError(f"'{tensors_path}': centres have shape {tuple(centers.shape)}, "
-                                 f"metadata says ({meta['n_clusters']}, {meta['n_features_in_']})")
         model.cluster_centers_ = centers.numpy().copy()
         model.n_features_in_ = int(meta["n_features_in_"])
         if meta.get("feature_names_in_") is not None:
@@ -685,22 +647,3 @@ def _is_streamed(X) -> bool:
     if callable(X) and not hasattr(X, "__array__"):
         return True
     return _is_batch_iterable(X)
-
-
-def _prefix(path) -> Path:
-    path = Path(path)
-    if path.suffix in (".json", ".safetensors"):
-        return path.with_suffix("")
-    return path
-
-
-def _versions() -> dict:
-    from importlib import metadata
-
-    out = {"torch": torch.__version__, "numpy": np.__version__}
-    for name in ("gpuseg", "safetensors"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out

@@ -10,12 +10,13 @@ from __future__ import annotations
 import torch
 
 from gpuseg.runtime.metrics import adjusted_rand_index, contingency  # noqa: F401  (re-exported)
+from gpuseg.runtime.validation import InputDataError
 
 
 def _as_labels(labels: torch.Tensor) -> torch.Tensor:
     labels = torch.as_tensor(labels).long().reshape(-1)
     if labels.numel() and labels.min() < 0:
-        raise ValueError("labels must be non-negative integers")
+        raise InputDataError("labels must be non-negative integers")
     return labels
 
 
@@ -37,7 +38,7 @@ def calinski_harabasz(x: torch.Tensor, labels: torch.Tensor) -> float:
     n_clusters = int(present.sum())
     n = x.shape[0]
     if n_clusters < 2 or n_clusters >= n:
-        raise ValueError(f"calinski_harabasz needs 2 <= n_clusters < n_samples, got {n_clusters} and {n}")
+        raise InputDataError(f"calinski_harabasz needs 2 <= n_clusters < n_samples, got {n_clusters} and {n}")
     overall = x.double().mean(0)
     between = (counts[present] * ((means[present] - overall) ** 2).sum(1)).sum()
     within = ((x.double() - means[labels]) ** 2).sum()
@@ -57,7 +58,7 @@ def davies_bouldin(x: torch.Tensor, labels: torch.Tensor) -> float:
     scatter = scatter / counts.clamp_min(1)
     means, scatter = means[present], scatter[present]
     if means.shape[0] < 2:
-        raise ValueError("davies_bouldin needs at least 2 clusters")
+        raise InputDataError("davies_bouldin needs at least 2 clusters")
     separation = torch.cdist(means, means)
     ratio = (scatter[:, None] + scatter[None, :]) / separation
     ratio.fill_diagonal_(float("-inf"))
@@ -80,7 +81,7 @@ def silhouette(x: torch.Tensor, labels: torch.Tensor, *, sample_size: int | None
     _, labels = torch.unique(labels, return_inverse=True)
     k = int(labels.max()) + 1
     if k < 2 or k >= x.shape[0]:
-        raise ValueError(f"silhouette needs 2 <= n_clusters < n_samples, got {k} and {x.shape[0]}")
+        raise InputDataError(f"silhouette needs 2 <= n_clusters < n_samples, got {k} and {x.shape[0]}")
     x = x.double()
     onehot = torch.zeros(x.shape[0], k, dtype=torch.float64, device=x.device)
     onehot[torch.arange(x.shape[0], device=x.device), labels] = 1.0

@@ -23,9 +23,7 @@ block, weights, flags); nothing is pickled.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,20 +34,32 @@ import pyarrow.compute as pc
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from gpuseg.cluster._validation import (
+from gpuseg.data.convert import as_customer_ids
+from gpuseg.runtime import pca
+from gpuseg.runtime.artifacts import load_artifact, save_artifact
+from gpuseg.runtime.device import resolve_device
+from gpuseg.runtime.errors import UserInputError
+from gpuseg.runtime.validation import (
     InputDataError,
     InvalidParameterError,
-    NotFittedError,
+    check_bool,
     check_device,
+    check_fitted,
+    check_param,
     check_param_names,
+    int_range,
+    is_int,
+    is_real,
+    real_range,
+    str_options,
 )
-from gpuseg.runtime.device import resolve_device
-from gpuseg.runtime.io import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+KIND = "gpuseg.BlockFuser"
 _NAME = "BlockFuser"
+_REMEDY = "re-run `gpuseg fuse` (or fit and save the BlockFuser again)"
 _WEIGHTS = ("equal_variance", "none")
 #: rows per device chunk in transform and in the PCA covariance
 _CHUNK = 65536
@@ -57,21 +67,19 @@ _CHUNK = 65536
 BlockInput = tuple  # (ids, X) or (ids, X, columns)
 
 
-def _as_ids(ids: Any, block: str) -> pa.Array:
-    arr = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else pa.array(
-        ids if not isinstance(ids, np.ndarray) else ids.tolist())
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        arr = arr.cast(pa.string())
-    if arr.null_count:
-        raise InputDataError(f"block {block!r}: {arr.null_count} customer ids are null")
-    return arr.cast(pa.string())
+def _as_ids(ids: Any, where: str) -> pa.Array:
+    """Unique, non-null string ids (:func:`~gpuseg.data.convert.as_customer_ids`), errors naming ``where``."""
+    try:
+        return as_customer_ids(ids)
+    except UserInputError as exc:
+        raise InputDataError(f"{where}: {exc.args[0]}") from exc
 
 
 def _unpack(name: str, value: Any) -> tuple[pa.Array, np.ndarray, list[str]]:
     if not isinstance(value, (tuple, list)) or len(value) not in (2, 3):
         raise InputDataError(f"block {name!r} must be a tuple (ids, X) or (ids, X, columns), "
                              f"got {type(value).__name__}")
-    ids = _as_ids(value[0], name)
+    ids = _as_ids(value[0], f"block {name!r}")
     X = np.asarray(value[1])
     if X.ndim != 2:
         raise InputDataError(f"block {name!r}: X must be 2-D (n_customers, n_columns), got shape {X.shape}")
@@ -92,20 +100,14 @@ def _unpack(name: str, value: Any) -> tuple[pa.Array, np.ndarray, list[str]]:
 
 def _reference_ids(parsed: dict[str, tuple[pa.Array, np.ndarray, list[str]]], ids: Any) -> pa.Array:
     if ids is not None:
-        ref = _as_ids(ids, "ids")
-    else:
-        # the union of the blocks' ids, in first-seen order
-        ref = pa.concat_arrays([p[0] for p in parsed.values()])
-        ref = ref.unique() if len(ref) else ref
-    if pc.count_distinct(ref).as_py() != len(ref):
-        raise InputDataError("the reference customer ids contain duplicates")
-    return ref
+        return _as_ids(ids, "the reference ids")
+    # the union of the blocks' ids, in first-seen order
+    ref = pa.concat_arrays([p[0] for p in parsed.values()])
+    return ref.unique() if len(ref) else ref
 
 
 def _align(name: str, ref: pa.Array, ids: pa.Array, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``X`` in ``ref`` order (zeros where missing) and the presence mask."""
-    if pc.count_distinct(ids).as_py() != len(ids):
-        raise InputDataError(f"block {name!r} has duplicate customer ids")
     index = pc.index_in(ref, value_set=ids)
     present = index.is_valid().to_numpy(zero_copy_only=False)
     out = np.zeros((len(ref), X.shape[1]), dtype=np.float64)
@@ -178,31 +180,21 @@ class BlockFuser(TransformerMixin, BaseEstimator):
         w = self.weights
         if isinstance(w, Mapping):
             for key, value in w.items():
-                if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0:
-                    raise InvalidParameterError(
-                        f"The 'weights' parameter of {_NAME} must map block names to non-negative "
-                        f"floats. Got {key!r}: {value!r} instead.")
-        elif not (isinstance(w, str) and w in _WEIGHTS):
-            raise InvalidParameterError(
-                f"The 'weights' parameter of {_NAME} must be a str among {{'equal_variance', 'none'}} or a "
-                f"dict of block -> variance share. Got {w!r} instead.")
+                check_param(_NAME, "weights", {key: value}, is_real(value) and value >= 0,
+                            "a dict mapping block names to non-negative floats")
+        else:
+            check_param(_NAME, "weights", w, isinstance(w, str) and w in _WEIGHTS,
+                        f"{str_options(_WEIGHTS)} or a dict of block -> variance share")
         p = self.pca_components
-        ok = p is None or (isinstance(p, numbers.Integral) and not isinstance(p, bool) and p >= 1) or (
-            isinstance(p, float) and 0 < p < 1)
-        if not ok:
-            raise InvalidParameterError(
-                f"The 'pca_components' parameter of {_NAME} must be None, an int in the range [1, inf) or a "
-                f"float in the range (0, 1). Got {p!r} instead.")
-        for name in ("l2_normalize", "standardize"):
-            if not isinstance(getattr(self, name), bool):
-                raise InvalidParameterError(f"The '{name}' parameter of {_NAME} must be an instance of 'bool'. "
-                                            f"Got {getattr(self, name)!r} instead.")
+        check_param(_NAME, "pca_components", p,
+                    p is None or (is_int(p) and p >= 1) or (isinstance(p, float) and 0 < p < 1),
+                    f"None, {int_range(1)} or {real_range(0, 1, closed_low=False, closed_high=False)}")
+        check_bool(_NAME, "l2_normalize", self.l2_normalize)
+        check_bool(_NAME, "standardize", self.standardize)
         check_device(_NAME, self.device)
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "blocks_"):
-            raise NotFittedError(f"This {_NAME} instance is not fitted yet. Call 'fit' with appropriate "
-                                 "arguments before using this estimator.")
+        check_fitted(_NAME, hasattr(self, "blocks_"))
 
     # ------------------------------------------------------------------ fit / transform
     def fit(self, blocks: Mapping[str, BlockInput], ids: Any = None) -> BlockFuser:
@@ -328,26 +320,17 @@ class BlockFuser(TransformerMixin, BaseEstimator):
         if p is None:
             return
         n, d = fused.shape
-        mean = fused.mean(0)
-        cov = torch.zeros(d, d, dtype=torch.float64, device=device)
-        for s in range(0, n, _CHUNK):
-            x = torch.as_tensor(fused[s:s + _CHUNK] - mean, device=device)
-            cov += x.T @ x
-        cov /= max(n - 1, 1)
-        evals, evecs = torch.linalg.eigh(cov)
-        evals, evecs = evals.flip(0).clamp_min(0).cpu().numpy(), evecs.flip(1).cpu().numpy()
-        ratio = evals / evals.sum() if evals.sum() > 0 else np.zeros_like(evals)
+        mean, cov = pca.streamed_covariance(fused, device, _CHUNK)
+        axes = pca.from_covariance(cov)
+        ratio = axes.explained_variance_ratio.cpu().numpy()
         if isinstance(p, float):
-            r = int(np.searchsorted(np.cumsum(ratio), p) + 1)
+            r = pca.n_components_for(ratio, p)
         else:
             r = int(p)
             if r > min(n, d):
                 raise InvalidParameterError(f"The 'pca_components' parameter of {_NAME} must be at most "
                                             f"min(n_customers, n_features) = {min(n, d)}. Got {r} instead.")
-        comps = evecs[:, :r].T
-        # deterministic signs: the largest-magnitude loading of every component is positive
-        signs = np.sign(comps[np.arange(r), np.abs(comps).argmax(1)])
-        self.components_ = comps * np.where(signs == 0, 1.0, signs)[:, None]
+        self.components_ = axes.components[:r].cpu().numpy()
         self.pca_mean_ = mean
         self.explained_variance_ratio_ = ratio[:r]
 
@@ -387,8 +370,6 @@ class BlockFuser(TransformerMixin, BaseEstimator):
         """The JSON half of the saved transform (everything but the arrays)."""
         self._check_fitted()
         return {
-            "schema_version": SCHEMA_VERSION,
-            "estimator": _NAME,
             "params": {"weights": dict(self.weights) if isinstance(self.weights, Mapping) else self.weights,
                        "pca_components": self.pca_components, "l2_normalize": self.l2_normalize,
                        "standardize": self.standardize},
@@ -408,42 +389,24 @@ class BlockFuser(TransformerMixin, BaseEstimator):
     def save(self, path: str | Path) -> Path:
         """Write ``<path>.safetensors`` (statistics, PCA) and ``<path>.json`` (blocks, columns, weights).
 
-        Returns the JSON path. The JSON records the SHA-256 of the tensor file.
+        Returns the JSON path (see :mod:`gpuseg.runtime.artifacts` for the checksum and checks).
         """
-        from safetensors.torch import save_file
-
-        prefix = _prefix(path)
+        meta = self.to_dict()
         tensors = {}
-        for name in self.to_dict()["blocks"]:
-            tensors[f"mean.{name}"] = torch.as_tensor(self.means_[name], dtype=torch.float64)
-            tensors[f"scale.{name}"] = torch.as_tensor(self.scales_[name], dtype=torch.float64)
+        for name in meta["blocks"]:
+            tensors[f"mean.{name}"] = np.asarray(self.means_[name], dtype=np.float64)
+            tensors[f"scale.{name}"] = np.asarray(self.scales_[name], dtype=np.float64)
         if self.components_ is not None:
-            tensors["pca.components"] = torch.as_tensor(self.components_, dtype=torch.float64).contiguous()
-            tensors["pca.mean"] = torch.as_tensor(self.pca_mean_, dtype=torch.float64)
-        tensor_path = prefix.with_name(prefix.name + ".safetensors")
-        with atomic_path(tensor_path) as tmp:
-            save_file(tensors, str(tmp))
-        meta = {**self.to_dict(), "tensors": tensor_path.name,
-                "tensors_sha256": hashlib.sha256(tensor_path.read_bytes()).hexdigest()}
-        return write_json(prefix.with_name(prefix.name + ".json"), meta)
+            tensors["pca.components"] = np.asarray(self.components_, dtype=np.float64)
+            tensors["pca.mean"] = np.asarray(self.pca_mean_, dtype=np.float64)
+        return save_artifact(path, tensors, meta, kind=KIND, version=SCHEMA_VERSION).meta
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto") -> BlockFuser:
         """Load a transform written by :meth:`save`; it transforms exactly as the saved one."""
-        from safetensors.torch import load_file
-
-        prefix = _prefix(path)
-        json_path = prefix.with_name(prefix.name + ".json")
-        tensor_path = prefix.with_name(prefix.name + ".safetensors")
-        for p in (json_path, tensor_path):
-            if not p.exists():
-                raise InputDataError(f"cannot load the fusion transform: '{p}' does not exist")
-        meta = read_json(json_path)
-        if meta.get("estimator") != _NAME or meta.get("schema_version") != SCHEMA_VERSION:
-            raise InputDataError(f"'{json_path}' is not a {_NAME} transform of schema version {SCHEMA_VERSION}")
-        if hashlib.sha256(tensor_path.read_bytes()).hexdigest() != meta["tensors_sha256"]:
-            raise InputDataError(f"'{tensor_path}' does not match '{json_path}' (checksum differs)")
-        tensors = {k: v.numpy() for k, v in load_file(str(tensor_path)).items()}
+        art = load_artifact(path, kind=KIND, version=SCHEMA_VERSION, expected_shapes=_tensor_shapes,
+                            numpy=True, what="fusion transform", remedy=_REMEDY)
+        meta, tensors = art.meta, art.tensors
         params = meta["params"]
         self = cls(weights=params["weights"], pca_components=params["pca_components"],
                    l2_normalize=params["l2_normalize"], standardize=params["standardize"], device=device)
@@ -464,11 +427,14 @@ class BlockFuser(TransformerMixin, BaseEstimator):
         return self
 
 
-def _prefix(path: str | Path) -> Path:
-    path = Path(path)
-    if path.suffix in (".json", ".safetensors"):
-        return path.with_suffix("")
-    return path
+def _tensor_shapes(meta: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The tensors a saved transform holds, and their shapes, from its metadata."""
+    width = {n: len(c) for n, c in meta["columns"].items()}
+    shapes = {f"{k}.{n}": (w,) for n, w in width.items() for k in ("mean", "scale")}
+    if meta["explained_variance_ratio"] is not None:
+        r, d = len(meta["explained_variance_ratio"]), sum(width.values())
+        shapes |= {"pca.components": (r, d), "pca.mean": (d,)}
+    return shapes
 
 
 def block_from_table(table: pa.Table, columns: Sequence[str] | None = None, *,
@@ -487,8 +453,6 @@ def block_from_table(table: pa.Table, columns: Sequence[str] | None = None, *,
     block : str
         Block name used in error messages.
     """
-    from gpuseg.runtime.errors import UserInputError
-
     if "customer_id" not in table.column_names:
         raise UserInputError(f"block {block!r} has no customer_id column")
     available = [c for c in table.column_names if c != "customer_id"]

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -23,10 +22,18 @@ from gpuseg.journey.train import (
     iter_rows,
     make_batch,
 )
+from gpuseg.runtime.artifacts import load_artifact, save_artifact
 from gpuseg.runtime.device import resolve_device
-from gpuseg.runtime.errors import ConfigError, UserInputError
-from gpuseg.runtime.io import atomic_path, read_json, write_json
+from gpuseg.runtime.errors import UserInputError
 from gpuseg.runtime.progress import progress_bar
+from gpuseg.runtime.validation import (
+    check_fitted,
+    check_int,
+    check_options,
+    check_param,
+    check_real,
+    is_int,
+)
 
 
 class JourneyNet(nn.Module):
@@ -121,22 +128,10 @@ class JourneyNet(nn.Module):
 # ------------------------------------------------------------------------------------ estimator
 
 _FORMAT_VERSION = 1
+_KIND = "gpuseg.JourneyEncoder"
+_NAME = "JourneyEncoder"
 _DEFAULT_EMBED = {"event_type": 16}
 _OTHER_EMBED = 8
-
-
-def _check(name: str, value: Any, kind: type | tuple, low: float | None = None, *, allow_none: bool = False,
-           strict_low: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    ok = isinstance(value, kind) and not isinstance(value, bool)
-    if ok and low is not None:
-        ok = value > low if strict_low else value >= low
-    if not ok:
-        names = "a float" if float in (kind if isinstance(kind, tuple) else (kind,)) else "an int"
-        bound = "" if low is None else f" {'>' if strict_low else '>='} {low}"
-        raise ConfigError(f"The '{name}' parameter of JourneyEncoder must be {names}{bound}"
-                          f"{' or None' if allow_none else ''}. Got {value!r} instead.")
 
 
 class JourneyEncoder:
@@ -249,25 +244,18 @@ class JourneyEncoder:
     def _validate_params(self) -> None:
         for name in ("hidden_size", "num_layers", "out_dim", "batch_size", "epochs", "patience",
                      "encode_batch_size"):
-            _check(name, getattr(self, name), (int, np.integer), 1)
-        _check("seed", self.seed, (int, np.integer), 0)
-        _check("num_threads", self.num_threads, (int, np.integer), 1, allow_none=True)
-        for name in ("lr",):
-            _check(name, getattr(self, name), (int, float), 0, strict_low=True)
-        for name in ("weight_decay", "grad_clip", "aux_weight", "gap_weight", "mix_weight", "dropout"):
-            _check(name, getattr(self, name), (int, float), 0)
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ConfigError(f"The 'dropout' parameter of JourneyEncoder must be in [0, 1). Got {self.dropout!r} instead.")
-        _check("val_fraction", self.val_fraction, (int, float), 0)
-        if float(self.val_fraction) >= 1.0:
-            raise ConfigError("The 'val_fraction' parameter of JourneyEncoder must be a float in [0, 1). "
-                              f"Got {self.val_fraction!r} instead.")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError("The 'precision' parameter of JourneyEncoder must be one of 'auto', 'bf16', "
-                              f"'fp32'. Got {self.precision!r} instead.")
-        if self.embed_dims is not None and not isinstance(self.embed_dims, (int, Mapping)):
-            raise ConfigError("The 'embed_dims' parameter of JourneyEncoder must be an int, a dict of "
-                              f"field -> int or None. Got {self.embed_dims!r} instead.")
+            check_int(_NAME, name, getattr(self, name), low=1)
+        check_int(_NAME, "seed", self.seed, low=0)
+        check_int(_NAME, "num_threads", self.num_threads, low=1, allow_none=True)
+        check_real(_NAME, "lr", self.lr, low=0.0, closed_low=False)
+        for name in ("weight_decay", "grad_clip", "aux_weight", "gap_weight", "mix_weight"):
+            check_real(_NAME, name, getattr(self, name), low=0.0)
+        for name in ("dropout", "val_fraction"):
+            check_real(_NAME, name, getattr(self, name), low=0.0, high=1.0, closed_high=False)
+        check_options(_NAME, "precision", self.precision, ("auto", "bf16", "fp32"))
+        spec = self.embed_dims
+        check_param(_NAME, "embed_dims", spec, spec is None or is_int(spec) or isinstance(spec, Mapping),
+                    "an int, a dict of field -> int or None")
 
     def _embed_dims(self, fields: Sequence[str]) -> list[int]:
         spec = self.embed_dims
@@ -278,9 +266,7 @@ class JourneyEncoder:
             default = int(table.get("default", _OTHER_EMBED))
             dims = [int(table.get(f, default)) for f in fields]
         for f, d in zip(fields, dims, strict=True):
-            if d < 1:
-                raise ConfigError(f"The 'embed_dims' parameter of JourneyEncoder must give every field a "
-                                  f"width >= 1. Got {d} for {f!r} instead.")
+            check_param(_NAME, "embed_dims", {f: d}, d >= 1, "an int or a dict giving every field a width >= 1")
         return dims
 
     def _build_net(self, vocab_sizes, fields, n_cont, aux: bool) -> JourneyNet:
@@ -385,9 +371,7 @@ class JourneyEncoder:
         return self
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "net_"):
-            raise UserInputError("This JourneyEncoder instance is not fitted yet. Call 'fit' with "
-                                 "appropriate arguments before using this estimator.")
+        check_fitted(_NAME, hasattr(self, "net_"))
 
     def _check_sequences(self, sequences: Sequences) -> None:
         if list(sequences.categorical_names) != self.fields_ or list(sequences.vocab_sizes) != self.vocab_sizes_:
@@ -464,13 +448,7 @@ class JourneyEncoder:
         in the JSON so that one pair of files is enough to encode new data.
         """
         self._check_fitted()
-        stem = Path(path)
-        stem = stem.with_suffix("") if stem.suffix in (".json", ".safetensors") else stem
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
-        with atomic_path(stem.with_suffix(".safetensors")) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "gpuseg.journey", "version": str(_FORMAT_VERSION)})
         meta = {
-            "format_version": _FORMAT_VERSION,
             "params": self.get_params(),
             "fields": self.fields_,
             "continuous": self.continuous_,
@@ -483,28 +461,29 @@ class JourneyEncoder:
             "history": self.history_,
             **(dict(extra) if extra else {}),
         }
-        write_json(stem.with_suffix(".json"), meta)
-        return stem.with_suffix(".safetensors")
+        return save_artifact(path, self.net_.state_dict(), meta, kind=_KIND, version=_FORMAT_VERSION).tensors
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device | None = None) -> JourneyEncoder:
         """Read an encoder written by :meth:`save` (``extra`` entries land in ``metadata_``)."""
-        stem = Path(path)
-        stem = stem.with_suffix("") if stem.suffix in (".json", ".safetensors") else stem
-        for suffix in (".json", ".safetensors"):
-            if not stem.with_suffix(suffix).exists():
-                raise UserInputError(f"no journey encoder at '{stem.with_suffix(suffix)}': run `gpuseg journeys` first",
-                                     config_key="paths.work_dir")
-        meta = read_json(stem.with_suffix(".json"))
-        if meta.get("format_version") != _FORMAT_VERSION:
-            raise UserInputError(f"unsupported journey encoder format {meta.get('format_version')!r}")
-        params = dict(meta["params"])
-        if device is not None:
-            params["device"] = str(device)
-        enc = cls(**params)
+        built: dict[str, Any] = {}
+
+        def weight_shapes(meta: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+            # the network the metadata describes: its weights are what the tensor file must hold
+            params = dict(meta["params"])
+            if device is not None:
+                params["device"] = str(device)
+            built["enc"] = enc = cls(**params)
+            built["net"] = net = enc._build_net(meta["vocab_sizes"], meta["fields"], len(meta["continuous"]),
+                                                meta["has_aux"])
+            return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+        art = load_artifact(path, kind=_KIND, version=_FORMAT_VERSION, expected_shapes=weight_shapes,
+                            what="journey encoder", remedy="run `gpuseg journeys` (again) to write it",
+                            config_key="paths.work_dir")
+        meta, enc, net = art.meta, built["enc"], built["net"]
         enc.device_ = resolve_device(enc.device, key="device")
-        net = enc._build_net(meta["vocab_sizes"], meta["fields"], len(meta["continuous"]), meta["has_aux"])
-        net.load_state_dict(load_file(str(stem.with_suffix(".safetensors"))))
+        net.load_state_dict(art.tensors)
         enc.net_ = net.to(enc.device_).eval()
         enc.fields_, enc.continuous_ = list(meta["fields"]), list(meta["continuous"])
         enc.vocab_sizes_, enc.has_aux_ = list(meta["vocab_sizes"]), bool(meta["has_aux"])

@@ -22,16 +22,16 @@ backend actually used is in :attr:`LookalikeIndex.backend_used_` and the log.
 Metrics: ``ip`` (inner product), ``cosine`` (vectors L2-normalised, then inner product) and
 ``l2``. Scores are similarities for ``ip``/``cosine`` (descending) and squared L2 distances for
 ``l2`` (ascending). The index keeps the float32 vectors (``vectors_``), which the expansion
-scoring and the re-ranking use; :meth:`save` writes them as ``vectors.npy`` (memory-mapped on
-:meth:`load`), ids as ``ids.parquet``, the faiss index (approximate backends) with
-``faiss.write_index`` and the parameters as JSON; nothing is pickled.
+scoring and the re-ranking use; :meth:`save` writes them as ``index.safetensors`` (memory-mapped
+on :meth:`load`), ids as ``ids.parquet``, the faiss index (approximate backends) with
+``faiss.write_index`` and the parameters as ``index.json`` (one artifact of
+:mod:`gpuseg.runtime.artifacts`, whose checksum covers every file); nothing is pickled.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import numbers
 import time
 from pathlib import Path
 from typing import Any
@@ -42,19 +42,29 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from gpuseg.cluster._validation import (
+from gpuseg.data.convert import as_customer_ids
+from gpuseg.runtime.artifacts import ArtifactError, load_artifact, save_artifact
+from gpuseg.runtime.device import resolve_device
+from gpuseg.runtime.io import atomic_path, write_parquet
+from gpuseg.runtime.validation import (
     InputDataError,
     InvalidParameterError,
-    NotFittedError,
     check_device,
+    check_fitted,
+    check_int,
+    check_options,
+    check_param,
+    int_range,
+    is_int,
 )
-from gpuseg.runtime.device import resolve_device
-from gpuseg.runtime.io import read_json, write_json, write_numpy, write_parquet
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+KIND = "gpuseg.LookalikeIndex"
 _NAME = "LookalikeIndex"
+_REMEDY = ("rebuild it: re-run `gpuseg lookalike` with lookalike.index.rebuild=true (or build and save the "
+           "LookalikeIndex again)")
 BACKENDS = ("exact", "ivf_flat", "ivf_pq", "hnsw")
 METRICS = ("ip", "cosine", "l2")
 #: documented defaults per backend; ``auto`` values depend on the data (see module docstring)
@@ -78,14 +88,11 @@ def faiss_has_gpu() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def _as_ids(ids: Any) -> pa.Array:
-    if isinstance(ids, pa.ChunkedArray):
-        ids = ids.combine_chunks()
-    arr = ids if isinstance(ids, pa.Array) else pa.array(list(ids) if not isinstance(ids, np.ndarray)
-                                                         else ids.tolist())
-    if arr.null_count:
-        raise InputDataError(f"{arr.null_count} customer ids are null")
-    return arr.cast(pa.string())
+def _distinct_ids(ids: Any) -> pa.Array:
+    """``ids`` as :func:`~gpuseg.data.convert.as_customer_ids` gives them, repeats dropped (first kept)."""
+    if isinstance(ids, (pa.Array, pa.ChunkedArray)):
+        return as_customer_ids(pc.unique(ids))
+    return as_customer_ids(list(dict.fromkeys(ids.tolist() if isinstance(ids, np.ndarray) else ids)))
 
 
 def _as_matrix(X: Any, name: str, d: int | None = None) -> np.ndarray:
@@ -203,12 +210,8 @@ class LookalikeIndex:
 
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:
-        if self.backend not in BACKENDS:
-            raise InvalidParameterError(f"The 'backend' parameter of {_NAME} must be a str among "
-                                        f"{set(BACKENDS)}. Got {self.backend!r} instead.")
-        if self.metric not in METRICS:
-            raise InvalidParameterError(f"The 'metric' parameter of {_NAME} must be a str among "
-                                        f"{set(METRICS)}. Got {self.metric!r} instead.")
+        check_options(_NAME, "backend", self.backend, BACKENDS)
+        check_options(_NAME, "metric", self.metric, METRICS)
         check_device(_NAME, self.device)
         known = DEFAULTS[self.backend]
         unknown = sorted(set(self.params) - set(known))
@@ -217,27 +220,21 @@ class LookalikeIndex:
                                         f"its parameters are {sorted(known)}.")
         p = {**known, **self.params}
         for name in ("nlist", "nprobe", "m", "train_size"):
-            if name in p and p[name] != "auto" and not _pos_int(p[name]):
-                raise InvalidParameterError(f"The '{name}' parameter of {_NAME} must be an int in the range "
-                                            f"[1, inf) or 'auto'. Got {p[name]!r} instead.")
+            if name in p:
+                check_param(_NAME, name, p[name], p[name] == "auto" or (is_int(p[name]) and p[name] >= 1),
+                            f"{int_range(1)} or 'auto'")
         for name in ("M", "ef_construction", "ef_search", "refine", "query_batch", "tile_elements", "nbits"):
-            if name in p and not _pos_int(p[name]):
-                raise InvalidParameterError(f"The '{name}' parameter of {_NAME} must be an int in the range "
-                                            f"[1, inf). Got {p[name]!r} instead.")
-        if "rerank" in p and not (_pos_int(p["rerank"]) or p["rerank"] == 0):
-            raise InvalidParameterError(f"The 'rerank' parameter of {_NAME} must be an int in the range [0, inf). "
-                                        f"Got {p['rerank']!r} instead.")
-        if "engine" in p and p["engine"] not in ("auto", "faiss", "torch"):
-            raise InvalidParameterError(f"The 'engine' parameter of {_NAME} must be a str among "
-                                        f"{{'auto', 'faiss', 'torch'}}. Got {p['engine']!r} instead.")
-        if "precision" in p and p["precision"] not in _PRECISIONS:
-            raise InvalidParameterError(f"The 'precision' parameter of {_NAME} must be a str among "
-                                        f"{set(_PRECISIONS)}. Got {p['precision']!r} instead.")
+            if name in p:
+                check_int(_NAME, name, p[name], low=1)
+        if "rerank" in p:
+            check_int(_NAME, "rerank", p["rerank"], low=0)
+        if "engine" in p:
+            check_options(_NAME, "engine", p["engine"], ("auto", "faiss", "torch"))
+        if "precision" in p:
+            check_options(_NAME, "precision", p["precision"], _PRECISIONS)
 
     def _check_built(self) -> None:
-        if not hasattr(self, "vectors_"):
-            raise NotFittedError(f"This {_NAME} instance is not built yet. Call 'build' with the customer "
-                                 "vectors and ids before searching.")
+        check_fitted(_NAME, hasattr(self, "vectors_"), verb="built", call="build")
 
     # ------------------------------------------------------------------ build / add
     def build(self, X: Any, ids: Any) -> LookalikeIndex:
@@ -249,13 +246,11 @@ class LookalikeIndex:
         """
         self._check_params()
         X = _as_matrix(X, "X")
-        ids = _as_ids(ids)
+        ids = as_customer_ids(ids)
         if X.shape[0] != len(ids):
             raise InputDataError(f"X has {X.shape[0]} rows but {len(ids)} ids were given")
         if X.shape[0] == 0:
             raise InputDataError("cannot build an index over 0 vectors")
-        if pc.count_distinct(ids).as_py() != len(ids):
-            raise InputDataError("customer ids must be distinct")
         self._device = resolve_device(self.device, key="device")
         t0 = time.perf_counter()
         self.vectors_ = _normalize(X) if self.metric == "cosine" else X
@@ -273,13 +268,13 @@ class LookalikeIndex:
         """Add vectors of new customers (ids must not be in the index yet)."""
         self._check_built()
         X = _as_matrix(X, "X", self.d_)
-        ids = _as_ids(ids)
+        ids = as_customer_ids(ids)
         if X.shape[0] != len(ids):
             raise InputDataError(f"X has {X.shape[0]} rows but {len(ids)} ids were given")
         clash = pc.is_in(ids, value_set=self.ids_)
-        if pc.any(clash).as_py() or pc.count_distinct(ids).as_py() != len(ids):
+        if pc.any(clash).as_py():
             dup = ids.filter(clash).to_pylist()[:5]
-            raise InputDataError(f"ids already in the index or repeated (e.g. {dup}); ids must be distinct")
+            raise InputDataError(f"ids already in the index (e.g. {dup}); ids must be distinct")
         X = _normalize(X) if self.metric == "cosine" else X
         self.vectors_ = np.concatenate([np.asarray(self.vectors_), X])
         self.ids_ = pa.concat_arrays([self.ids_, ids])
@@ -421,9 +416,7 @@ class LookalikeIndex:
             Customer ids (object array, None where fewer than k were found) or rows.
         """
         self._check_built()
-        if not _pos_int(k):
-            raise InvalidParameterError(f"The 'k' parameter of {_NAME}.search must be an int in the range "
-                                        f"[1, inf). Got {k!r} instead.")
+        check_int(f"{_NAME}.search", "k", k, low=1)
         if k > self.ntotal:
             log.warning("k=%d is more than the %d indexed customers: returning %d", k, self.ntotal, self.ntotal)
             k = self.ntotal
@@ -475,9 +468,9 @@ class LookalikeIndex:
 
     # ------------------------------------------------------------------ expansion
     def rows_of(self, ids: Any) -> tuple[np.ndarray, list[str]]:
-        """Row positions of the known ``ids`` and the list of unknown ones (in input order)."""
+        """Row positions of the known ``ids`` and the list of unknown ones (in input order; repeats ignored)."""
         self._check_built()
-        arr = _as_ids(ids)
+        arr = _distinct_ids(ids)
         index = pc.index_in(arr, value_set=self.ids_)
         known = index.is_valid().to_numpy(zero_copy_only=False)
         unknown = arr.filter(pa.array(~known)).to_pylist()
@@ -539,9 +532,7 @@ class LookalikeIndex:
     def _seed_rows(self, name: Any, seeds: Any, on_unknown: str) -> np.ndarray:
         from gpuseg.runtime.errors import UserInputError
 
-        if on_unknown not in ("error", "warn"):
-            raise InvalidParameterError(f"The 'on_unknown' parameter of {_NAME}.expand must be a str among "
-                                        f"{{'error', 'warn'}}. Got {on_unknown!r} instead.")
+        check_options(f"{_NAME}.expand", "on_unknown", on_unknown, ("error", "warn"))
         label = "" if name is None else f" of query {name!r}"
         if isinstance(seeds, str):
             seeds = [seeds]
@@ -559,50 +550,57 @@ class LookalikeIndex:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        """Write the index to the folder ``path`` (created): index.json, ids.parquet, vectors.npy
-        and, for the approximate backends, index.faiss."""
+        """Write the index to the folder ``path`` (created): index.json, index.safetensors (the
+        vectors), ids.parquet and, for the approximate backends, index.faiss."""
         import faiss
 
         self._check_built()
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        write_numpy(folder / "vectors.npy", np.asarray(self.vectors_))
         write_parquet(folder / "ids.parquet", pa.table({"customer_id": self.ids_}))
+        sides = [folder / "ids.parquet"]
         faiss_file = None
         if self._faiss is not None and self.backend != "exact":
             index = self._faiss
             if "Gpu" in type(index).__name__:
                 index = faiss.index_gpu_to_cpu(index)
             faiss_file = "index.faiss"
-            tmp = folder / ".index.faiss.tmp"
-            faiss.write_index(index, str(tmp))
-            tmp.replace(folder / faiss_file)
-        elif (folder / "index.faiss").exists():
-            (folder / "index.faiss").unlink()
-        write_json(folder / "index.json", {
-            "schema_version": SCHEMA_VERSION, "estimator": _NAME, "backend": self.backend, "metric": self.metric,
-            "params": self.params, "params_resolved": self.params_, "n": self.ntotal, "d": self.d_,
-            "faiss_index": faiss_file, "backend_used": self.backend_used_,
-        })
+            with atomic_path(folder / faiss_file) as tmp:
+                faiss.write_index(index, str(tmp))
+            sides.append(folder / faiss_file)
+        else:
+            (folder / "index.faiss").unlink(missing_ok=True)
+        (folder / "vectors.npy").unlink(missing_ok=True)  # where an older gpuseg kept the vectors
+        meta = {"backend": self.backend, "metric": self.metric, "params": self.params,
+                "params_resolved": self.params_, "n": self.ntotal, "d": self.d_, "faiss_index": faiss_file,
+                "backend_used": self.backend_used_}
+        save_artifact(folder / "index", {"vectors": np.asarray(self.vectors_)}, meta, kind=KIND,
+                      version=SCHEMA_VERSION, side_files=sides)
         return folder
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto", *, mmap: bool = True) -> LookalikeIndex:
-        """Load an index written by :meth:`save`; it searches exactly as the saved one."""
+        """Load an index written by :meth:`save`; it searches exactly as the saved one.
+
+        Every file is checked first (:func:`~gpuseg.runtime.artifacts.load_artifact`): a missing,
+        truncated or altered one is an :class:`~gpuseg.runtime.artifacts.ArtifactError` that says
+        to rebuild the index, not a traceback.
+        """
         import faiss
 
         folder = Path(path)
-        meta_path = folder / "index.json"
-        if not meta_path.exists():
-            raise InputDataError(f"cannot load the lookalike index: '{meta_path}' does not exist")
-        meta = read_json(meta_path)
-        if meta.get("estimator") != _NAME or meta.get("schema_version") != SCHEMA_VERSION:
-            raise InputDataError(f"'{meta_path}' is not a {_NAME} of schema version {SCHEMA_VERSION}")
+        art = load_artifact(folder / "index", kind=KIND, version=SCHEMA_VERSION, numpy=True, mmap=mmap,
+                            expected_shapes=lambda m: {"vectors": (m["n"], m["d"])},
+                            what="lookalike index", remedy=_REMEDY, config_key="lookalike.index.rebuild")
+        meta = art.meta
         self = cls(meta["backend"], meta["metric"], device, **meta["params"])
         self._check_params()
         self._device = resolve_device(device, key="device")
-        self.vectors_ = np.load(folder / "vectors.npy", mmap_mode="r" if mmap else None)
-        self.ids_ = pq.read_table(folder / "ids.parquet")["customer_id"].combine_chunks()
+        self.vectors_ = art.tensors["vectors"]
+        self.ids_ = _read(pq.read_table, art.side_files["ids.parquet"])["customer_id"].combine_chunks()
+        if len(self.ids_) != meta["n"]:
+            raise ArtifactError(f"cannot load the lookalike index: '{art.side_files['ids.parquet']}' holds "
+                                f"{len(self.ids_)} ids for {meta['n']} vectors; {_REMEDY}")
         self.d_ = int(meta["d"])
         self.params_ = dict(meta["params_resolved"])
         if self.backend == "exact":
@@ -610,10 +608,16 @@ class LookalikeIndex:
             self._make_engine(train=False)
             self._add_to_engine(np.asarray(self.vectors_))
         else:
-            self._make_engine(train=False, index=faiss.read_index(str(folder / meta["faiss_index"])))
+            index = _read(faiss.read_index, art.side_files[meta["faiss_index"]])
+            self._make_engine(train=False, index=index)
         log.info("lookalike index loaded from %s: %s", folder, self.backend_used_)
         return self
 
 
-def _pos_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+def _read(reader, path: Path):
+    """``reader(path)``, its failure on a damaged file an :class:`ArtifactError` naming the file."""
+    try:
+        return reader(str(path))
+    except (OSError, RuntimeError, ValueError, pa.ArrowException) as exc:
+        raise ArtifactError(f"cannot load the lookalike index: '{path}' cannot be read ({exc}); {_REMEDY}",
+                            config_key="lookalike.index.rebuild") from exc

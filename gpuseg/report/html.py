@@ -45,8 +45,10 @@ from markupsafe import Markup
 
 from gpuseg.profile.personas import humanize
 from gpuseg.report.svg import bar_chart, color, heatmap, scatter, small_multiples
+from gpuseg.runtime import pca
 from gpuseg.runtime.errors import UserInputError
 from gpuseg.runtime.io import atomic_path
+from gpuseg.runtime.validation import check_int
 
 log = logging.getLogger(__name__)
 
@@ -131,19 +133,14 @@ def pca_2d(X, n_sample: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[0] == 0:
         raise UserInputError(f"The 'X' parameter of pca_2d must be a non-empty 2-D array, got shape {X.shape}.")
-    if not isinstance(n_sample, int | np.integer) or n_sample < 1:
-        raise UserInputError(f"The 'n_sample' parameter must be an int >= 1, got {n_sample!r}.")
+    check_int("pca_2d", "n_sample", n_sample, low=1)
     n = X.shape[0]
     index = np.arange(n) if n <= n_sample else np.sort(
         np.random.default_rng(seed).choice(n, int(n_sample), replace=False))
     sample = torch.from_numpy(np.ascontiguousarray(X[index]))
     col_mean = torch.nanmean(sample, dim=0).nan_to_num(0.0)
     sample = torch.where(torch.isnan(sample), col_mean, sample) - col_mean
-    _, _, vh = torch.linalg.svd(sample, full_matrices=False)
-    comps = vh[:2]
-    # an eigenvector's sign is arbitrary; make its largest loading positive
-    signs = torch.sign(comps.gather(1, comps.abs().argmax(dim=1, keepdim=True)))
-    comps = comps * torch.where(signs == 0, torch.ones_like(signs), signs)
+    comps = pca.from_centred_sample(sample, 2).components
     xy = (sample @ comps.T).numpy()
     if xy.shape[1] < 2:  # a single feature: second axis is flat
         xy = np.column_stack([xy, np.zeros(len(xy))])

@@ -33,8 +33,9 @@ import numpy as np
 import torch
 
 from gpuseg.runtime.device import resolve_device
-from gpuseg.runtime.errors import ConfigError, UserInputError
+from gpuseg.runtime.errors import UserInputError
 from gpuseg.runtime.progress import progress_bar
+from gpuseg.runtime.validation import check_int, check_param, int_range, is_int, str_options
 from gpuseg.text.model_path import CONFIG_KEY, read_model_info, resolve_model
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ _PRECISIONS = {
     "bfloat16": torch.bfloat16,
 }
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+_NAME = "TextEmbedder"
 
 #: Default batch sizes (texts per forward pass) when ``batch_size`` is None.
 DEFAULT_BATCH_SIZE = {"cpu": 64, "cuda": 512}
@@ -318,11 +320,8 @@ class TextEmbedder:
         key = str(precision).strip().lower()
         if key == "auto":
             return torch.float16 if self.device.type == "cuda" else torch.float32
-        if key not in _PRECISIONS:
-            raise ConfigError(
-                f"precision must be one of 'auto', 'fp32', 'fp16', 'bf16', got {precision!r}",
-                config_key="text.precision",
-            )
+        check_param(_NAME, "precision", precision, key in _PRECISIONS,
+                    str_options(("auto", "fp32", "fp16", "bf16")), config_key="text.precision")
         return _PRECISIONS[key]
 
     def _resolve_max_length(self, max_length: int | None) -> int:
@@ -334,19 +333,11 @@ class TextEmbedder:
                 candidates = [tok_max if tok_max and tok_max < 1_000_000 else None, limit]
             candidates = [c for c in candidates if c]
             return int(min(candidates)) if candidates else 512
-        max_length = _check_positive_int("max_length", max_length)
-        if max_length < 2:
-            raise ConfigError(
-                f"max_length must be at least 2 (room for the special tokens), got {max_length}",
-                config_key="text.max_length",
-            )
-        if limit is not None and max_length > limit:
-            raise ConfigError(
-                f"max_length must be at most {limit} for this model (its position embeddings), "
-                f"got {max_length}",
-                config_key="text.max_length",
-            )
-        return max_length
+        # at least room for the special tokens, at most the model's position embeddings
+        check_param(_NAME, "max_length", max_length,
+                    is_int(max_length) and max_length >= 2 and (limit is None or max_length <= limit),
+                    f"{int_range(2, limit)} for this model", config_key="text.max_length")
+        return int(max_length)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -662,13 +653,5 @@ def _torch_threads(num_threads: int | None) -> Iterator[None]:
 
 
 def _check_positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(
-            f"The '{name}' parameter of TextEmbedder must be an int in the range [1, inf)"
-            + (" or None" if allow_none else "")
-            + f". Got {value!r} instead.",
-            config_key=f"text.{name}",
-        )
-    return int(value)
+    check_int(_NAME, name, value, low=1, allow_none=allow_none, config_key=f"text.{name}")
+    return None if value is None else int(value)

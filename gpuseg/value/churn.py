@@ -14,24 +14,31 @@ risk (score > 0.7)" is one filter).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
+from gpuseg.runtime.artifacts import ArtifactFiles, load_artifact, save_artifact
 from gpuseg.runtime.device import resolve_device
 from gpuseg.runtime.errors import UserInputError
-from gpuseg.runtime.io import atomic_path, read_json, write_json
 from gpuseg.runtime.logistic import fit_logistic
 from gpuseg.runtime.metrics import check_binary_labels, check_scores, roc_auc  # noqa: F401  (roc_auc re-exported)
+from gpuseg.runtime.validation import (
+    InputDataError,
+    check_fitted,
+    check_int,
+    check_param,
+    check_real,
+)
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+KIND = "gpuseg.ChurnModel"
+_NAME = "ChurnModel"
 
 
 # -------------------------------------------------------------------------------------- metrics
@@ -53,12 +60,11 @@ def calibration_table(y: Any, p: Any, n_bins: int = 10) -> dict[str, list]:
         ``bin_lower``, ``bin_upper``, ``mean_predicted``, ``observed_rate`` (NaN for empty bins)
         and ``count``, one entry per bin.
     """
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int | np.integer) or n_bins < 1:
-        raise UserInputError(f"The 'n_bins' parameter must be an int >= 1. Got {n_bins!r} instead.")
+    check_int("calibration_table", "n_bins", n_bins, low=1)
     yy = check_binary_labels(y)
     pp = check_scores(p, yy.size)
     if ((pp < 0) | (pp > 1)).any():
-        raise UserInputError("The 'p' parameter must hold probabilities in [0, 1].")
+        raise InputDataError("The 'p' parameter must hold probabilities in [0, 1].")
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     b = np.clip(np.floor(pp * n_bins).astype(np.int64), 0, n_bins - 1)
     count = np.bincount(b, minlength=n_bins)
@@ -93,10 +99,8 @@ def risk_tier(p: Any, thresholds: tuple[float, float] = (0.3, 0.7)) -> np.ndarra
     try:
         low, high = (float(t) for t in thresholds)
     except (TypeError, ValueError):
-        raise UserInputError(f"The 'thresholds' parameter must be two numbers (low, high). Got "
-                             f"{thresholds!r} instead.") from None
-    if not low < high:
-        raise UserInputError(f"The 'thresholds' parameter must be increasing. Got {thresholds!r}.")
+        low = high = float("nan")
+    check_param("risk_tier", "thresholds", thresholds, low < high, "two increasing numbers (low, high)")
     pp = np.asarray(p, dtype=np.float64).reshape(-1)
     tiers = np.array(["low", "medium", "high"], dtype=object)
     return tiers[(pp > low).astype(np.int64) + (pp > high).astype(np.int64)]
@@ -124,16 +128,16 @@ def _check_X(X: Any, n_features: int | None = None) -> np.ndarray:
     try:
         arr = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError):
-        raise UserInputError("The 'X' parameter must be a 2-d array of numbers.") from None
+        raise InputDataError("The 'X' parameter must be a 2-d array of numbers.") from None
     if arr.ndim != 2:
-        raise UserInputError(f"The 'X' parameter must be 2-dimensional. Got shape {arr.shape}.")
+        raise InputDataError(f"The 'X' parameter must be 2-dimensional. Got shape {arr.shape}.")
     if n_features is not None and arr.shape[1] != n_features:
-        raise UserInputError(f"The 'X' parameter has {arr.shape[1]} features, but ChurnModel was "
+        raise InputDataError(f"The 'X' parameter has {arr.shape[1]} features, but ChurnModel was "
                              f"fitted with {n_features}.")
     bad = ~np.isfinite(arr)
     if bad.any():
         rows = np.flatnonzero(bad.any(axis=1))[:5]
-        raise UserInputError(f"The 'X' parameter must be finite (impute NaN first); non-finite values "
+        raise InputDataError(f"The 'X' parameter must be finite (impute NaN first); non-finite values "
                              f"in rows {rows.tolist()}.")
     return arr
 
@@ -202,25 +206,13 @@ class ChurnModel:
         self.random_state = random_state
 
     def _check_params(self) -> None:
-        def need(name: str, ok: bool, what: str) -> None:
-            if not ok:
-                raise UserInputError(f"The '{name}' parameter of ChurnModel must be {what}. Got "
-                                     f"{getattr(self, name)!r} instead.")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return isinstance(v, int | float | np.number) and not isinstance(v, bool)
-
-        need("hidden", is_int(self.hidden) and self.hidden >= 0, "an int >= 0")
-        need("l2", is_num(self.l2) and self.l2 >= 0, "a float >= 0")
-        need("epochs", is_int(self.epochs) and self.epochs >= 1, "an int >= 1")
-        need("lr", is_num(self.lr) and self.lr > 0, "a float > 0")
-        need("batch_size", is_int(self.batch_size) and self.batch_size >= 1, "an int >= 1")
-        need("holdout_fraction", is_num(self.holdout_fraction) and 0 <= self.holdout_fraction < 1,
-             "a float in [0, 1)")
-        need("random_state", is_int(self.random_state) and self.random_state >= 0, "an int >= 0")
+        check_int(_NAME, "hidden", self.hidden, low=0)
+        check_real(_NAME, "l2", self.l2, low=0.0)
+        check_int(_NAME, "epochs", self.epochs, low=1)
+        check_real(_NAME, "lr", self.lr, low=0.0, closed_low=False)
+        check_int(_NAME, "batch_size", self.batch_size, low=1)
+        check_real(_NAME, "holdout_fraction", self.holdout_fraction, low=0.0, high=1.0, closed_high=False)
+        check_int(_NAME, "random_state", self.random_state, low=0)
 
     def _split(self, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         if self.holdout_fraction == 0:
@@ -336,8 +328,7 @@ class ChurnModel:
         return self
 
     def _fitted(self) -> _Net:
-        if not hasattr(self, "_net"):
-            raise UserInputError("This ChurnModel instance is not fitted yet. Call 'fit' first.")
+        check_fitted(_NAME, hasattr(self, "_net"))
         return self._net
 
     def predict_proba(self, X: Any, *, batch_size: int = 65_536) -> np.ndarray:
@@ -376,27 +367,20 @@ class ChurnModel:
             The safetensors file.
         """
         net = self._fitted()
-        path = Path(path)
-        tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
         tensors["mean"] = torch.as_tensor(self.mean_, dtype=torch.float64)
         tensors["scale"] = torch.as_tensor(self.scale_, dtype=torch.float64)
-        meta = {"model": "ChurnModel", "format_version": FORMAT_VERSION, "params": self.get_params(),
-                "n_features_in": self.n_features_in_, "best_epoch": self.best_epoch_,
-                "validation": self.validation_}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"gpuseg": json.dumps({"model": "ChurnModel"})})
-        write_json(path.with_name(path.name + ".json"), meta)
-        return path
+        meta = {"params": self.get_params(), "n_features_in": self.n_features_in_,
+                "best_epoch": self.best_epoch_, "validation": self.validation_}
+        return save_artifact(_files(path), tensors, meta, kind=KIND, version=FORMAT_VERSION).tensors
 
     @classmethod
     def load(cls, path: str | Path, *, device: Any = "auto") -> ChurnModel:
         """Read a model written by :meth:`save`."""
-        path = Path(path)
-        meta = read_json(path.with_name(path.name + ".json"))
-        if meta.get("model") != "ChurnModel" or meta.get("format_version") != FORMAT_VERSION:
-            raise UserInputError(f"'{path}' is not a ChurnModel of format {FORMAT_VERSION}")
+        art = load_artifact(_files(path), kind=KIND, version=FORMAT_VERSION, what="churn model",
+                            remedy="fit and save the ChurnModel again", expected_shapes=_tensor_shapes)
+        meta, tensors = art.meta, art.tensors
         model = cls(**meta["params"], device=device)
-        tensors = load_file(str(path))
         model.n_features_in_ = int(meta["n_features_in"])
         model.mean_ = tensors["mean"].numpy()
         model.scale_ = tensors["scale"].numpy()
@@ -406,3 +390,18 @@ class ChurnModel:
         net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         model._net = net.to(resolve_device(device, key="device")).eval()
         return model
+
+
+def _files(path: str | Path) -> ArtifactFiles:
+    """A model's two files: the safetensors file ``path`` and ``<path>.json`` beside it."""
+    path = Path(path)
+    return ArtifactFiles(path, path.with_name(path.name + ".json"))
+
+
+def _tensor_shapes(meta: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The tensors a saved model holds, and their shapes, from its metadata."""
+    d, h = int(meta["n_features_in"]), int(meta["params"]["hidden"])
+    shapes = {"mean": (d,), "scale": (d,), "net.out.weight": (1, h or d), "net.out.bias": (1,)}
+    if h:
+        shapes |= {"net.hidden.weight": (h, d), "net.hidden.bias": (h,)}
+    return shapes
