@@ -53,6 +53,12 @@ def test_run_generates_validates_and_features_from_any_directory(tmp_path):
     out = _gpuseg("features", "-m", "features.recent_window_days=30,60", "progress=false", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(list((work / "logs" / "multirun").glob("features/*/*/.hydra/config.yaml"))) == 2
+    # each run of the sweep keeps its own artifacts, and the project's own features stay as they were
+    runs = sorted((work / "sweeps" / "features").glob("*/*/features/features.parquet"))
+    assert len(runs) == 2
+    assert not pq.read_table(runs[0]).equals(pq.read_table(runs[1]))  # 30- and 60-day windows differ
+    assert pq.read_table(work / "features" / "features.parquet").equals(features)
+    assert (runs[0].parent.parent / "validated").is_symlink()
 
 
 def test_bad_data_is_a_message_with_exit_2_not_a_traceback(tmp_path):

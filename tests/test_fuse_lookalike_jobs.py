@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -72,23 +73,46 @@ def test_segment_reads_the_fused_matrix(project):
     assert meta["input"].endswith("fuse/fused.parquet") and result["n_clusters"] == 9
 
 
+def _private_copy(work, tmp_path):
+    """A copy of the project's upstream artifacts, so a test can re-run fuse without touching the fixture."""
+    mine = tmp_path / "work"
+    for name in ("validated", "features", "text", "journeys"):
+        shutil.copytree(work / name, mine / name)
+    return mine
+
+
 def test_fuse_options_and_missing_blocks(project, tmp_path, caplog):
     work, cfg, _ = project
+    mine = _private_copy(work, tmp_path)
+    here = f"paths.work_dir={mine}"
     with caplog.at_level(logging.WARNING, logger="gpuseg.jobs.fuse"):
-        res = fuse.run(cfg("fuse", f"fuse.blocks.text.path={tmp_path}/none.parquet", "fuse.pca_components=16",
+        res = fuse.run(cfg("fuse", here, f"fuse.blocks.text.path={tmp_path}/none.parquet", "fuse.pca_components=16",
                            "fuse.l2_normalize=true", "fuse.blocks.journey.weight=3"))
     assert "block 'text' skipped" in caplog.text
-    assert res["n_features"] == 16 and 0 < res["explained_variance"] < 1
     assert res["variance_shares"] == pytest.approx({"tabular": 0.25, "journey": 0.75})
-    X = np.load(work / "fuse" / "fused.npy")
+    X = np.load(mine / "fuse" / "fused.npy")
+    assert X.shape == (1000, 16)
     np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1, atol=1e-5)
+    # the 16 columns are the top principal components of the unreduced fused matrix
+    fuse.run(cfg("fuse", here, f"fuse.blocks.text.path={tmp_path}/none.parquet", "fuse.blocks.journey.weight=3"))
+    full = np.load(mine / "fuse" / "fused.npy").astype(np.float64)
+    fuse.run(cfg("fuse", here, f"fuse.blocks.text.path={tmp_path}/none.parquet", "fuse.pca_components=16",
+                 "fuse.blocks.journey.weight=3"))
+    reduced = np.load(mine / "fuse" / "fused.npy").astype(np.float64)
+    centred = full - full.mean(0)
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    np.testing.assert_allclose(np.abs(reduced), np.abs(centred @ vt[:16].T), atol=2e-3)
+    assert res["explained_variance"] == pytest.approx((sv[:16] ** 2).sum() / (sv ** 2).sum(), abs=1e-3)
     with pytest.raises(UserInputError) as err:
-        fuse.run(cfg("fuse", f"fuse.blocks.tabular.path={tmp_path}/none.parquet"))
+        fuse.run(cfg("fuse", here, f"fuse.blocks.tabular.path={tmp_path}/none.parquet"))
     assert err.value.config_key == "fuse.blocks.tabular.path"
     with pytest.raises(UserInputError) as err:
-        fuse.run(cfg("fuse", "fuse.blocks.text.columns=[nope]"))
+        fuse.run(cfg("fuse", here, "fuse.blocks.text.columns=[nope]"))
     assert err.value.config_key == "fuse.blocks.text.columns" and "all_mean" in str(err.value)
-    fuse.run(cfg("fuse"))  # back to the default fused matrix for the other tests
+    # the shared project's fused matrix was never touched
+    np.testing.assert_array_equal(np.load(work / "fuse" / "fused.npy"),
+                                  np.stack(pq.read_table(work / "fuse" / "fused.parquet")["fused"].to_numpy(
+                                      zero_copy_only=False)))
 
 
 def test_persona_seeds_expand_to_a_pure_audience(project):

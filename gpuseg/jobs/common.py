@@ -16,7 +16,7 @@ from gpuseg.data.schema import validated_dir
 from gpuseg.runtime.device import resolve_device
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import read_json, write_json
-from gpuseg.runtime.layout import artifact, manifest_path
+from gpuseg.runtime.layout import JOB_DIRS, artifact, manifest_path
 from gpuseg.runtime.manifest import run_manifest
 from gpuseg.runtime.seeding import seed_everything
 from gpuseg.runtime.tables import join_on_customer_id
@@ -25,10 +25,42 @@ log = logging.getLogger(__name__)
 
 
 def work_dir(cfg: DictConfig) -> Path:
-    """The project work directory, created if needed."""
+    """The project work directory, created if needed; in a Hydra multirun, this run's own one.
+
+    Each run of a sweep (``gpuseg features -m features.recent_window_days=30,90``) gets
+    ``<work_dir>/sweeps/<job>/<time>/<num>/``: the upstream job folders of the work directory are
+    linked in, and the job writes its own outputs there, so the runs of a sweep never overwrite
+    each other or the project's own results.
+    """
     path = Path(cfg.paths.work_dir)
+    sweep = _sweep_run(path)
+    if sweep is not None:
+        return sweep
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _sweep_run(base: Path) -> Path | None:
+    """This multirun job's folder (upstream job folders linked from ``base``), or None outside a sweep."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+    except (ImportError, ValueError):  # not inside a Hydra app (tests and the Python API call run(cfg))
+        return None
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    job = str(hydra_cfg.job.name)
+    folder = base / "sweeps" / job / Path(str(hydra_cfg.sweep.dir)).name / str(hydra_cfg.job.num)
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        # a `run` sweep makes every stage anew; a single job reads the others' folders through links
+        for other, name in ({} if job == "run" else JOB_DIRS).items():
+            if other != job and (base / name).is_dir():
+                (folder / name).symlink_to((base / name).resolve(), target_is_directory=True)
+        log.info("multirun: this run's artifacts go to %s", folder)
+    return folder
 
 
 def start(cfg: DictConfig, job: str, *, needs_device: bool = False) -> dict[str, Any]:

@@ -120,33 +120,23 @@ def _embedding_table(ids: pa.Array, seqs: Sequences, emb: np.ndarray) -> pa.Tabl
     })
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train (or resume) the journey encoder, score it on held-out customers, embed everyone."""
-    ctx = start(cfg, "journeys", needs_device=True)
-    place = init_from_env(ctx["device"])
-    device, rank, world = place.device, place.rank, place.world
-    work = work_dir(cfg)
-    jcfg = cfg.journey
-    seed = int(cfg.seed)
-    schema, customers = load_validated(work)
-    ids = customers["customer_id"].combine_chunks()
-    as_of = data_as_of(cfg)
-    if schema.get("as_of") not in (None, as_of):
-        log.warning("data was validated with as_of=%s but journeys use as_of=%s", schema["as_of"], as_of)
+def _extra_columns(jcfg: DictConfig, schema: dict[str, Any]) -> list[str]:
+    """The extra event columns used as fields: none, the validated ones (auto), or a list."""
     extra = jcfg.extra_columns
     if extra is None:
-        extra = []
-    elif str(extra) == "auto":
-        extra = list(schema.get("events", {}).get("extra_columns") or [])
-    else:
-        extra = list(OmegaConf.to_container(extra, resolve=True))
-    t0 = time.perf_counter()
+        return []
+    if str(extra) == "auto":
+        return list((schema.get("events") or {}).get("extra_columns") or [])
+    return list(OmegaConf.to_container(extra, resolve=True))
 
-    # sequences: vocabularies from the training customers only, applied to everyone
+
+def _sequences(cfg: DictConfig, work: Path, schema: dict[str, Any], ids: pa.Array, as_of: str, seed: int):
+    """Sequences of every customer, vocabularies from the training customers only, and the split."""
+    jcfg = cfg.journey
     events = artifact(work, "validate", "events")
     train_rows, val_rows, test_rows = _split(len(ids), float(jcfg.val_fraction), float(jcfg.test_fraction), seed)
     builder = SequenceBuilder(
-        max_len=int(jcfg.max_len), as_of=to_microseconds(as_of), extra_columns=extra,
+        max_len=int(jcfg.max_len), as_of=to_microseconds(as_of), extra_columns=_extra_columns(jcfg, schema),
         min_count=int(jcfg.min_count), max_vocab=None if jcfg.max_vocab is None else int(jcfg.max_vocab),
         progress=bool(cfg.progress),
     ).fit(events, ids.take(pa.array(train_rows)))
@@ -156,16 +146,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if len(train_rows) == 0:
         raise UserInputError(f"no training customer has an event before as_of={as_of}: no journeys to learn",
                              table="events", config_key="data.as_of")
-    t_seq = time.perf_counter() - t0
-    label, y = customer_label(jcfg.label, schema, customers, key="journey.label")
+    return builder, seqs, (train_rows, val_rows, test_rows)
 
-    out = journeys_dir(work)
-    ckpt = artifact(work, "journeys", "checkpoints")
-    if not bool(jcfg.resume) and ckpt.exists() and rank == 0:
-        shutil.rmtree(ckpt)
+
+def _encoder(cfg: DictConfig, device, seed: int, ckpt: Path) -> JourneyEncoder:
+    """The encoder the ``journey`` config describes, checkpointing into ``ckpt``."""
+    jcfg = cfg.journey
     embed_dims = OmegaConf.to_container(jcfg.embed_dims, resolve=True) if isinstance(
         jcfg.embed_dims, DictConfig) else jcfg.embed_dims
-    encoder = JourneyEncoder(
+    return JourneyEncoder(
         embed_dims=embed_dims, hidden_size=int(jcfg.hidden_size), num_layers=int(jcfg.num_layers),
         out_dim=int(jcfg.out_dim), dropout=float(jcfg.dropout), batch_size=int(jcfg.batch_size),
         epochs=int(jcfg.epochs), lr=float(jcfg.lr), weight_decay=float(jcfg.weight_decay),
@@ -176,8 +165,56 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         num_threads=None if jcfg.cpu_threads is None else int(jcfg.cpu_threads), seed=seed, checkpoint_dir=ckpt,
         progress=bool(cfg.progress),
     )
+
+
+def _metrics(cfg: DictConfig, work: Path, encoder: JourneyEncoder, seqs: Sequences, rows, label, y,
+             device, world: int) -> dict[str, Any]:
+    """What the trained encoder is worth on held-out customers, next to its baselines."""
+    train_rows, val_rows, test_rows = rows
+    lengths = seqs.lengths
+    metrics: dict[str, Any] = {
+        "n_customers": len(seqs.customer_ids),
+        "customers_without_events": int(np.sum(lengths == 0)),
+        "split": {"train": int(len(train_rows)), "validation": int(len(val_rows)), "test": int(len(test_rows))},
+        "max_len": int(cfg.journey.max_len),
+        "mean_length": float(lengths[lengths > 0].mean()) if (lengths > 0).any() else 0.0,
+        "fields": seqs.categorical_names,
+        "vocab_sizes": dict(zip(seqs.categorical_names, seqs.vocab_sizes, strict=True)),
+        "device": str(device),
+        "world_size": world,
+        "training": dict(encoder.train_info_.items()),
+        "history": encoder.history_,
+    }
+    metrics["next_event_accuracy"] = (_next_event_metrics(encoder, seqs.subset(train_rows), seqs.subset(test_rows))
+                                      if len(test_rows) else None)
+    if label is not None and len(test_rows):
+        metrics["label_auc"] = _label_metrics(work, encoder, seqs, y, label, train_rows, test_rows)
+    return metrics
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train (or resume) the journey encoder, score it on held-out customers, embed everyone."""
+    ctx = start(cfg, "journeys", needs_device=True)
+    place = init_from_env(ctx["device"])
+    device, rank, world = place.device, place.rank, place.world
+    work = work_dir(cfg)
+    seed = int(cfg.seed)
+    schema, customers = load_validated(work)
+    ids = customers["customer_id"].combine_chunks()
+    as_of = data_as_of(cfg)
+    if schema.get("as_of") not in (None, as_of):
+        log.warning("data was validated with as_of=%s but journeys use as_of=%s", schema["as_of"], as_of)
+    t0 = time.perf_counter()
+    builder, seqs, rows = _sequences(cfg, work, schema, ids, as_of, seed)
+    t_seq = time.perf_counter() - t0
+    label, y = customer_label(cfg.journey.label, schema, customers, key="journey.label")
+
+    ckpt = artifact(work, "journeys", "checkpoints")
+    if not bool(cfg.journey.resume) and ckpt.exists() and rank == 0:
+        shutil.rmtree(ckpt)
+    encoder = _encoder(cfg, device, seed, ckpt)
     t1 = time.perf_counter()
-    encoder.fit(seqs, y, train_rows=train_rows, validation_rows=val_rows)
+    encoder.fit(seqs, y, train_rows=rows[0], validation_rows=rows[1])
     t_train = time.perf_counter() - t1
     if rank != 0:
         return {"rank": rank, "world_size": world}
@@ -185,29 +222,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     t2 = time.perf_counter()
     embeddings = encoder.transform(seqs)
     t_encode = time.perf_counter() - t2
-    train_seqs, test_seqs = seqs.subset(train_rows), seqs.subset(test_rows)
-    metrics: dict[str, Any] = {
-        "n_customers": len(ids),
-        "customers_without_events": int(np.sum(seqs.lengths == 0)),
-        "split": {"train": int(len(train_rows)), "validation": int(len(val_rows)), "test": int(len(test_rows))},
-        "max_len": int(jcfg.max_len),
-        "mean_length": float(seqs.lengths[seqs.lengths > 0].mean()) if (seqs.lengths > 0).any() else 0.0,
-        "fields": seqs.categorical_names,
-        "vocab_sizes": dict(zip(seqs.categorical_names, seqs.vocab_sizes, strict=True)),
-        "device": str(device),
-        "world_size": world,
-        "training": {k: v for k, v in encoder.train_info_.items()},
-        "history": encoder.history_,
-    }
-    metrics["next_event_accuracy"] = (_next_event_metrics(encoder, train_seqs, test_seqs)
-                                      if len(test_rows) else None)
-    if label is not None and len(test_rows):
-        metrics["label_auc"] = _label_metrics(work, encoder, seqs, y, label, train_rows, test_rows)
+    metrics = _metrics(cfg, work, encoder, seqs, rows, label, y, device, world)
     metrics["seconds"] = {"sequences": round(t_seq, 3), "train": round(t_train, 3), "encode": round(t_encode, 3),
                           "total": round(time.perf_counter() - t0, 3)}
 
     write_parquet(artifact(work, "journeys", "embeddings"), _embedding_table(ids, seqs, embeddings))
-    encoder.save(artifact(work, "journeys", "encoder"), extra={"sequences": builder.to_dict(), "label": label, "as_of": as_of})
+    encoder.save(artifact(work, "journeys", "encoder"),
+                 extra={"sequences": builder.to_dict(), "label": label, "as_of": as_of})
     builder.save(artifact(work, "journeys", "vocabularies"))
     write_json(artifact(work, "journeys", "metrics"), metrics)
     nea = metrics["next_event_accuracy"] or {}
@@ -217,7 +238,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     result = {**{k: metrics[k] for k in ("n_customers", "customers_without_events", "split", "seconds")},
               "next_event_accuracy": metrics["next_event_accuracy"],
               "label_auc": metrics.get("label_auc"),
-              "output_dir": str(out), "embeddings_path": str(artifact(work, "journeys", "embeddings")),
+              "output_dir": str(journeys_dir(work)), "embeddings_path": str(artifact(work, "journeys", "embeddings")),
               "encoder_path": str(artifact(work, "journeys", "encoder_weights")),
               "metrics_path": str(artifact(work, "journeys", "metrics"))}
     return finish(cfg, "journeys", ctx["manifest"], result)
