@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from gpuseg.data.events import to_microseconds
 from gpuseg.data.schema import EVENTS, TEXTS
 from gpuseg.features import RFMFeaturizer, TabularTransform, compute_rfm_features, sanitize_name
-from gpuseg.features.rfm import _sorted_pairs, to_microseconds
+from gpuseg.features.rfm import _sorted_pairs
 from gpuseg.runtime.errors import ConfigError, UserInputError
 
 AS_OF = datetime(2024, 1, 31)

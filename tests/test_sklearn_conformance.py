@@ -233,3 +233,26 @@ def test_block_fuser_passes_the_api_checks_that_do_not_fit(check):
     if fn is None:
         pytest.skip(f"{check} not in scikit-learn {sklearn.__version__}")
     fn("BlockFuser", BlockFuser())
+
+
+def test_churn_model_is_a_scikit_learn_classifier():
+    from sklearn.base import clone, is_classifier
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from gpuseg.value import ChurnModel
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 4))
+    y = (X[:, 0] - X[:, 1] + rng.normal(0, 0.5, 400) > 0).astype(int)
+    model = ChurnModel(l2=0.1, device="cpu")
+    assert is_classifier(model) and clone(model).get_params() == model.get_params()
+    assert model.set_params(l2=0.01).l2 == 0.01
+    pipe = make_pipeline(StandardScaler(), ChurnModel(device="cpu")).fit(X, y)
+    assert pipe.score(X, y) > 0.8 and set(np.unique(pipe.predict(X))) == {0, 1}
+    search = GridSearchCV(ChurnModel(device="cpu"), {"l2": [1e-3, 10.0]}, scoring="roc_auc", cv=3).fit(X, y)
+    assert search.best_params_ == {"l2": 1e-3} and search.best_score_ > 0.9
+    # the probability and the decision function rank alike
+    fitted = ChurnModel(device="cpu").fit(X, y)
+    assert np.array_equal(np.argsort(fitted.predict_proba(X)), np.argsort(fitted.decision_function(X)))

@@ -21,6 +21,7 @@ from gpuseg.cluster.metrics import (
     davies_bouldin,
     silhouette,
 )
+from gpuseg.runtime.validation import InputDataError, check_options, check_param
 
 RULES = ("vote", "silhouette", "calinski_harabasz", "davies_bouldin", "stability", "knee")
 #: metric -> True when higher is better; the vote ranks k on each and averages the ranks
@@ -88,14 +89,15 @@ def select_k(x: torch.Tensor, ks: Sequence[int], fit: FitFn, *, seed: int = 0, m
     dict
         ``{"k": chosen, "rule": ..., "candidates": [per-k metrics], "knee_k": ..., ...}``.
     """
-    if rule not in RULES:
-        raise ValueError(f"The 'rule' parameter must be one of {RULES}. Got {rule!r} instead.")
+    check_options("select_k", "rule", rule, RULES, config_key="segment.selection.rule")
     ks = sorted({int(k) for k in ks})
-    if not ks or ks[0] < 2:
-        raise ValueError(f"The 'ks' parameter must list integers >= 2. Got {ks!r} instead.")
+    check_param("select_k", "ks", ks, bool(ks) and ks[0] >= 2, "a list of ints in the range [2, inf)",
+                config_key="segment.k_min")
     n = x.shape[0]
     if ks[-1] >= n:
-        raise ValueError(f"n_samples={n} should be > every candidate k (largest {ks[-1]})")
+        raise InputDataError(f"{n} customers cannot be split into {ks[-1]} segments: every candidate k must be "
+                             "below the number of customers; lower segment.k_max (or segment.n_clusters)",
+                             config_key="segment.k_max")
     gen = torch.Generator().manual_seed(seed)
     eval_idx = torch.randperm(n, generator=gen)[:min(eval_size, n)].to(x.device)
     candidates = []

@@ -40,7 +40,6 @@ Conventions (all features are float64):
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
 import re
@@ -55,6 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpuseg.data.convert import as_customer_ids
+from gpuseg.data.events import DEFAULT_ROLES, US_PER_DAY, format_instant, to_microseconds  # noqa: F401  (re-exported)
 from gpuseg.data.schema import EVENTS, TEXTS
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import (
@@ -70,13 +70,6 @@ from gpuseg.runtime.progress import progress_bar
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-US_PER_DAY = 86_400_000_000
-DEFAULT_ROLES: dict[str, list[str]] = {
-    "purchase": ["purchase"],
-    "return": ["return"],
-    "ticket": ["support_ticket"],
-    "review": ["review"],
-}
 _EVENT_COLUMNS = list(EVENTS.names)
 _TEXT_COLUMNS = [c for c in TEXTS.names if c != "text"]  # the text itself is not needed here
 _NO_TIME = np.iinfo(np.int64).max  # null timestamps become "never", hence never before as_of
@@ -111,39 +104,8 @@ def sanitize_name(value: str) -> str:
     return text or "value"
 
 
-def to_microseconds(as_of: Any) -> int:
-    """Microseconds since the epoch (naive UTC) of an ISO string, date, datetime or datetime64.
-
-    Raises
-    ------
-    ConfigError
-        When ``as_of`` cannot be read as a point in time.
-    """
-    value = as_of
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise ConfigError(
-                f"The 'as_of' parameter must be an ISO date or datetime such as '2024-01-31' or "
-                f"'2024-01-31T00:00:00'. Got {as_of!r} instead."
-            ) from None
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
-        return int(np.datetime64(value, "us").astype(np.int64))
-    if isinstance(value, dt.date):
-        return int(np.datetime64(value, "D").astype("datetime64[us]").astype(np.int64))
-    if isinstance(value, np.datetime64) and not np.isnat(value):
-        return int(value.astype("datetime64[us]").astype(np.int64))
-    raise ConfigError(
-        "The 'as_of' parameter must be an ISO date string, a datetime.date/datetime or a "
-        f"numpy.datetime64. Got {as_of!r} instead."
-    )
-
-
 def _iso(us: int) -> str:
-    return str(np.datetime64(us, "us"))
+    return format_instant(us)
 
 
 def _unique_names(prefix: str, values: Sequence[str], reserved: Iterable[str] = ()) -> list[str]:

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from gpuseg.features.rfm import to_microseconds
+from gpuseg.data.events import to_microseconds
 from gpuseg.jobs.common import customer_label, data_as_of, finish, load_validated, start, work_dir
 from gpuseg.journey.baselines import (
     MarkovBaseline,

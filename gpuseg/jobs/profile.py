@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from gpuseg.features.rfm import to_microseconds
+from gpuseg.data.events import to_microseconds
 from gpuseg.jobs.common import (
     customer_label,
     data_as_of,
@@ -47,7 +47,7 @@ from gpuseg.runtime.errors import UserInputError
 from gpuseg.runtime.io import read_json, write_json, write_parquet
 from gpuseg.runtime.layout import artifact, job_dir
 from gpuseg.runtime.matrix import read_matrix
-from gpuseg.value import BetaGeoModel, ChurnModel, GammaGammaModel, btyd_summary
+from gpuseg.value import BetaGeoModel, ChurnModel, DegenerateFitError, GammaGammaModel, btyd_summary
 from gpuseg.value.churn import binary_metrics, risk_tier
 from gpuseg.value.summary import holdout_by_frequency
 
@@ -101,20 +101,24 @@ def _value(cfg, ids, events: Path | None, roles, as_of, holdout_end, holdout_day
     bg = BetaGeoModel(device=device).fit(f, r, t)
     report: dict[str, Any] = {"bgnbd": dict(bg.params_), "horizon_days": horizon}
     out["report"] = report
-    problem = fit_problem(bg)
-    expected = bg.conditional_expected_number_of_purchases_up_to_time(horizon, f, r, t) if problem is None else None
-    if problem is None and not np.all(np.isfinite(expected[has_history])):
-        problem = f"BG/NBD predictions are not finite for {int((~np.isfinite(expected[has_history])).sum())} customers"
+    problem = bg.degenerate_
+    try:
+        expected = bg.conditional_expected_number_of_purchases_up_to_time(horizon, f, r, t) if problem is None \
+            else None
+    except DegenerateFitError as exc:  # predictions that came out non-finite
+        problem = exc.reason
     if problem is not None:
         return _not_estimated(out, notes, f"BG/NBD fit is degenerate: {problem}")
     out["expected_purchases"] = expected
     try:
         gg = GammaGammaModel(device=device).fit(f, m)
-        problem = fit_problem(gg)
+        problem = gg.degenerate_
         if problem is None:
             out["expected_value"] = expected * gg.conditional_expected_average_profit(f, m)
             report["gamma_gamma"] = dict(gg.params_)
-    except UserInputError as exc:
+    except DegenerateFitError as exc:
+        problem = exc.reason
+    except UserInputError as exc:  # no usable customer for Gamma-Gamma
         problem = str(exc.args[0])
     if problem is not None:
         _note(notes, f"customer value not estimated (expected purchases are): Gamma-Gamma: {problem}")
@@ -130,11 +134,6 @@ def _value(cfg, ids, events: Path | None, roles, as_of, holdout_end, holdout_day
             "by_frequency": holdout_by_frequency(f[keep], predicted[keep], actual[keep]),
         }
     return out
-
-
-def fit_problem(model) -> str | None:
-    """Why a fitted value model cannot be trusted (None when it can). TODO: helper API."""
-    return getattr(model, "degenerate_", None)
 
 
 def _not_estimated(out: dict[str, Any], notes: list[str], reason: str) -> dict[str, Any]:

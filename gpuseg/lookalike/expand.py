@@ -23,6 +23,7 @@ import torch
 
 from gpuseg.cluster._validation import InvalidParameterError
 from gpuseg.runtime.errors import UserInputError
+from gpuseg.runtime.validation import str_options
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ _TILE_ELEMENTS = 1 << 24
 
 def _check(size, threshold, mode, top_m, candidates) -> None:
     if mode not in MODES:
-        raise InvalidParameterError(f"The 'mode' parameter of {_OWNER} must be a str among {set(MODES)}. "
+        raise InvalidParameterError(f"The 'mode' parameter of {_OWNER} must be {str_options(MODES)}. "
                                     f"Got {mode!r} instead.")
     if size is None and threshold is None:
         raise InvalidParameterError(f"{_OWNER} needs an audience 'size' or a similarity 'threshold' (or both).")

@@ -14,7 +14,6 @@ so the block aligns row for row with the customers table. Sums are vectorised sc
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -23,11 +22,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from gpuseg.data.events import US_PER_DAY, to_microseconds
 from gpuseg.runtime.errors import ConfigError, UserInputError
 
 log = logging.getLogger(__name__)
 
-_US_PER_DAY = 86_400 * 1_000_000
+
 ALL = "all"
 
 
@@ -98,7 +98,7 @@ def aggregate_by_customer(
     keep = ~(valid_ts & (ts > as_of_us))
     if skip_zero_rows:
         keep &= np.any(emb != 0, axis=1)
-    age_days = np.where(valid_ts, (as_of_us - ts) / _US_PER_DAY, np.inf)
+    age_days = np.where(valid_ts, (as_of_us - ts) / US_PER_DAY, np.inf)
     weights = np.where(valid_ts, np.exp2(-np.maximum(age_days, 0.0) / half_life), 0.0)
 
     src, order = _sources(sources, n, sources_order)
@@ -242,21 +242,12 @@ def _to_microseconds(timestamps: Any, n: int) -> np.ndarray:
 
 
 def _as_of_microseconds(as_of: Any, ts: np.ndarray) -> int:
+    """The cut-off in microseconds: the last text's time when None, epoch microseconds as given."""
     if as_of is None:
         return int(ts.max()) if len(ts) else 0
     if isinstance(as_of, (int, np.integer)) and not isinstance(as_of, bool):
         return int(as_of)
-    if isinstance(as_of, dt.datetime) and as_of.tzinfo is not None:
-        as_of = as_of.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    try:
-        value = np.datetime64(as_of, "us")
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"as_of must be a date/time (e.g. '2024-06-30'), got {as_of!r}", config_key="as_of"
-        ) from exc
-    if np.isnat(value):
-        raise ConfigError(f"as_of must be a date/time, got {as_of!r}", config_key="as_of")
-    return int(value.astype(np.int64))
+    return to_microseconds(as_of)
 
 
 def _sources(

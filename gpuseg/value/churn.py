@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from gpuseg.runtime.artifacts import ArtifactFiles, load_artifact, save_artifact
 from gpuseg.runtime.device import resolve_device
@@ -158,7 +159,7 @@ class _Net(torch.nn.Module):
         return self.out(x).squeeze(-1)
 
 
-class ChurnModel:
+class ChurnModel(ClassifierMixin, BaseEstimator):
     """Churn classifier: logistic regression (``hidden=0``) or a one-hidden-layer MLP, in torch.
 
     Parameters
@@ -254,6 +255,7 @@ class ChurnModel:
                                  "the training rows of 'y'.")
         device = resolve_device(self.device, key="device")
         self.n_features_in_ = Xa.shape[1]
+        self.classes_ = np.array([0, 1])
         self.mean_ = Xa[train].mean(axis=0)
         scale = Xa[train].std(axis=0)
         self.scale_ = np.where(scale > 0, scale, 1.0)  # constant columns stay at 0 after centring
@@ -353,8 +355,17 @@ class ChurnModel:
                 out[start:start + batch_size] = torch.sigmoid(logits).double().cpu().numpy()
         return out
 
-    def get_params(self) -> dict[str, Any]:
-        """Constructor arguments (JSON-ready)."""
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Churn log-odds per row (what scikit-learn's ``roc_auc`` scorer reads)."""
+        p = np.clip(self.predict_proba(X), 1e-12, 1 - 1e-12)
+        return np.log(p) - np.log1p(-p)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """1 (churns) where the churn probability exceeds one half, else 0."""
+        return (self.predict_proba(X) > 0.5).astype(np.int64)
+
+    def _persisted_params(self) -> dict[str, Any]:
+        """Constructor arguments saved with the model (JSON-ready; the device is chosen at load)."""
         return {k: getattr(self, k) for k in ("hidden", "l2", "epochs", "lr", "batch_size",
                                                "holdout_fraction", "random_state")}
 
@@ -370,7 +381,7 @@ class ChurnModel:
         tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
         tensors["mean"] = torch.as_tensor(self.mean_, dtype=torch.float64)
         tensors["scale"] = torch.as_tensor(self.scale_, dtype=torch.float64)
-        meta = {"params": self.get_params(), "n_features_in": self.n_features_in_,
+        meta = {"params": self._persisted_params(), "n_features_in": self.n_features_in_,
                 "best_epoch": self.best_epoch_, "validation": self.validation_}
         return save_artifact(_files(path), tensors, meta, kind=KIND, version=FORMAT_VERSION).tensors
 
@@ -382,6 +393,7 @@ class ChurnModel:
         meta, tensors = art.meta, art.tensors
         model = cls(**meta["params"], device=device)
         model.n_features_in_ = int(meta["n_features_in"])
+        model.classes_ = np.array([0, 1])
         model.mean_ = tensors["mean"].numpy()
         model.scale_ = tensors["scale"].numpy()
         model.best_epoch_ = int(meta["best_epoch"])

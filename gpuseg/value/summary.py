@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpuseg.data.convert import as_customer_ids
-from gpuseg.features.rfm import DEFAULT_ROLES, US_PER_DAY, to_microseconds
+from gpuseg.data.events import DEFAULT_ROLES, US_PER_DAY, format_instant, to_microseconds
 from gpuseg.runtime.errors import ConfigError
 from gpuseg.runtime.io import iter_table_batches
 
@@ -190,7 +190,7 @@ def btyd_summary(
         meta["holdout_end"] = str(np.datetime64(end_us, "us"))
         meta["holdout_length"] = repr((end_us - as_of_us) / US_PER_DAY / unit)
     log.info("BTYD summary: %d customers, %d with purchases before %s", n, int(np.isfinite(frequency).sum()),
-             meta["as_of"])
+             format_instant(as_of_us))
     return pa.table(columns).replace_schema_metadata(meta)
 
 
