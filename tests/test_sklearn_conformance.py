@@ -256,3 +256,15 @@ def test_churn_model_is_a_scikit_learn_classifier():
     # the probability and the decision function rank alike
     fitted = ChurnModel(device="cpu").fit(X, y)
     assert np.array_equal(np.argsort(fitted.predict_proba(X)), np.argsort(fitted.decision_function(X)))
+
+
+def test_value_models_clone_and_set_params():
+    from sklearn.base import clone
+
+    from gpuseg.value import BetaGeoModel, GammaGammaModel
+
+    for model in (BetaGeoModel(penalizer_coef=0.1, device="cpu"), GammaGammaModel(max_iter=50, device="cpu")):
+        twin = clone(model)
+        assert twin is not model and twin.get_params() == model.get_params()
+        assert "device" in twin.get_params() and not hasattr(twin, "params_")
+        assert twin.set_params(tol=1e-6).tol == 1e-6

@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 
 from gpuseg.runtime.device import resolve_device
 from gpuseg.runtime.errors import UserInputError
@@ -522,8 +523,12 @@ def _check_finite(model: str, what: str, values: np.ndarray, observed: np.ndarra
         "for them.", reason=reason, rows=rows)
 
 
-class _JsonModel:
-    """Save/load of a fitted BTYD model as JSON, and the degenerate-fit guard of the predictions."""
+class _JsonModel(BaseEstimator):
+    """Save/load of a fitted BTYD model as JSON, and the degenerate-fit guard of the predictions.
+
+    A scikit-learn estimator for ``get_params``/``set_params``/``clone`` (its ``fit`` takes the
+    customers' histories, not an ``X``, so it is no Pipeline step).
+    """
 
     #: constructor arguments saved with the model, in file order
     _setting_names: tuple[str, ...] = ()
