@@ -289,6 +289,77 @@ def evaluate_loss(net: nn.Module, seqs: Sequences, rows: np.ndarray, labels: np.
     return float(loss)
 
 
+@dataclass
+class _Progress:
+    """Where a training stands: what a checkpoint stores and a resumed run restores."""
+
+    best_state: dict[str, torch.Tensor]
+    history: list[dict[str, Any]]
+    best_val: float = float("inf")
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    epoch: int = 0
+    finished: bool = False
+    resumed_from: int | None = None
+
+
+def _resume(folder: Path, module: nn.Module, optimizer, scheduler, run_fingerprint: str, device: torch.device,
+            rank: int, state: _Progress) -> _Progress:
+    """Continue from the last checkpoint of the same training; clear checkpoints of another one."""
+    found = list_checkpoints(folder)
+    if found:
+        tensors, meta = load_checkpoint(folder, found[-1])
+        if meta.get("fingerprint") == run_fingerprint and meta.get("version") == CHECKPOINT_VERSION:
+            module.load_state_dict({k: v.to(device) for k, v in _prefixed(tensors, "model.").items()})
+            _restore_optimizer(optimizer, tensors, meta["optimizer"])
+            scheduler.load_state_dict(meta["scheduler"])
+            _set_rng_state(tensors, meta["rng"])
+            state = _Progress(best_state={k: v.to(device) for k, v in _prefixed(tensors, "best.").items()},
+                              history=list(meta["history"]), best_val=float(meta["best_val_loss"]),
+                              best_epoch=int(meta["best_epoch"]), bad_epochs=int(meta["bad_epochs"]),
+                              epoch=int(meta["epoch"]), finished=bool(meta.get("finished", False)),
+                              resumed_from=int(meta["epoch"]))
+            log.info("resuming journey training from the checkpoint of epoch %d%s", state.epoch,
+                     " (already finished)" if state.finished else "")
+        elif rank == 0:
+            log.warning("checkpoints in %s belong to another training (settings or data changed); "
+                        "starting afresh", folder)
+            for e in found:
+                for suffix in (".json", ".safetensors"):
+                    (folder / f"epoch_{e:04d}{suffix}").unlink(missing_ok=True)
+    barrier_all()
+    return state
+
+
+def _train_epoch(model: nn.Module, module: nn.Module, optimizer, seqs: Sequences, labels, train_rows: np.ndarray,
+                 settings: TrainSettings, device: torch.device, gap_index: int, epoch: int, rank: int,
+                 world: int) -> float:
+    """One pass over this rank's share of the training batches; the mean loss over every rank."""
+    rng = np.random.default_rng([settings.seed, epoch])
+    torch.manual_seed(_epoch_seed(settings.seed, epoch))  # dropout stream of this epoch
+    batches = _iterate(length_buckets(seqs.lengths[train_rows], settings.batch_size, rng), rank, world)
+    model.train()
+    total, count = 0.0, 0
+    bar = progress_bar(settings.progress and rank == 0, total=len(batches),
+                       desc=f"journeys epoch {epoch}/{settings.epochs}", unit="batch")
+    for local in batches:
+        batch = make_batch(seqs, train_rows[local], labels, device)
+        with autocast(device, settings.precision):
+            loss = combine(batch_losses(model, batch, gap_index), settings)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip and settings.grad_clip > 0:
+            nn.utils.clip_grad_norm_(module.parameters(), settings.grad_clip)
+        optimizer.step()
+        total += float(loss.detach())
+        count += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    bar.close()
+    summed = all_reduce_values({"t": total, "n": float(count)})
+    return summed["t"] / max(summed["n"], 1.0)
+
+
 def fit_network(net: nn.Module, seqs: Sequences, labels: np.ndarray | None, train_rows: np.ndarray,
                 val_rows: np.ndarray, settings: TrainSettings, device: torch.device, *,
                 checkpoint_dir: str | Path | None = None, run_fingerprint: str = "",
@@ -328,101 +399,53 @@ def fit_network(net: nn.Module, seqs: Sequences, labels: np.ndarray | None, trai
     optimizer = torch.optim.AdamW(module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(settings.epochs, 1),
                                                            eta_min=settings.lr * 0.05)
-    history: list[dict[str, Any]] = []
-    best_val, best_epoch, bad_epochs, start_epoch = float("inf"), 0, 0, 0
-    best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    resumed_from, finished = None, False
+    state = _Progress(best_state={k: v.detach().clone() for k, v in module.state_dict().items()}, history=[])
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-
     if folder is not None:
-        found = list_checkpoints(folder)
-        if found:
-            tensors, meta = load_checkpoint(folder, found[-1])
-            if meta.get("fingerprint") == run_fingerprint and meta.get("version") == CHECKPOINT_VERSION:
-                module.load_state_dict({k: v.to(device) for k, v in _prefixed(tensors, "model.").items()})
-                best_state = {k: v.to(device) for k, v in _prefixed(tensors, "best.").items()}
-                _restore_optimizer(optimizer, tensors, meta["optimizer"])
-                scheduler.load_state_dict(meta["scheduler"])
-                _set_rng_state(tensors, meta["rng"])
-                history = list(meta["history"])
-                best_val, best_epoch = float(meta["best_val_loss"]), int(meta["best_epoch"])
-                bad_epochs, start_epoch = int(meta["bad_epochs"]), int(meta["epoch"])
-                finished = bool(meta.get("finished", False))
-                resumed_from = start_epoch
-                log.info("resuming journey training from the checkpoint of epoch %d%s", start_epoch,
-                         " (already finished)" if finished else "")
-            elif rank == 0:
-                log.warning("checkpoints in %s belong to another training (settings or data changed); "
-                            "starting afresh", folder)
-                for e in found:
-                    for suffix in (".json", ".safetensors"):
-                        (folder / f"epoch_{e:04d}{suffix}").unlink(missing_ok=True)
-        barrier_all()
+        state = _resume(folder, module, optimizer, scheduler, run_fingerprint, device, rank, state)
 
     model: nn.Module = module
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None)
-    train_labels = labels
     epochs_run = 0
-    epoch = start_epoch
-    while not finished and epoch < settings.epochs:
+    while not state.finished and state.epoch < settings.epochs:
         if max_epochs_this_run is not None and epochs_run >= max_epochs_this_run:
             break
-        epoch += 1
-        rng = np.random.default_rng([settings.seed, epoch])
-        torch.manual_seed(_epoch_seed(settings.seed, epoch))  # dropout stream of this epoch
-        batches = _iterate(length_buckets(seqs.lengths[train_rows], settings.batch_size, rng), rank, world)
-        model.train()
-        total, count = 0.0, 0
-        bar = progress_bar(settings.progress and rank == 0, total=len(batches),
-                           desc=f"journeys epoch {epoch}/{settings.epochs}", unit="batch")
-        for local in batches:
-            batch = make_batch(seqs, train_rows[local], train_labels, device)
-            with autocast(device, settings.precision):
-                loss = combine(batch_losses(model, batch, gap_index), settings)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.grad_clip and settings.grad_clip > 0:
-                nn.utils.clip_grad_norm_(module.parameters(), settings.grad_clip)
-            optimizer.step()
-            total += float(loss.detach())
-            count += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        bar.close()
+        state.epoch += 1
+        epoch = state.epoch
+        train_loss = _train_epoch(model, module, optimizer, seqs, labels, train_rows, settings, device, gap_index,
+                                  epoch, rank, world)
         lr = float(scheduler.get_last_lr()[0])
         scheduler.step()
-        train_loss = all_reduce_values({"t": total, "n": float(count)})
-        train_loss = train_loss["t"] / max(train_loss["n"], 1.0)
         val_loss = (evaluate_loss(module, seqs, val_rows, labels, settings, device, gap_index, rank, world)
                     if len(val_rows) else train_loss)
-        improved = val_loss < best_val - 1e-6
+        improved = val_loss < state.best_val - 1e-6
         if improved:
-            best_val, best_epoch, bad_epochs = val_loss, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            state.best_val, state.best_epoch, state.bad_epochs = val_loss, epoch, 0
+            state.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
         else:
-            bad_epochs += 1
+            state.bad_epochs += 1
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr}
-        history.append(record)
+        state.history.append(record)
         log.info("journeys epoch %d: train loss %.4f, validation loss %.4f%s", epoch, train_loss, val_loss,
                  " (best)" if improved else "")
-        finished = epoch >= settings.epochs or bad_epochs >= settings.patience
+        state.finished = epoch >= settings.epochs or state.bad_epochs >= settings.patience
         epochs_run += 1
         if folder is not None:
             if rank == 0:
-                meta = {"fingerprint": run_fingerprint, "settings": asdict(settings), "history": history,
-                        "best_val_loss": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                        "finished": finished}
+                meta = {"fingerprint": run_fingerprint, "settings": asdict(settings), "history": state.history,
+                        "best_val_loss": state.best_val, "best_epoch": state.best_epoch,
+                        "bad_epochs": state.bad_epochs, "finished": state.finished}
                 save_checkpoint(folder, epoch, net=module, optimizer=optimizer, scheduler=scheduler,
-                                best_state=best_state, meta=meta)
+                                best_state=state.best_state, meta=meta)
             barrier_all()
         if callback is not None:
             callback(epoch, record)
-    if finished:
-        module.load_state_dict(best_state)
-    return {"history": history, "best_epoch": best_epoch, "best_val_loss": best_val,
-            "epochs_run": epochs_run, "resumed_from": resumed_from, "finished": finished,
+    if state.finished:
+        module.load_state_dict(state.best_state)
+    return {"history": state.history, "best_epoch": state.best_epoch, "best_val_loss": state.best_val,
+            "epochs_run": epochs_run, "resumed_from": state.resumed_from, "finished": state.finished,
             "world_size": world}
 
 
