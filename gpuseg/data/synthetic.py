@@ -26,6 +26,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -471,63 +472,72 @@ def _last_before(mask: np.ndarray, first_of_owner: np.ndarray) -> np.ndarray:
     return idx
 
 
-def _block(rng: np.random.Generator, first: int, n: int, tb: _Tables, st: _Settings) -> dict:
-    """Generate ``n`` customers starting at global index ``first``; returns Arrow tables."""
+def _activity(rng: np.random.Generator, n: int, tb: _Tables, st: _Settings) -> SimpleNamespace:
+    """Persona, activity window (days relative to as_of), event counts and churn of each customer."""
     H, HD = float(st.history_days), float(st.holdout_days)
-    persona = _draw(np.broadcast_to(tb.shares_cum, (n, len(tb.shares_cum))), rng.random(n))
-    persona = persona.astype(np.int64)
-
-    # --- customer attributes and activity window (days relative to as_of) ---
+    c = SimpleNamespace()
+    c.persona = _draw(np.broadcast_to(tb.shares_cum, (n, len(tb.shares_cum))), rng.random(n)).astype(np.int64)
+    persona = c.persona
     lo, hi = tb.signup[persona, 0], tb.signup[persona, 1]
-    signup = -(lo + (hi - lo) * rng.random(n))
+    c.signup = -(lo + (hi - lo) * rng.random(n))
     z = rng.standard_normal(n)
     engagement = np.exp(_ENGAGEMENT_SD * z)
-    s = np.maximum(signup, -H)
+    c.s = np.maximum(c.signup, -H)
     stop = -H * (tb.stop[persona, 0] + np.diff(tb.stop[persona], axis=1)[:, 0] * rng.random(n))
-    e = np.where(tb.has_stop[persona], np.minimum(np.maximum(stop, s + 30.0), 0.0), 0.0)
+    e = np.where(tb.has_stop[persona], np.minimum(np.maximum(stop, c.s + 30.0), 0.0), 0.0)
     dec = -(tb.decline[persona, 0] + np.diff(tb.decline[persona], axis=1)[:, 0] * rng.random(n))
-    d = np.where(tb.has_decline[persona], np.clip(dec, s, e), e)
-    tau = tb.tau[persona]
-    intensity = (d - s) + tau * (1.0 - np.exp(-(e - d) / tau))
-
-    n_hist = rng.poisson(tb.rate[persona] * engagement * intensity)
-    n_hist = np.clip(n_hist, 1, _MAX_EVENTS)  # everyone did something before as_of
+    c.d = np.where(tb.has_decline[persona], np.clip(dec, c.s, e), e)
+    c.tau = tb.tau[persona]
+    c.intensity = (c.d - c.s) + c.tau * (1.0 - np.exp(-(e - c.d) / c.tau))
+    n_hist = rng.poisson(tb.rate[persona] * engagement * c.intensity)
+    c.n_hist = np.clip(n_hist, 1, _MAX_EVENTS)  # everyone did something before as_of
     logit = tb.logit_active[persona] + _CHURN_SLOPE * z
-    active = rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
-    n_hold = np.where(active, 1 + rng.poisson(tb.holdout_rate[persona] * engagement * HD), 0)
-    n_hold = np.minimum(n_hold, _MAX_EVENTS)
+    c.active = rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
+    n_hold = np.where(c.active, 1 + rng.poisson(tb.holdout_rate[persona] * engagement * HD), 0)
+    c.n_hold = np.minimum(n_hold, _MAX_EVENTS)
+    return c
 
-    # --- timestamps (independent of event types) ---
-    frac = _sorted_fractions(rng, n_hist, tb.gap_shape[persona])
-    owner_h = np.repeat(np.arange(n), n_hist)
-    t_hist = _warp(frac * intensity[owner_h], s[owner_h], d[owner_h], tau[owner_h])
+
+def _event_times(rng: np.random.Generator, c: SimpleNamespace, tb: _Tables, st: _Settings) -> SimpleNamespace:
+    """Each event's owner, position and time in microseconds from as_of (independent of its type)."""
+    n = len(c.persona)
+    frac = _sorted_fractions(rng, c.n_hist, tb.gap_shape[c.persona])
+    owner_h = np.repeat(np.arange(n), c.n_hist)
+    t_hist = _warp(frac * c.intensity[owner_h], c.s[owner_h], c.d[owner_h], c.tau[owner_h])
     t_hist_us = np.minimum(np.floor(t_hist * _DAY_US).astype(np.int64), -1)
-    frac = _sorted_fractions(rng, n_hold, np.ones(n))
-    hold_us = int(HD * _DAY_US)
+    frac = _sorted_fractions(rng, c.n_hold, np.ones(n))
+    hold_us = int(float(st.holdout_days) * _DAY_US)
     t_hold_us = 1 + np.floor(frac * (hold_us - 1)).astype(np.int64)  # in (as_of, as_of + HD]
+    ev = SimpleNamespace()
+    ev.lengths = c.n_hist + c.n_hold
+    ev.offsets = np.concatenate([[0], np.cumsum(ev.lengths)[:-1]])
+    ev.total = int(ev.lengths.sum())
+    ev.owner = np.repeat(np.arange(n), ev.lengths)
+    pos = np.arange(ev.total) - ev.offsets[ev.owner]
+    ev.in_hold = pos >= c.n_hist[ev.owner]
+    ev.t_us = np.empty(ev.total, dtype=np.int64)
+    ev.t_us[~ev.in_hold] = t_hist_us
+    ev.t_us[ev.in_hold] = t_hold_us
+    return ev
 
-    lengths = n_hist + n_hold
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    total = int(lengths.sum())
-    owner = np.repeat(np.arange(n), lengths)
-    pos = np.arange(total) - offsets[owner]
-    in_hold = pos >= n_hist[owner]
-    t_us = np.empty(total, dtype=np.int64)
-    t_us[~in_hold] = t_hist_us
-    t_us[in_hold] = t_hold_us
 
-    # --- event types: Markov chain per persona; every active hold-out customer buys once ---
-    etype = _markov(rng, lengths, offsets, persona, tb)
-    bought = np.bincount(owner[in_hold & (etype == PURCHASE)], minlength=n) > 0
-    force = active & ~bought
-    j = (rng.random(n) * n_hold).astype(np.int64)  # uniform position: keeps 8 vs 9 symmetric
-    etype[(offsets + n_hist + j)[force]] = PURCHASE
-    churned = np.bincount(owner[in_hold & (etype == PURCHASE)], minlength=n) == 0
+def _event_types(rng: np.random.Generator, c: SimpleNamespace, ev: SimpleNamespace, tb: _Tables) -> None:
+    """Markov-chain event types per persona; every active hold-out customer buys at least once."""
+    n = len(c.persona)
+    ev.etype = _markov(rng, ev.lengths, ev.offsets, c.persona, tb)
+    bought = np.bincount(ev.owner[ev.in_hold & (ev.etype == PURCHASE)], minlength=n) > 0
+    force = c.active & ~bought
+    j = (rng.random(n) * c.n_hold).astype(np.int64)  # uniform position: keeps 8 vs 9 symmetric
+    ev.etype[(ev.offsets + c.n_hist + j)[force]] = PURCHASE
+    c.churned = np.bincount(ev.owner[ev.in_hold & (ev.etype == PURCHASE)], minlength=n) == 0
 
-    # --- amounts, categories, channels ---
-    ev_persona = persona[owner]
-    first_row = offsets[owner]
-    mu, sigma = tb.amount[ev_persona, 0], tb.amount[ev_persona, 1]
+
+def _event_details(rng: np.random.Generator, c: SimpleNamespace, ev: SimpleNamespace, tb: _Tables) -> None:
+    """Amounts (returns refund the latest purchase), categories and channels of the events."""
+    n, total, etype, owner = len(c.persona), ev.total, ev.etype, ev.owner
+    ev.persona = c.persona[owner]
+    first_row = ev.offsets[owner]
+    mu, sigma = tb.amount[ev.persona, 0], tb.amount[ev.persona, 1]
     raw_amount = np.round(np.exp(mu + sigma * rng.standard_normal(total)) + 0.5, 2)
     is_purchase = etype == PURCHASE
     is_return = etype == RETURN
@@ -535,73 +545,81 @@ def _block(rng: np.random.Generator, first: int, n: int, tb: _Tables, st: _Setti
     amount = np.where(is_purchase, raw_amount, np.nan)
     # A return refunds the customer's latest purchase (or a typical one if it predates history).
     refund = np.where(last_buy >= 0, amount[np.maximum(last_buy, 0)], raw_amount)
-    amount = np.where(is_return, -refund, amount)
-    monetary = is_purchase | is_return
+    ev.amount = np.where(is_return, -refund, amount)
+    ev.monetary = is_purchase | is_return
 
-    favourite = _draw(tb.cum_categories[persona], rng.random(n))
+    favourite = _draw(tb.cum_categories[c.persona], rng.random(n))
     category = np.where(
         rng.random(total) < 0.5,
         favourite[owner],
-        _draw(tb.cum_categories[ev_persona], rng.random(total)),
+        _draw(tb.cum_categories[ev.persona], rng.random(total)),
     )
     follows_buy = (is_return | (etype == REVIEW)) & (last_buy >= 0)
-    category = np.where(follows_buy, category[np.maximum(last_buy, 0)], category)
-    has_category = np.isin(etype, (VIEW, CART, PURCHASE, RETURN, REVIEW))
+    ev.category = np.where(follows_buy, category[np.maximum(last_buy, 0)], category)
+    ev.has_category = np.isin(etype, (VIEW, CART, PURCHASE, RETURN, REVIEW))
 
-    preferred = _draw(tb.cum_channels[persona], rng.random(n))
+    preferred = _draw(tb.cum_channels[c.persona], rng.random(n))
     channel = np.where(
         rng.random(total) < 0.7,
         preferred[owner],
-        _draw(tb.cum_channels[ev_persona], rng.random(total)),
+        _draw(tb.cum_channels[ev.persona], rng.random(total)),
     )
     channel = np.where((etype == REVIEW) & (channel == 2), 0, channel)  # reviews are online
     u_ch = rng.random(total)
     channel = np.where(etype == TICKET, _draw(np.broadcast_to(tb.cum_ticket_ch, (total, 5)), u_ch), channel)
-    channel = np.where(etype == COUPON, _draw(np.broadcast_to(tb.cum_coupon_ch, (total, 5)), u_ch), channel)
+    ev.channel = np.where(etype == COUPON, _draw(np.broadcast_to(tb.cum_coupon_ch, (total, 5)), u_ch), channel)
 
-    # --- texts: one per review / support ticket, at the event's timestamp ---
-    text_rows = np.flatnonzero((etype == REVIEW) | (etype == TICKET))
-    t_persona = ev_persona[text_rows]
-    is_review = etype[text_rows] == REVIEW
-    rating = _draw(tb.cum_ratings[t_persona], rng.random(len(text_rows))).astype(np.float64) + 1
-    angry = rng.random(len(text_rows)) < tb.p_angry[t_persona]
+
+def _event_texts(rng: np.random.Generator, ev: SimpleNamespace, tb: _Tables) -> SimpleNamespace:
+    """One text per review or support ticket, at the event's time, with a rating for reviews."""
+    tx = SimpleNamespace()
+    tx.rows = np.flatnonzero((ev.etype == REVIEW) | (ev.etype == TICKET))
+    t_persona = ev.persona[tx.rows]
+    tx.is_review = ev.etype[tx.rows] == REVIEW
+    tx.rating = _draw(tb.cum_ratings[t_persona], rng.random(len(tx.rows))).astype(np.float64) + 1
+    angry = rng.random(len(tx.rows)) < tb.p_angry[t_persona]
     kind = np.where(
-        is_review,
-        np.select([rating >= 4, rating == 3], [KIND_ID["pos"], KIND_ID["neu"]], KIND_ID["neg"]),
+        tx.is_review,
+        np.select([tx.rating >= 4, tx.rating == 3], [KIND_ID["pos"], KIND_ID["neu"]], KIND_ID["neg"]),
         np.where(angry, KIND_ID["angry"], KIND_ID["ticket"]),
     )
-    texts = compose_texts(rng, kind, tb.topic[t_persona], tb.p_topic[t_persona])
+    tx.texts = compose_texts(rng, kind, tb.topic[t_persona], tb.p_topic[t_persona])
+    return tx
 
-    # --- Arrow tables ---
+
+def _block_tables(rng: np.random.Generator, first: int, c: SimpleNamespace, ev: SimpleNamespace,
+                  tx: SimpleNamespace, tb: _Tables, st: _Settings) -> dict:
+    """The block's Arrow tables (the customers' own attributes are drawn last)."""
+    n, persona = len(c.persona), c.persona
     # 1-based, zero-padded ids sort as strings in generation order.
     ids = pa.array([f"C{i:0{st.id_width}d}" for i in range(first + 1, first + n + 1)], pa.string())
     names = pa.array(st.names, type=pa.string())
-    ts = pa.array(st.as_of_us + t_us, type=schema.TIMESTAMP)
-    ev_ids = ids.take(pa.array(owner))
+    ts = pa.array(st.as_of_us + ev.t_us, type=schema.TIMESTAMP)
+    ev_ids = ids.take(pa.array(ev.owner))
     events = pa.table(
         {
             "customer_id": ev_ids,
             "timestamp": ts,
-            "event_type": pa.array(EVENT_TYPES).take(pa.array(etype)),
-            "amount": pa.array(amount, mask=~monetary, type=pa.float64()),
-            "category": pa.array(CATEGORIES).take(pa.array(category, mask=~has_category)),
-            "channel": pa.array(CHANNELS).take(pa.array(channel)),
+            "event_type": pa.array(EVENT_TYPES).take(pa.array(ev.etype)),
+            "amount": pa.array(ev.amount, mask=~ev.monetary, type=pa.float64()),
+            "category": pa.array(CATEGORIES).take(pa.array(ev.category, mask=~ev.has_category)),
+            "channel": pa.array(CHANNELS).take(pa.array(ev.channel)),
         },
         schema=schema.EVENTS,
     )
-    text_idx = pa.array(text_rows)
+    text_idx = pa.array(tx.rows)
     text_table = pa.table(
         {
             "customer_id": ev_ids.take(text_idx),
             "timestamp": ts.take(text_idx),
-            "source": pa.array(np.where(is_review, "review", "ticket"), type=pa.string()),
-            "text": texts,
-            "rating": pa.array(rating, mask=~is_review, type=pa.float64()),
+            "source": pa.array(np.where(tx.is_review, "review", "ticket"), type=pa.string()),
+            "text": tx.texts,
+            "rating": pa.array(tx.rating, mask=~tx.is_review, type=pa.float64()),
         },
         schema=schema.TEXTS,
     )
     age = np.clip(np.round(tb.age[persona, 0] + tb.age[persona, 1] * rng.standard_normal(n)), 18, 90)
-    signup_us = st.as_of_us + np.floor(signup * _DAY_US).astype(np.int64)
+    signup_us = st.as_of_us + np.floor(c.signup * _DAY_US).astype(np.int64)
     customers = pa.table(
         {
             "customer_id": ids,
@@ -609,7 +627,7 @@ def _block(rng: np.random.Generator, first: int, n: int, tb: _Tables, st: _Setti
             "age": pa.array(age, mask=rng.random(n) < _AGE_NULL, type=pa.float64()),
             "region": pa.array(REGIONS).take(pa.array(_draw(tb.cum_regions[persona], rng.random(n)))),
             "plan": pa.array(PLANS).take(pa.array(_draw(tb.cum_plans[persona], rng.random(n)))),
-            "churned": pa.array(churned.astype(np.int8)),
+            "churned": pa.array(c.churned.astype(np.int8)),
         },
         schema=CUSTOMERS,
     )
@@ -621,17 +639,26 @@ def _block(rng: np.random.Generator, first: int, n: int, tb: _Tables, st: _Setti
         },
         schema=GROUND_TRUTH,
     )
-    stats = {
-        "persona_counts": np.bincount(persona, minlength=len(st.names)),
-        "persona_churned": np.bincount(persona, weights=churned, minlength=len(st.names)),
+    return {"customers": customers, "events": events, "texts": text_table, "ground_truth": truth}
+
+
+def _block(rng: np.random.Generator, first: int, n: int, tb: _Tables, st: _Settings) -> dict:
+    """Generate ``n`` customers starting at global index ``first``; returns Arrow tables.
+
+    The steps draw from ``rng`` in a fixed order (customers, times, types, details, texts, the
+    customers' attributes): same seed, same bytes.
+    """
+    c = _activity(rng, n, tb, st)
+    ev = _event_times(rng, c, tb, st)
+    _event_types(rng, c, ev, tb)
+    _event_details(rng, c, ev, tb)
+    tx = _event_texts(rng, ev, tb)
+    tables = _block_tables(rng, first, c, ev, tx, tb, st)
+    tables["stats"] = {
+        "persona_counts": np.bincount(c.persona, minlength=len(st.names)),
+        "persona_churned": np.bincount(c.persona, weights=c.churned, minlength=len(st.names)),
     }
-    return {
-        "customers": customers,
-        "events": events,
-        "texts": text_table,
-        "ground_truth": truth,
-        "stats": stats,
-    }
+    return tables
 
 
 # --------------------------------------------------------------------------------------------
