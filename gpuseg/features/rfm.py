@@ -56,6 +56,7 @@ import pyarrow.compute as pc
 from gpuseg.data.convert import as_customer_ids
 from gpuseg.data.events import DEFAULT_ROLES, US_PER_DAY, format_instant, to_microseconds  # noqa: F401  (re-exported)
 from gpuseg.data.schema import EVENTS, TEXTS
+from gpuseg.runtime.artifacts import check_state
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import (
     count_rows,
@@ -470,11 +471,7 @@ class RFMFeaturizer:
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> RFMFeaturizer:
         """Rebuild a fitted featurizer from :meth:`to_dict` output."""
-        if state.get("type") != "RFMFeaturizer" or state.get("format_version") != FORMAT_VERSION:
-            raise UserInputError(
-                f"not an RFMFeaturizer state of format {FORMAT_VERSION}: "
-                f"type={state.get('type')!r}, format_version={state.get('format_version')!r}"
-            )
+        check_state(state, kind="RFMFeaturizer", version=FORMAT_VERSION)
         self = cls(**state["params"])
         self._validate_params()
         fitted = state["fitted"]

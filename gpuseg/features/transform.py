@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gpuseg.runtime.artifacts import check_state
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import read_json, write_json
 
@@ -380,11 +381,7 @@ class TabularTransform:
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> TabularTransform:
         """Rebuild a fitted transform from :meth:`to_dict` output."""
-        if state.get("type") != "TabularTransform" or state.get("format_version") != FORMAT_VERSION:
-            raise UserInputError(
-                f"not a TabularTransform state of format {FORMAT_VERSION}: "
-                f"type={state.get('type')!r}, format_version={state.get('format_version')!r}"
-            )
+        check_state(state, kind="TabularTransform", version=FORMAT_VERSION)
         self = cls(**state["params"])
         self._validate_params()
         self.numeric_ = [

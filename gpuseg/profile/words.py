@@ -405,29 +405,9 @@ def distinctive_words_by_source(texts: Sequence[str | None], sources: Sequence[s
         One text per row; None or empty (e.g. a rating-only review) is skipped.
     sources : sequence of str or None
         The source of each text; rows without one are skipped.
-    text_segments : array of int, shape (n_texts,)
-        Segment of the customer who wrote each text.
-    n_segments : int, optional
-        Number of segments (default: largest label + 1); segments without texts get [].
-    top_n : int, default 10
-        Words kept per segment.
-    min_df : int, default 2
-        Words found in fewer texts (over all segments) are ignored: one-off typos and names.
-    stop_languages : iterable of str, or str, optional
-        Built-in stop lists to use, from :data:`BUILTIN_LANGUAGES` (``en pt es de fr``);
-        None (default): all five; ``[]``: none.
-    extra_stop_words : iterable of str, default ()
-        More words to drop, in any case or Unicode form (e.g. another language's function
-        words, a brand name); each must be a single word as :func:`tokenize` reads it.
-    common_share : float in (0, 1] or None, default 0.5
-        Drop (and log at INFO) a word found in at least this share of the texts of every
-        segment with ``common_min_texts`` texts or more, when there are two such segments or
-        more; see :func:`common_words`. None turns the rule off.
-    common_min_texts : int, default 20
-        Segments with fewer texts (with at least one word) do not take part in that rule.
-    stop_words : iterable of str, optional
-        The whole stop list, replacing the built-in ones (cannot be combined with
-        ``stop_languages``; ``extra_stop_words`` still apply); ``()`` keeps every word.
+    text_segments, n_segments, top_n, min_df, stop_languages, extra_stop_words, common_share, \
+common_min_texts, stop_words
+        As in :func:`distinctive_words`, applied to each source's texts.
 
     Returns
     -------

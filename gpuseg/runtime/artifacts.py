@@ -74,6 +74,19 @@ class Artifact:
     """name -> path of each side file saved with the artifact."""
 
 
+def check_state(state: Mapping[str, Any], *, kind: str, version: int, kind_key: str = "type",
+                version_key: str = "format_version") -> None:
+    """Refuse a JSON state (a fitted featurizer, transform, vocabulary...) of another kind or version.
+
+    The JSON-only artifacts carry their kind and format version like the safetensors ones do;
+    this is the one check their ``from_dict`` make before reading anything else.
+    """
+    if not isinstance(state, Mapping) or state.get(kind_key) != kind or state.get(version_key) != version:
+        got = (state.get(kind_key), state.get(version_key)) if isinstance(state, Mapping) else (type(state).__name__,)
+        raise ArtifactError(f"not a {kind} state of format {version}: got {kind_key}/{version_key} {got!r}; "
+                            "re-run the job that wrote it")
+
+
 def artifact_files(path: PathLike | ArtifactFiles) -> ArtifactFiles:
     """The pair for a stem (``model`` -> ``model.safetensors`` + ``model.json``) or either file."""
     if isinstance(path, ArtifactFiles):

@@ -60,6 +60,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 
+from gpuseg.runtime.artifacts import check_state
 from gpuseg.runtime.device import resolve_device
 from gpuseg.runtime.errors import UserInputError
 from gpuseg.runtime.io import read_json, write_json
@@ -556,11 +557,7 @@ class _JsonModel(BaseEstimator):
     def load(cls, path: str | Path, *, device: Any = "auto"):
         """Read a model written by :meth:`save` (``degenerate_`` and ``fit_notes_`` included)."""
         d = read_json(path)
-        if d.get("model") != cls.__name__ or d.get("format_version") != FORMAT_VERSION:
-            raise UserInputError(
-                f"not a {cls.__name__} file of format {FORMAT_VERSION}: got model "
-                f"{d.get('model')!r}, format {d.get('format_version')!r}"
-            )
+        check_state(d, kind=cls.__name__, version=FORMAT_VERSION, kind_key="model")
         # settings added later are absent from older files: their defaults apply
         model = cls(**{name: d[name] for name in cls._setting_names if name in d}, device=device)
         model.params_ = {k: float(d["params"][k]) for k in cls.param_names}
