@@ -147,13 +147,19 @@ def export_config(model_dir: str, target: Path) -> Path:
     return target
 
 
-def random_weights_dir(model_dir: str, workdir: Path, seed: int) -> Path:
-    """A folder with the model's configs and tokenizer and random weights of the same config."""
+def random_weights_dir(model_dir: str, workdir: Path, seed: int, num_layers: int | None = None) -> Path:
+    """A folder with the model's configs and tokenizer and random weights of the same config.
+
+    ``num_layers`` changes the depth (e.g. 12 for the cost of a 12-layer encoder of the same width,
+    such as the multilingual paraphrase MiniLM-L12), everything else kept.
+    """
     from transformers import AutoConfig, AutoModel
 
     target = export_config(model_dir, workdir / "random-model")
     torch.manual_seed(seed)
     config = AutoConfig.from_pretrained(str(target), local_files_only=True)
+    if num_layers:
+        config.num_hidden_layers = int(num_layers)
     AutoModel.from_config(config).save_pretrained(str(target))
     return target
 
@@ -176,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--model", default=None, help="model name or folder (default: packaged MiniLM)")
     parser.add_argument("--random-weights", action="store_true", help="same config, random weights")
+    parser.add_argument("--num-layers", type=int, default=None,
+                        help="with --random-weights: this many encoder layers instead of the model's")
     parser.add_argument("--dtype", default="auto", help="gpuseg precision: auto, fp32, fp16, bf16")
     parser.add_argument("--batch-size", type=int, default=None, help="gpuseg batch size (default: its own)")
     parser.add_argument("--dup-rate", type=float, default=0.3, help="share of duplicated texts")
@@ -200,8 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.random_weights or not any(Path(model_dir).glob("*.safetensors")) and not any(Path(model_dir).glob("*.bin")):
-            model_dir = str(random_weights_dir(model_dir, Path(tmp), args.seed))
-            weights = "random-same-config"
+            model_dir = str(random_weights_dir(model_dir, Path(tmp), args.seed, args.num_layers))
+            weights = "random-same-config" + (f", {args.num_layers} layers" if args.num_layers else "")
         else:
             weights = "real"
         result = run(args, device, model_dir, texts, weights)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -178,3 +179,22 @@ def test_run_reuses_unchanged_stages_and_reruns_what_changed(make_cfg, tmp_path)
     assert after["reused"] == ["validate", "features", "fuse"]
     forced = run.run(make_cfg("run", *base, "force=true"))
     assert forced["reused"] == []
+
+
+def test_most_segments_tiny_is_a_warning_and_k_equal_to_n_still_segments(make_cfg, caplog):
+    import json
+
+    from gpuseg.jobs import features, generate, segment, validate
+
+    base = ("data.generator.n_customers=60", "device=cpu")
+    for job in (generate, validate, features):
+        job.run(make_cfg(job.__name__.rsplit(".", 1)[1], *base))
+    base = (*base, "segment.confidence.n_bootstrap=1")
+    with caplog.at_level("WARNING"):
+        result = segment.run(make_cfg("segment", *base, "segment.n_clusters=40"))
+    assert "segment.n_clusters is too large" in caplog.text
+    assert any("too large" in note for note in result["notes"])
+    # as many segments as customers: no silhouette to compute, no traceback
+    result = segment.run(make_cfg("segment", *base, "segment.n_clusters=60"))
+    metrics = json.loads((Path(result["output_dir"]) / "metrics.json").read_text())
+    assert metrics["n_clusters"] == 60 and "silhouette_sampled" not in metrics

@@ -128,6 +128,31 @@ def _macro(cfg, centers: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, di
                                   "linkage_heights": linkage[:, 2].tolist()}
 
 
+def _quality(x: torch.Tensor, labels: np.ndarray, n: int, seed: int, device) -> dict[str, float]:
+    """Silhouette (sampled), Calinski-Harabasz and Davies-Bouldin, where they are defined (2 <= k < n)."""
+    sample = torch.as_tensor(_sample(n, 20000, seed), device=device)
+    lab = torch.as_tensor(labels, device=device)
+    n_labels = len(np.unique(labels))
+    if not 1 < n_labels < n:
+        return {}
+    quality = {"calinski_harabasz": calinski_harabasz(x, lab), "davies_bouldin": davies_bouldin(x, lab)}
+    if 1 < len(torch.unique(lab[sample])) < len(sample):
+        quality["silhouette_sampled"] = silhouette(x[sample], lab[sample], sample_size=None)
+    return quality
+
+
+def _size_notes(counts: np.ndarray, n: int) -> list[str]:
+    """A warning when most segments are tiny: k is too large for these customers."""
+    tiny = max(5, int(0.001 * n))
+    n_tiny = int((counts < tiny).sum())
+    if n_tiny <= len(counts) / 2:
+        return []
+    note = (f"{n_tiny} of {len(counts)} segments have fewer than {tiny} customers ({int((counts == 1).sum())} "
+            f"hold a single one): segment.n_clusters is too large for {n} customers")
+    log.warning("segment: %s", note)
+    return [note]
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Segment every customer of the input matrix and write segments, model and evidence."""
     ctx = start(cfg, "segment", needs_device=True)
@@ -168,14 +193,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "second_segment": pa.array(np.where(np.isfinite(d2), second, -1).astype(np.int32)),
         "is_outlier": pa.array(outlier),
     })
+    # every figure is computed before anything is written: a failure leaves the old outputs whole
+    quality = _quality(x, labels, n, seed, device)
+    notes = _size_notes(counts, n)
     write_parquet(artifact(work, "segment", "segments"), segments)
     model.save(artifact(work, "segment", "model"))
-    sample = torch.as_tensor(_sample(n, 20000, seed), device=device)
-    lab = torch.as_tensor(labels, device=device)
-    quality = {}
-    if len(np.unique(labels)) > 1:
-        quality = {"silhouette_sampled": silhouette(x[sample], lab[sample], sample_size=None),
-                   "calinski_harabasz": calinski_harabasz(x, lab), "davies_bouldin": davies_bouldin(x, lab)}
     segmentation = {
         "schema_version": 1,
         "input": str(source),
@@ -202,6 +224,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "outlier_rate": float(outlier.mean()),
         "mean_confidence": float(conf.mean()),
         **quality,
+        "notes": notes,
         "device": str(device),
         "seconds": round(seconds, 3),
     }
