@@ -198,3 +198,17 @@ def test_most_segments_tiny_is_a_warning_and_k_equal_to_n_still_segments(make_cf
     result = segment.run(make_cfg("segment", *base, "segment.n_clusters=60"))
     metrics = json.loads((Path(result["output_dir"]) / "metrics.json").read_text())
     assert metrics["n_clusters"] == 60 and "silhouette_sampled" not in metrics
+
+
+def test_a_text_model_with_only_pickled_weights_is_refused(tmp_path):
+    from gpuseg.text.model_path import resolve_model
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    with pytest.raises(UserInputError, match="pickle files") as err:
+        resolve_model(folder)
+    assert err.value.config_key == "text.model"
+    (folder / "model.safetensors").write_bytes(b"")
+    assert resolve_model(folder) == str(folder.resolve())

@@ -592,7 +592,7 @@ def _load(model_path: str) -> tuple[Any, torch.nn.Module]:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-        model = AutoModel.from_pretrained(model_path, local_files_only=True)
+        model = AutoModel.from_pretrained(model_path, local_files_only=True, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise UserInputError(
             f"cannot load the text model from '{model_path}': {exc}", config_key=CONFIG_KEY

@@ -88,6 +88,7 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> str:
                 "model folder; " + _HOW_TO_FIX,
                 config_key=CONFIG_KEY,
             )
+        _check_weights(path)
         return str(path.resolve())
     if _looks_like_path(name):
         raise UserInputError(
@@ -106,6 +107,25 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> str:
         "(gpuseg never downloads models); " + _HOW_TO_FIX,
         config_key=CONFIG_KEY,
     )
+
+
+def _check_weights(path: Path) -> None:
+    """A model folder needs safetensors weights: pickled ``.bin`` weights are never loaded.
+
+    A folder without weights is left to the caller (the benchmarks build random weights of a
+    weightless copy's config); one whose only weights are pickles is refused here.
+    """
+    if any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+    if pickles:
+        raise UserInputError(
+            f"text model directory '{path}' holds its weights only as pickle files ({', '.join(pickles[:3])}); "
+            "gpuseg loads safetensors only (pickles can run code). Convert them, e.g. "
+            "`AutoModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)` on a machine you "
+            "trust, or use a model published with model.safetensors",
+            config_key=CONFIG_KEY,
+        )
 
 
 def _looks_like_path(name: str) -> bool:
