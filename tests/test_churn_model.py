@@ -114,3 +114,16 @@ def test_bad_input_is_a_clear_error():
     model = ChurnModel(epochs=1, device="cpu").fit(X, y)
     with pytest.raises(UserInputError, match="fitted with 5"):
         model.predict_proba(X[:, :3])
+
+
+def test_logistic_picks_its_penalty_on_the_hold_out():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 200))  # two informative columns among 200
+    y = (X[:, 0] + X[:, 1] + rng.normal(0, 1.0, 300) > 0).astype(int)
+    model = ChurnModel(device="cpu", holdout_fraction=0.3).fit(X, y)
+    assert [r["l2"] for r in model.history_] == pytest.approx([1e-3, 1e-2, 1e-1, 1.0])
+    assert model.l2_ > 1e-3  # with 200 columns and 210 rows, the exact fit without shrinkage overfits
+    best = min(model.history_, key=lambda r: r["val_loss"])
+    assert model.l2_ == best["l2"]
+    # without a hold-out there is nothing to choose on: the given penalty is used
+    assert ChurnModel(device="cpu", l2=0.05).fit(X, y).l2_ == 0.05

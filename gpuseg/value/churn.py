@@ -170,7 +170,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         L2 penalty on the weights (not the biases), added to the mean log loss.
     epochs : int, default=50
         Passes over the training rows (MLP only: ``hidden=0`` is fitted exactly by L-BFGS, see
-        :mod:`gpuseg.runtime.logistic`, and ignores ``epochs``, ``lr`` and ``batch_size``).
+        :mod:`gpuseg.runtime.logistic`, and ignores ``epochs``, ``lr`` and ``batch_size``; with a
+        hold-out it picks its penalty among ``l2 x (1, 10, 100, 1000)``, kept in ``l2_``).
     lr : float, default=1e-2
         Adam learning rate.
     batch_size : int, default=1024
@@ -272,7 +273,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             torch.manual_seed(int(self.random_state))
             net = _Net(self.n_features_in_, int(self.hidden)).to(device)
         if int(self.hidden) == 0:
-            return self._fit_logistic(net, xt, yt, ya, val, Xa, device)
+            return self._fit_logistic(net, xt, yt, xv, yv, ya, val, Xa, device)
         opt = torch.optim.Adam(net.parameters(), lr=float(self.lr))
         weights = [p for name, p in net.named_parameters() if name.endswith("weight")]
         loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
@@ -314,19 +315,39 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
                      self.validation_["roc_auc"], self.best_epoch_)
         return self
 
-    def _fit_logistic(self, net: _Net, xt: torch.Tensor, yt: torch.Tensor, ya: np.ndarray, val: np.ndarray,
-                      Xa: np.ndarray, device: torch.device) -> ChurnModel:
-        """``hidden=0``: the exact penalised fit (L-BFGS), shared with every logistic model in gpuseg."""
-        coef, intercept = fit_logistic(xt.cpu().numpy(), yt.cpu().numpy(), l2=float(self.l2), device=device)
+    def _fit_logistic(self, net: _Net, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor,
+                      ya: np.ndarray, val: np.ndarray, Xa: np.ndarray, device: torch.device) -> ChurnModel:
+        """``hidden=0``: the exact penalised fit (L-BFGS), shared with every logistic model in gpuseg.
+
+        With hold-out rows, the penalty is chosen among ``l2 x (1, 10, 100, 1000)`` by their log
+        loss (``l2_``, ``history_``): an exact fit on hundreds of embedding columns overfits
+        where a few epochs of Adam stopped early did not, and the hold-out says how much to shrink.
+        """
+        candidates = [float(self.l2) * f for f in (1.0, 10.0, 100.0, 1000.0)] if val.size else [float(self.l2)]
+        self.history_ = []
+        best = None
+        for l2 in candidates:
+            coef, intercept = fit_logistic(xt.cpu().numpy(), yt.cpu().numpy(), l2=l2, device=device)
+            record = {"l2": l2}
+            if val.size:
+                logits = xv.double().cpu().numpy() @ coef + intercept
+                y_val = yv.double().cpu().numpy()
+                record["val_loss"] = float(np.mean(np.logaddexp(0.0, logits) - y_val * logits))
+            self.history_.append(record)
+            if best is None or record.get("val_loss", 0.0) < best[0].get("val_loss", 0.0):
+                best = (record, coef, intercept)
+        record, coef, intercept = best
         with torch.no_grad():
             net.out.weight.copy_(torch.as_tensor(coef, dtype=torch.float32).reshape(1, -1))
             net.out.bias.fill_(intercept)
-        self.history_ = []
+        self.l2_ = record["l2"]
         self.best_epoch_ = 0
         self._net = net.eval()
         self.validation_ = None
         if val.size:
             self.validation_ = binary_metrics(ya[val], self.predict_proba(Xa[val]))
+            log.info("churn model: logistic, l2 %.3g chosen on the hold-out, validation ROC AUC %.4f",
+                     self.l2_, self.validation_["roc_auc"])
         return self
 
     def _fitted(self) -> _Net:
