@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from gpuseg.jobs import registry
@@ -234,6 +235,31 @@ def check_overrides(job: str, argv: list[str]) -> tuple[list[str], dict | None]:
     return errors, (OmegaConf.to_container(cfg, resolve=False) if cfg is not None and not errors else None)
 
 
+#: what the machine says when a path cannot be used: a read-only or foreign folder, a file where a folder goes
+_FILE_ERRORS = (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+def _work_dir_problem(cfg: dict | None) -> str | None:
+    """Why ``paths.work_dir`` cannot hold the run (Hydra writes its log folder there first)."""
+    work = ((cfg or {}).get("paths") or {}).get("work_dir")
+    if not isinstance(work, str):
+        return None
+    path = Path(work)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:
+        return None
+    if not existing.is_dir():
+        return f"paths.work_dir '{work}' cannot be created: '{existing}' is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"paths.work_dir '{work}': '{existing}' is not writable by this user; choose a folder you can write to"
+    return None
+
+
+def _file_error(exc: OSError) -> str:
+    return (f"cannot use '{exc.filename}': {exc.strerror}; check paths.work_dir and paths.data_dir "
+            "(a folder gpuseg can write to)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gpuseg`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -253,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         for message in errors:
             print(f"gpuseg {job}: error: {message}", file=sys.stderr)
         return 2
+    problem = _work_dir_problem(cfg)
+    if problem:
+        print(f"gpuseg {job}: error: {problem}", file=sys.stderr)
+        return 2
     progress = cfg.get("progress") if cfg else None
     quiet_console(progress if isinstance(progress, bool) else None)
 
@@ -271,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
             _log_to_files(f"gpuseg {job}: error: {exc}")
             print(f"gpuseg {job}: error: {exc}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
+        except _FILE_ERRORS as exc:
+            _log_to_files(f"gpuseg {job}: error: {_file_error(exc)}")
+            print(f"gpuseg {job}: error: {_file_error(exc)}", file=sys.stderr)
+            raise SystemExit(2) from None
         _report(job, outcome["result"])
 
     task.__name__ = job
@@ -279,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [f"gpuseg {job}", *overrides]
     try:
         app()
+    except _FILE_ERRORS as exc:  # Hydra creates the run's log folder before the job starts
+        print(f"gpuseg {job}: error: {_file_error(exc)}", file=sys.stderr)
+        return 2
     finally:
         sys.argv = saved
     return 0

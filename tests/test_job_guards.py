@@ -212,3 +212,21 @@ def test_a_text_model_with_only_pickled_weights_is_refused(tmp_path):
     assert err.value.config_key == "text.model"
     (folder / "model.safetensors").write_bytes(b"")
     assert resolve_model(folder) == str(folder.resolve())
+
+
+def test_a_work_dir_that_is_a_file_is_a_message(tmp_path):
+    blocker = tmp_path / "work"
+    blocker.write_text("not a folder")
+    out = _gpuseg("features", f"paths.work_dir={blocker}", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "paths.work_dir" in out.stderr and str(blocker) in out.stderr
+
+
+def test_a_seed_file_that_is_not_utf8_is_a_message(make_cfg, tmp_path):
+    from gpuseg.jobs.lookalike import read_seeds
+
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_bytes(b"C0001\n\xff\xfeC0002\n")
+    with pytest.raises(UserInputError, match="not UTF-8") as err:
+        read_seeds(str(seeds))
+    assert err.value.config_key == "lookalike.seeds"

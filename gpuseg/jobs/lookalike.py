@@ -31,6 +31,7 @@ from gpuseg.runtime.matrix import read_matrix
 
 log = logging.getLogger(__name__)
 
+
 def read_seeds(spec: Any) -> dict[str | None, list[str]]:
     """Seed lists from the config value: a list of ids, or a CSV/Parquet/text file.
 
@@ -48,15 +49,21 @@ def read_seeds(spec: Any) -> dict[str | None, list[str]]:
         raise UserInputError(f"seed file '{path}' does not exist (give a list of ids or a .csv/.parquet/.txt file)",
                              config_key=key)
     name = path.name.lower()
-    if name.endswith((".parquet", ".pq")):
-        table = pq.read_table(path)
-    elif name.endswith((".csv", ".csv.gz", ".tsv")):
-        table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter="\t" if ".tsv" in name else ","),
-                               convert_options=pacsv.ConvertOptions(
-                                   column_types={"customer_id": pa.string(), "query": pa.string()}))
-    else:
-        lines = [line.strip() for line in path.read_text().splitlines()]
-        return {None: [line for line in lines if line and line != "customer_id"]}
+    try:
+        if name.endswith((".parquet", ".pq")):
+            table = pq.read_table(path)
+        elif name.endswith((".csv", ".csv.gz", ".tsv")):
+            table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter="\t" if ".tsv" in name else ","),
+                                   convert_options=pacsv.ConvertOptions(
+                                       column_types={"customer_id": pa.string(), "query": pa.string()}))
+        else:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+            return {None: [line for line in lines if line and line != "customer_id"]}
+    except UnicodeDecodeError as exc:
+        raise UserInputError(f"seed file '{path}' is not UTF-8 text (byte {exc.start}): save it as UTF-8",
+                             config_key=key) from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserInputError(f"cannot read seed file '{path}': {exc}", config_key=key) from None
     if "customer_id" not in table.column_names:
         raise UserInputError(f"seed file '{path}' has no customer_id column (columns: {table.column_names})",
                              column="customer_id", config_key=key)
