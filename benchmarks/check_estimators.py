@@ -1,4 +1,4 @@
-"""scikit-learn's ``check_estimator`` on ``gpuseg.MiniBatchKMeans``: pass count, rate, failures.
+"""scikit-learn's ``check_estimator`` on ``gpuseg.MiniBatchKMeans`` and ``ChurnModel``: pass count, rate, failures.
 
 Usage::
 
@@ -10,7 +10,8 @@ Runs every check scikit-learn has for a clusterer/transformer (``legacy=True``, 
 
 * ``defaults``: ``MiniBatchKMeans(device=...)``, the constructor's defaults;
 * ``fast``: ``n_init=1, max_iter=10, batch_size=64, random_state=0``, the settings that
-  ``tests/test_sklearn_conformance.py`` uses to keep its run short.
+  ``tests/test_sklearn_conformance.py`` uses to keep its run short;
+* ``churn_model``: ``ChurnModel(device=...)``, the churn classifier (a binary classifier only).
 
 The top-level counts are those of ``defaults``. The rate is passed / (passed + failed); skipped
 checks (e.g. the array-API check, which needs ``array_api_support``) are listed apart. Prints a
@@ -30,6 +31,7 @@ from _common import RESULTS, library_versions, machine_info, utc_now, write_resu
 from sklearn.utils.estimator_checks import check_estimator
 
 from gpuseg import MiniBatchKMeans
+from gpuseg.value import ChurnModel
 
 FAST = {"n_init": 1, "max_iter": 10, "batch_size": 64, "random_state": 0}
 
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = {
         "defaults": run_checks(MiniBatchKMeans(device=args.device)),
         "fast": run_checks(MiniBatchKMeans(3, device=args.device, **FAST)),
+        "churn_model": run_checks(ChurnModel(device=args.device)),
     }
     main_run = runs["defaults"]
     payload = {

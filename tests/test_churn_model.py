@@ -54,7 +54,7 @@ def test_logistic_matches_sklearn_and_is_calibrated(device):
     X, y, p_true = make_data()
     model = ChurnModel(hidden=0, l2=1e-4, epochs=60, lr=0.05, batch_size=512, device=device,
                        random_state=0).fit(X, y)
-    p = model.predict_proba(X)
+    p = model.churn_probability(X)
     ref = LogisticRegression(C=1e4, max_iter=2000).fit((X - X.mean(0)) / X.std(0), y)
     p_ref = ref.predict_proba((X - X.mean(0)) / X.std(0))[:, 1]
     assert np.abs(p - p_ref).max() < 0.05
@@ -84,14 +84,14 @@ def test_same_seed_same_result_and_save_load(tmp_path):
     a = ChurnModel(random_state=3, **kw).fit(X, y)
     b = ChurnModel(random_state=3, **kw).fit(X, y)
     c = ChurnModel(random_state=4, **kw).fit(X, y)
-    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
-    assert not np.array_equal(a.predict_proba(X), c.predict_proba(X))
+    np.testing.assert_array_equal(a.churn_probability(X), b.churn_probability(X))
+    assert not np.array_equal(a.churn_probability(X), c.churn_probability(X))
     path = a.save(tmp_path / "churn.safetensors")
     assert path.exists() and (tmp_path / "churn.safetensors.json").exists()
     loaded = ChurnModel.load(path, device="cpu")
-    np.testing.assert_array_equal(loaded.predict_proba(X), a.predict_proba(X))
+    np.testing.assert_array_equal(loaded.churn_probability(X), a.churn_probability(X))
     assert loaded.validation_["roc_auc"] == a.validation_["roc_auc"]
-    metrics = binary_metrics(y, a.predict_proba(X))
+    metrics = binary_metrics(y, a.churn_probability(X))
     assert set(metrics) == {"n", "positive_rate", "roc_auc", "log_loss", "brier", "calibration"}
 
 
@@ -107,12 +107,12 @@ def test_bad_input_is_a_clear_error():
     bad[7, 1] = np.nan
     with pytest.raises(UserInputError, match=r"finite.*rows \[7\]"):
         ChurnModel(device="cpu").fit(bad, y)
-    with pytest.raises(UserInputError, match="both classes"):
+    with pytest.raises(UserInputError, match="two classes"):
         ChurnModel(device="cpu").fit(X, np.zeros(200, int))
     with pytest.raises(UserInputError, match="not fitted"):
         ChurnModel().predict_proba(X)
     model = ChurnModel(epochs=1, device="cpu").fit(X, y)
-    with pytest.raises(UserInputError, match="fitted with 5"):
+    with pytest.raises(UserInputError, match="expecting 5 features"):
         model.predict_proba(X[:, :3])
 
 

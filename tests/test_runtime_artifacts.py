@@ -166,7 +166,7 @@ def test_fusion_churn_and_journey_files_keep_their_names(tmp_path):
     churn = ChurnModel(device="cpu").fit(X, y)
     path = churn.save(tmp_path / "churn.safetensors")
     assert path == tmp_path / "churn.safetensors" and (tmp_path / "churn.safetensors.json").exists()
-    np.testing.assert_array_equal(ChurnModel.load(path, device="cpu").predict_proba(X), churn.predict_proba(X))
+    np.testing.assert_array_equal(ChurnModel.load(path, device="cpu").churn_probability(X), churn.churn_probability(X))
     doc = json.loads((tmp_path / "churn.safetensors.json").read_text())
     doc["params"]["hidden"] = 4
     (tmp_path / "churn.safetensors.json").write_text(json.dumps(doc))

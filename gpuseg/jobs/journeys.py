@@ -104,7 +104,7 @@ def _label_metrics(work: Path, encoder: JourneyEncoder, seqs: Sequences, y: np.n
     train = train_rows[~np.isnan(y[train_rows])]
     # the same logistic regression the profile job uses as its RFM+ baseline
     baseline = ChurnModel(hidden=0, device="cpu").fit(X[train], y[train])
-    result["rfm_logistic_auc"] = roc_auc(y[test], baseline.predict_proba(X[test]))
+    result["rfm_logistic_auc"] = roc_auc(y[test], baseline.churn_probability(X[test]))
     result["n_rfm_features"] = int(X.shape[1])
     return result
 

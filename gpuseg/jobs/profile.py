@@ -191,7 +191,7 @@ def _churn(cfg, x: np.ndarray, x_rfm: np.ndarray | None, y: np.ndarray, device, 
     test, train = order[:n_test], order[n_test:]
     params = {"epochs": int(ccfg.epochs), "device": device, "random_state": seed, "holdout_fraction": 0.1}
     model = ChurnModel(hidden=int(ccfg.hidden), **params).fit(x[train], y[train])
-    scores = model.predict_proba(x)
+    scores = model.churn_probability(x)
     metrics = {"model": binary_metrics(y[test], scores[test]),
                "n_train": len(train), "n_test": len(test), "positive_rate": float(np.mean(y[known]))}
     minority = int(min(y[test].sum(), len(test) - y[test].sum()))
@@ -200,7 +200,7 @@ def _churn(cfg, x: np.ndarray, x_rfm: np.ndarray | None, y: np.ndarray, device, 
                      "smaller class: too few for a reliable figure")
     if x_rfm is not None:
         baseline = ChurnModel(hidden=0, **params).fit(x_rfm[train], y[train])
-        metrics["rfm_logistic"] = binary_metrics(y[test], baseline.predict_proba(x_rfm[test]))
+        metrics["rfm_logistic"] = binary_metrics(y[test], baseline.churn_probability(x_rfm[test]))
     return {"scores": scores, "metrics": metrics}
 
 

@@ -15,20 +15,23 @@ risk (score > 0.7)" is one filter).
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import DataConversionWarning
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
 
 from gpuseg.runtime.artifacts import ArtifactFiles, load_artifact, save_artifact
 from gpuseg.runtime.device import resolve_device
-from gpuseg.runtime.errors import UserInputError
 from gpuseg.runtime.logistic import fit_logistic
 from gpuseg.runtime.metrics import check_binary_labels, check_scores, roc_auc  # noqa: F401  (roc_auc re-exported)
 from gpuseg.runtime.validation import (
     InputDataError,
+    check_array_input,
     check_fitted,
     check_int,
     check_param,
@@ -123,24 +126,47 @@ def binary_metrics(y: Any, p: Any, n_bins: int = 10) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- model
-def _check_X(X: Any, n_features: int | None = None) -> np.ndarray:
+def _check_X(estimator: ChurnModel, X: Any, *, reset: bool) -> np.ndarray:
+    """Features as a finite float64 array, checked the scikit-learn way (shape, n_features_in_)."""
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
-    try:
-        arr = np.asarray(X, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputDataError("The 'X' parameter must be a 2-d array of numbers.") from None
-    if arr.ndim != 2:
-        raise InputDataError(f"The 'X' parameter must be 2-dimensional. Got shape {arr.shape}.")
-    if n_features is not None and arr.shape[1] != n_features:
-        raise InputDataError(f"The 'X' parameter has {arr.shape[1]} features, but ChurnModel was "
-                             f"fitted with {n_features}.")
+    arr = np.asarray(check_array_input(estimator, X, reset=reset), dtype=np.float64)
     bad = ~np.isfinite(arr)
     if bad.any():
         rows = np.flatnonzero(bad.any(axis=1))[:5]
         raise InputDataError(f"The 'X' parameter must be finite (impute NaN first); non-finite values "
                              f"in rows {rows.tolist()}.")
     return arr
+
+
+def _binary_target(estimator: ChurnModel, y: Any, n: int) -> np.ndarray:
+    """``y`` as 0/1 (the second of its two sorted classes is 1), setting ``classes_``."""
+    if y is None:
+        raise InputDataError("ChurnModel requires y to be passed, but the target y is None.")
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        warnings.warn("A column-vector y was passed when a 1d array was expected; it is read as 1d.",
+                      DataConversionWarning, stacklevel=3)
+        y = y.ravel()
+    if y.ndim != 1 or y.shape[0] != n:
+        raise InputDataError(f"The 'X' and 'y' parameters must have the same number of rows (y 1-d). Got "
+                             f"{n} rows and y of shape {y.shape}.")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise InputDataError("Input y contains NaN or infinity: every row needs a known label.")
+    try:
+        check_classification_targets(y)
+    except ValueError as exc:
+        raise InputDataError(str(exc)) from None
+    classes = np.unique(y)
+    if len(classes) > 2:
+        raise InputDataError(f"Only binary classification is supported. The type of the target is "
+                             f"{type_of_target(y)}: ChurnModel needs two classes in y (churned and retained), "
+                             f"got {len(classes)}: {classes[:5].tolist()}.")
+    if len(classes) < 2:
+        raise InputDataError(f"ChurnModel needs exactly two classes in y (churned and retained); got one: "
+                             f"{classes.tolist()}.")
+    estimator.classes_ = classes
+    return (y == classes[1]).astype(np.int64)
 
 
 class _Net(torch.nn.Module):
@@ -244,19 +270,14 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         self
         """
         self._check_params()
-        Xa = _check_X(X)
-        ya = check_binary_labels(y)
-        if ya.size != Xa.shape[0]:
-            raise UserInputError(f"The 'X' and 'y' parameters must have the same number of rows. Got "
-                                 f"{Xa.shape[0]} and {ya.size}.")
+        Xa = _check_X(self, X, reset=True)
+        ya = _binary_target(self, y, Xa.shape[0])
         rng = np.random.default_rng(self.random_state)
         train, val = self._split(ya, rng)
         if np.unique(ya[train]).size < 2:
-            raise UserInputError("ChurnModel.fit needs both classes (churned and retained) among "
+            raise InputDataError("ChurnModel.fit needs both classes (churned and retained) among "
                                  "the training rows of 'y'.")
         device = resolve_device(self.device, key="device")
-        self.n_features_in_ = Xa.shape[1]
-        self.classes_ = np.array([0, 1])
         self.mean_ = Xa[train].mean(axis=0)
         scale = Xa[train].std(axis=0)
         self.scale_ = np.where(scale > 0, scale, 1.0)  # constant columns stay at 0 after centring
@@ -310,7 +331,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         self._net = net.eval()
         self.validation_ = None
         if val.size:
-            self.validation_ = binary_metrics(ya[val], self.predict_proba(Xa[val]))
+            self.validation_ = binary_metrics(ya[val], self.churn_probability(Xa[val]))
             log.info("churn model: validation ROC AUC %.4f at epoch %d",
                      self.validation_["roc_auc"], self.best_epoch_)
         return self
@@ -345,7 +366,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         self._net = net.eval()
         self.validation_ = None
         if val.size:
-            self.validation_ = binary_metrics(ya[val], self.predict_proba(Xa[val]))
+            self.validation_ = binary_metrics(ya[val], self.churn_probability(Xa[val]))
             log.info("churn model: logistic, l2 %.3g chosen on the hold-out, validation ROC AUC %.4f",
                      self.l2_, self.validation_["roc_auc"])
         return self
@@ -354,8 +375,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         check_fitted(_NAME, hasattr(self, "_net"))
         return self._net
 
-    def predict_proba(self, X: Any, *, batch_size: int = 65_536) -> np.ndarray:
-        """Churn probability per row.
+    def churn_probability(self, X: Any, *, batch_size: int = 65_536) -> np.ndarray:
+        """Probability of the second class (churned) per row, shape ``(n_samples,)``.
 
         Parameters
         ----------
@@ -366,7 +387,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         ndarray of float64, shape (n_samples,)
         """
         net = self._fitted()
-        Xa = _check_X(X, self.n_features_in_)
+        Xa = _check_X(self, X, reset=False)
         device = next(net.parameters()).device
         out = np.empty(Xa.shape[0], dtype=np.float64)
         with torch.no_grad():
@@ -376,14 +397,25 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
                 out[start:start + batch_size] = torch.sigmoid(logits).double().cpu().numpy()
         return out
 
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, scikit-learn's shape ``(n_samples, 2)`` in the order of ``classes_``."""
+        p = self.churn_probability(X)
+        return np.column_stack([1.0 - p, p])
+
     def decision_function(self, X: Any) -> np.ndarray:
         """Churn log-odds per row (what scikit-learn's ``roc_auc`` scorer reads)."""
-        p = np.clip(self.predict_proba(X), 1e-12, 1 - 1e-12)
+        p = np.clip(self.churn_probability(X), 1e-12, 1 - 1e-12)
         return np.log(p) - np.log1p(-p)
 
     def predict(self, X: Any) -> np.ndarray:
-        """1 (churns) where the churn probability exceeds one half, else 0."""
-        return (self.predict_proba(X) > 0.5).astype(np.int64)
+        """The more probable class of each row (``classes_[1]`` where churn is above one half)."""
+        churns = self.churn_probability(X) > 0.5  # first: an unfitted model raises NotFittedError here
+        return self.classes_[churns.astype(np.int64)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
 
     def _persisted_params(self) -> dict[str, Any]:
         """Constructor arguments saved with the model (JSON-ready; the device is chosen at load)."""
@@ -403,6 +435,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         tensors["mean"] = torch.as_tensor(self.mean_, dtype=torch.float64)
         tensors["scale"] = torch.as_tensor(self.scale_, dtype=torch.float64)
         meta = {"params": self._persisted_params(), "n_features_in": self.n_features_in_,
+                "classes": self.classes_.tolist(),
                 "best_epoch": self.best_epoch_, "validation": self.validation_}
         return save_artifact(_files(path), tensors, meta, kind=KIND, version=FORMAT_VERSION).tensors
 
@@ -414,7 +447,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         meta, tensors = art.meta, art.tensors
         model = cls(**meta["params"], device=device)
         model.n_features_in_ = int(meta["n_features_in"])
-        model.classes_ = np.array([0, 1])
+        model.classes_ = np.array(meta.get("classes", [0, 1]))
         model.mean_ = tensors["mean"].numpy()
         model.scale_ = tensors["scale"].numpy()
         model.best_epoch_ = int(meta["best_epoch"])
