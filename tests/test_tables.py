@@ -23,3 +23,15 @@ def test_join_refuses_missing_customers_and_repeated_columns():
         join_on_customer_id(base, pa.table({"customer_id": ["a"], "x": [1]}), names=("scores.parquet",))
     with pytest.raises(UserInputError, match="already in the joined table"):
         join_on_customer_id(base, pa.table({"customer_id": ["a", "b"], "segment": [1, 1]}))
+
+
+def test_customer_ids_of_any_plain_type_become_strings():
+    import numpy as np
+
+    from gpuseg.data.convert import as_customer_ids
+
+    assert as_customer_ids([1, 2, 3]).to_pylist() == ["1", "2", "3"]
+    assert as_customer_ids(np.array([4.0, 5.0])).to_pylist() == ["4", "5"]  # pandas' float ids
+    assert as_customer_ids(["a", "b"]).to_pylist() == ["a", "b"]
+    with pytest.raises(UserInputError, match="unique"):
+        as_customer_ids([7, 7])

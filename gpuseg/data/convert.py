@@ -82,9 +82,15 @@ def as_customer_ids(customer_ids) -> pa.Array:
     if isinstance(customer_ids, pa.ChunkedArray):
         customer_ids = customer_ids.combine_chunks()
     if not isinstance(customer_ids, pa.Array):
-        customer_ids = pa.array(list(customer_ids), type=pa.string())
+        values = customer_ids.tolist() if isinstance(customer_ids, np.ndarray) else list(customer_ids)
+        try:
+            customer_ids = pa.array(values)  # ints, strings, ...: the type is inferred, then cast
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            customer_ids = pa.array([None if v is None else str(v) for v in values], type=pa.string())
     if pa.types.is_dictionary(customer_ids.type):
         customer_ids = customer_ids.dictionary_decode()
+    if pa.types.is_floating(customer_ids.type):
+        customer_ids = to_customer_id(customer_ids)  # 42.0 is customer "42", as in validation
     customer_ids = customer_ids.cast(pa.string())
     if customer_ids.null_count:
         raise UserInputError("customer_ids holds null ids", table="customers", column="customer_id")
