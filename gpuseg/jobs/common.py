@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import read_json, write_json
 from gpuseg.runtime.layout import JOB_DIRS, artifact, manifest_path
 from gpuseg.runtime.manifest import run_manifest
+from gpuseg.runtime.publish import staged_outputs
 from gpuseg.runtime.seeding import seed_everything
 from gpuseg.runtime.tables import join_on_customer_id
 
@@ -198,3 +202,40 @@ def customer_label(setting: Any, schema: dict[str, Any], customers: pa.Table, *,
         log.warning("label %r has no known value (every cell is empty): skipped (%s)", name, key)
         return None, None
     return name, values
+
+
+def staged(job: str) -> Callable[[Callable[[DictConfig], dict[str, Any]]], Callable[[DictConfig], dict[str, Any]]]:
+    """Decorate a job's ``run(cfg)`` so its outputs are published together or not at all.
+
+    The job writes into a staging folder (see :mod:`gpuseg.runtime.publish`); only a run that
+    returns replaces the published folder, so a killed or failed run leaves the previous set
+    whole. Under torchrun (several ranks writing) the job writes in place, as before.
+    """
+    def decorate(run: Callable[[DictConfig], dict[str, Any]]) -> Callable[[DictConfig], dict[str, Any]]:
+        @functools.wraps(run)
+        def staged_run(cfg: DictConfig) -> dict[str, Any]:
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                return run(cfg)
+            work = work_dir(cfg)
+            with staged_outputs(work, job, JOB_DIRS[job]) as stage:
+                result = run(cfg)
+            # the paths a job reports pointed into its staging folder: they are published now
+            published = str(work / JOB_DIRS[job])
+            result = _moved(result, str(stage), published)
+            manifest = manifest_path(work, job)
+            if manifest.exists():
+                write_json(manifest, _moved(read_json(manifest), str(stage), published))
+            return result
+        return staged_run
+    return decorate
+
+
+def _moved(value: Any, old: str, new: str) -> Any:
+    """``value`` with every string that starts with folder ``old`` starting with ``new`` instead."""
+    if isinstance(value, str):
+        return new + value[len(old):] if value == old or value.startswith(old + os.sep) else value
+    if isinstance(value, dict):
+        return {k: _moved(v, old, new) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_moved(v, old, new) for v in value)
+    return value

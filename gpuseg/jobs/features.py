@@ -18,6 +18,7 @@ from gpuseg.jobs.common import (
     finish,
     has_validated_table,
     load_validated,
+    staged,
     start,
     work_dir,
 )
@@ -45,6 +46,7 @@ def _check_purchases(raw: pa.Table, schema: dict[str, Any]) -> None:
             "list the purchase types there, e.g. data.roles.purchase=[order]", config_key="data.roles.purchase")
 
 
+@staged("features")
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Compute the raw RFM+ table and the scaled model matrix, and save the fitted transforms."""
     ctx = start(cfg, "features")

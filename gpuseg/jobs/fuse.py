@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
 from gpuseg.fusion import BlockFuser, block_from_table
-from gpuseg.jobs.common import finish, start, work_dir
+from gpuseg.jobs.common import finish, staged, start, work_dir
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import write_json, write_numpy, write_parquet
 from gpuseg.runtime.layout import artifact, job_dir
@@ -77,6 +77,7 @@ def _customers(work: Path) -> pa.Array | None:
     return pq.read_table(path, columns=["customer_id"])["customer_id"].combine_chunks()
 
 
+@staged("fuse")
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit the fusion transform on every customer and write the fused matrix."""
     ctx = start(cfg, "fuse", needs_device=True)

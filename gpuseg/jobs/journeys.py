@@ -23,7 +23,15 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
 from gpuseg.data.events import to_microseconds
-from gpuseg.jobs.common import customer_label, data_as_of, finish, load_validated, start, work_dir
+from gpuseg.jobs.common import (
+    customer_label,
+    data_as_of,
+    finish,
+    load_validated,
+    staged,
+    start,
+    work_dir,
+)
 from gpuseg.journey.baselines import (
     MarkovBaseline,
     UnigramBaseline,
@@ -192,6 +200,7 @@ def _metrics(cfg: DictConfig, work: Path, encoder: JourneyEncoder, seqs: Sequenc
     return metrics
 
 
+@staged("journeys")
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (or resume) the journey encoder, score it on held-out customers, embed everyone."""
     ctx = start(cfg, "journeys", needs_device=True)

@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from gpuseg.jobs.common import finish, matrix_input, start, work_dir
+from gpuseg.jobs.common import finish, matrix_input, staged, start, work_dir
 from gpuseg.lookalike import LookalikeIndex, reach_curve
 from gpuseg.report.svg import small_multiples
 from gpuseg.runtime.errors import ConfigError, UserInputError
@@ -139,6 +139,7 @@ def _or_nan(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
+@staged("lookalike")
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Expand the configured seeds into ranked audiences and write them with their reach curves."""
     ctx = start(cfg, "lookalike", needs_device=True)

@@ -26,6 +26,7 @@ from gpuseg.jobs.common import (
     finish,
     has_validated_table,
     load_validated,
+    staged,
     start,
     work_dir,
 )
@@ -394,6 +395,7 @@ def _write_report(cfg: DictConfig, work: Path, inputs: dict[str, Any], scored: d
     return write_report(artifact(work, "profile", "report"), render_report(context))
 
 
+@staged("profile")
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Profile every segment, score churn and value for every customer, and write report.html."""
     ctx = start(cfg, "profile", needs_device=True)

@@ -23,7 +23,7 @@ from gpuseg.cluster.confidence import (
 from gpuseg.cluster.hierarchy import choose_n_macro, cut_tree, ward_linkage
 from gpuseg.cluster.metrics import calinski_harabasz, davies_bouldin, silhouette
 from gpuseg.cluster.selection import select_k
-from gpuseg.jobs.common import finish, matrix_input, start, work_dir
+from gpuseg.jobs.common import finish, matrix_input, staged, start, work_dir
 from gpuseg.report.svg import small_multiples
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import atomic_path, write_json, write_parquet
@@ -153,6 +153,7 @@ def _size_notes(counts: np.ndarray, n: int) -> list[str]:
     return [note]
 
 
+@staged("segment")
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Segment every customer of the input matrix and write segments, model and evidence."""
     ctx = start(cfg, "segment", needs_device=True)

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from gpuseg.jobs.common import data_as_of, finish, load_validated, start, work_dir
+from gpuseg.jobs.common import data_as_of, finish, load_validated, staged, start, work_dir
 from gpuseg.runtime.distributed import barrier, init_from_env
 from gpuseg.runtime.errors import UserInputError
 from gpuseg.runtime.io import read_json, write_json, write_numpy, write_parquet
@@ -46,6 +46,7 @@ def _prepare_parts(folder: Path, fingerprint: str, is_main: bool) -> None:
         write_json(manifest, {"fingerprint": fingerprint})
 
 
+@staged("text")
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Embed the validated texts and write ``text/embeddings.parquet`` for every customer."""
     from gpuseg.text import TextEmbedder

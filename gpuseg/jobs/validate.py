@@ -9,11 +9,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpuseg.data.mapping import DataMapping
 from gpuseg.data.validate import validate_tables
-from gpuseg.jobs.common import data_as_of, data_mapping, finish, start, work_dir
+from gpuseg.jobs.common import data_as_of, data_mapping, finish, staged, start, work_dir
 
 log = logging.getLogger(__name__)
 
 
+@staged("validate")
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Validate ``data.*`` tables into ``<work_dir>/validated``; bad data raises UserInputError."""
     ctx = start(cfg, "validate")

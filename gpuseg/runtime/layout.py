@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gpuseg.runtime.publish import staged_folder
+
 #: job -> its folder under the work directory
 JOB_DIRS = {"validate": "validated", "features": "features", "text": "text", "journeys": "journeys",
             "fuse": "fuse", "segment": "segment", "profile": "profile", "lookalike": "lookalike"}
@@ -36,10 +38,11 @@ ARTIFACTS: dict[str, dict[str, str]] = {
 
 
 def job_dir(work: str | os.PathLike, job: str) -> Path:
-    """The folder a job writes into."""
+    """The folder a job writes into (its staging folder while that job runs, see runtime/publish)."""
     if job not in JOB_DIRS:
         raise KeyError(f"unknown job {job!r}; jobs with artifacts: {sorted(JOB_DIRS)}")
-    return Path(work) / JOB_DIRS[job]
+    staged = staged_folder(work, job)
+    return staged if staged is not None else Path(work) / JOB_DIRS[job]
 
 
 def artifact(work: str | os.PathLike, job: str, name: str) -> Path:
