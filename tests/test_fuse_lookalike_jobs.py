@@ -7,6 +7,7 @@ import logging
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -164,3 +165,22 @@ def test_lookalike_seed_file_queries_exclusion_and_errors(project, tmp_path, cap
     with caplog.at_level(logging.WARNING, logger="gpuseg.jobs.lookalike"):
         res = lookalike.run(cfg("lookalike", f"lookalike.seeds=[{ids[0]},{ids[1]}]", "lookalike.size=5000"))
     assert res["audience_size"] == 998 and "capped at 998" in caplog.text
+
+
+def test_the_index_cache_is_rebuilt_when_its_source_rows_change(project, tmp_path):
+    work, cfg, _ = project
+    source = tmp_path / "matrix.parquet"
+    table = pq.read_table(work / "fuse" / "fused.parquet")
+    pq.write_table(table, source)
+    seeds = table["customer_id"].to_pylist()[:3]
+    args = (f"lookalike.input={source}", f"lookalike.seeds=[{','.join(seeds)}]", "lookalike.size=20",
+            f"paths.work_dir={tmp_path / 'w'}")
+    first = lookalike.run(cfg("lookalike", *args))
+    assert not first["index_reused"]
+    assert lookalike.run(cfg("lookalike", *args))["index_reused"]
+    # the same rows under shuffled ids: same size, other content -> a new index, not the old one
+    ids = table["customer_id"].to_pylist()
+    shuffled = table.set_column(0, "customer_id", pa.array(ids[1:] + ids[:1]))
+    pq.write_table(shuffled, source)
+    again = lookalike.run(cfg("lookalike", *args))
+    assert not again["index_reused"]

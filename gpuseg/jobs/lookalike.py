@@ -98,9 +98,16 @@ def _excluded(cfg: DictConfig, work: Path) -> list[str] | None:
 
 
 def _fingerprint(source: Path, icfg: DictConfig) -> str:
-    stat = source.stat()
+    """What the cached index was built from: the source matrix's bytes (not its size and time:
+    rows reordered in a file of the same size would otherwise reuse a wrong index) and the settings."""
+    digest = hashlib.sha256()
+    files = sorted(f for f in source.rglob("*") if f.is_file()) if source.is_dir() else [source]
+    for file in files:
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
     params = OmegaConf.to_container(icfg.params, resolve=True)
-    key = f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{icfg.backend}|{icfg.metric}|{sorted(params.items())}"
+    key = f"{digest.hexdigest()}|{icfg.backend}|{icfg.metric}|{sorted(params.items())}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
