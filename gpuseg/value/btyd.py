@@ -568,6 +568,17 @@ class _JsonModel(BaseEstimator):
         model.fit_notes_ = list(d.get("fit_notes", []))
         return model
 
+    def _record_verdict(self, label: str, n: int, n_iter: int, reasons: list[str], notes: list[str]):
+        """Set ``degenerate_`` and ``fit_notes_`` from a fit's findings, and log them."""
+        self.degenerate_ = "; ".join(reasons) or None
+        self.fit_notes_ = notes
+        if self.degenerate_ is not None:
+            log.warning("%s fit on %d customers is degenerate: %s", label, n, self.degenerate_)
+        for note in notes:
+            log.info("%s", note)
+        log.info("%s fitted on %d customers in %d iterations: %s", label, n, n_iter, _rounded(self.params_))
+        return self
+
     def _fitted(self) -> dict[str, float]:
         if not hasattr(self, "params_"):
             raise UserInputError(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' first.")
@@ -719,14 +730,7 @@ class BetaGeoModel(_JsonModel):
                 reasons.append(f"non-finite predictions for {bad:,} customers")
         if not math.isfinite(self.log_likelihood_) and "finite parameters" not in " ".join(reasons):
             reasons.append("the log-likelihood at the fitted parameters is not finite")
-        self.degenerate_ = "; ".join(reasons) or None
-        self.fit_notes_ = notes
-        if self.degenerate_ is not None:
-            log.warning("BG/NBD fit on %d customers is degenerate: %s", n, self.degenerate_)
-        for note in notes:
-            log.info("%s", note)
-        log.info("BG/NBD fitted on %d customers in %d iterations: %s", n, n_iter, _rounded(self.params_))
-        return self
+        return self._record_verdict("BG/NBD", n, n_iter, reasons, notes)
 
     # -- predictions
     def conditional_expected_number_of_purchases_up_to_time(
@@ -1004,14 +1008,7 @@ class GammaGammaModel(_JsonModel):
             bad = int((~np.isfinite(profit)).sum())
             if bad:
                 reasons.append(f"non-finite predictions for {bad:,} customers")
-        self.degenerate_ = "; ".join(reasons) or None
-        self.fit_notes_ = notes
-        if self.degenerate_ is not None:
-            log.warning("Gamma-Gamma fit on %d customers is degenerate: %s", n, self.degenerate_)
-        for note in notes:
-            log.info("%s", note)
-        log.info("Gamma-Gamma fitted on %d customers in %d iterations: %s", n, n_iter, _rounded(self.params_))
-        return self
+        return self._record_verdict("Gamma-Gamma", n, n_iter, reasons, notes)
 
     def conditional_expected_average_profit(self, frequency: Any, monetary_value: Any, *,
                                             allow_degenerate: bool = False) -> np.ndarray:
