@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from gpuseg.data.events import to_microseconds
 from gpuseg.data.schema import validated_dir
 from gpuseg.runtime.device import resolve_device
 from gpuseg.runtime.errors import ConfigError, UserInputError
@@ -102,8 +103,8 @@ def data_as_of(cfg: DictConfig) -> str:
                           "data.as_of=2024-06-30", config_key="data.as_of")
     text = str(value).strip()
     try:
-        np.datetime64(text.replace(" ", "T"), "us")
-    except ValueError:
+        to_microseconds(text)  # the parser every job reads as_of with: what passes here works there
+    except ConfigError:
         raise ConfigError(f"data.as_of must be a date or timestamp such as 2024-06-30 or "
                           f"'2024-06-30 12:00:00', got {text!r}", config_key="data.as_of") from None
     return text

@@ -69,7 +69,7 @@ def _holdout_end(schema: dict[str, Any], as_of: str) -> tuple[np.datetime64 | No
     if not events.get("last") or events["last"] in ("None", "NaT"):
         return None, 0.0
     last = np.datetime64(events["last"].replace(" ", "T"), "us")
-    start_ = np.datetime64(as_of, "us")
+    start_ = np.datetime64(to_microseconds(as_of), "us")
     if last <= start_:
         return None, 0.0
     end = (last.astype("datetime64[D]") + 1).astype("datetime64[us]")
@@ -218,7 +218,7 @@ def _texts(work: Path, ids: pa.Array, labels: np.ndarray, as_of: str):
     if not path.exists():
         return None
     texts = pq.read_table(path)
-    texts = texts.filter(pc.less(texts["timestamp"], pa.scalar(np.datetime64(as_of, "us"))))
+    texts = texts.filter(pc.less(texts["timestamp"], pa.scalar(to_microseconds(as_of), pa.timestamp("us"))))
     index = pc.index_in(texts["customer_id"], value_set=ids).to_numpy(zero_copy_only=False).astype(np.int64)
     return texts, index, labels[index]
 
