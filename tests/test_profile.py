@@ -226,3 +226,32 @@ def test_fallback_names_read_categorical_attributes_once():
     assert fallback_name(1, lifts) == "Segment 1: Partner: Yes / high tenure"
     assert fallback_name(2, {"attr_region=North": -2.0, "Contract=Two year": 1.0}) == \
         "Segment 2: rarely region: North / Contract: Two year"
+
+
+def test_a_persona_name_that_contradicts_its_churn_is_reported():
+    from gpuseg.profile.personas import PersonaAssignment, churn_contradictions
+
+    named = {0: PersonaAssignment("Dormant customers", "Dormant customers", 1.0, "act"),
+             1: PersonaAssignment("High-value loyalists", "High-value loyalists", 1.0, "act"),
+             2: PersonaAssignment("Segment 2: high x", None, 0.0, "act")}
+    found = churn_contradictions(named, None, [0.05, 0.10, 0.9], overall_rate=0.3)
+    assert len(found) == 1 and "segment 0" in found[0] and "Dormant customers" in found[0]
+    # loyalists churning more than average are reported too; the fallback name implies nothing
+    other = churn_contradictions(named, None, [0.6, 0.5, 0.9], overall_rate=0.3)
+    assert len(other) == 1 and "High-value loyalists" in other[0]
+    with pytest.raises(UserInputError, match="churn 'up'"):
+        validate_rules([{"name": "X", "conditions": [{"feature": "f", "op": ">", "value": 1}], "churn": "up"}])
+
+
+def test_a_segment_without_history_before_as_of_is_named_for_that():
+    from gpuseg.jobs.profile import _without_history
+    from gpuseg.profile.personas import PersonaAssignment
+
+    features = pa.table({"customer_id": list("abcdef"), "n_events": [0.0, 0.0, 3.0, 5.0, 4.0, 0.0]})
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    named = {0: PersonaAssignment("Dormant customers", "Dormant customers", 1.0, "x"),
+             1: PersonaAssignment("Steady regulars", "Steady regulars", 1.0, "y")}
+    notes: list[str] = []
+    out = _without_history(named, features, labels, 2, "2024-06-01", notes)
+    assert out[0].name == "No activity before 2024-06-01" and out[0].rule is None
+    assert out[1] == named[1] and len(notes) == 1 and "67%" in notes[0]

@@ -41,7 +41,7 @@ from gpuseg.profile.lifts import (
     value_concentration,
 )
 from gpuseg.profile.ngrams import journey_ngrams, top_event_types
-from gpuseg.profile.personas import assign_personas
+from gpuseg.profile.personas import PersonaAssignment, assign_personas, churn_contradictions
 from gpuseg.profile.words import distinctive_words_by_source
 from gpuseg.report.html import lift_matrix, pca_2d, render_report, write_report
 from gpuseg.runtime.errors import UserInputError
@@ -288,7 +288,7 @@ def _journey_codes(work: Path, events: Path, ids: pa.Array, as_of: str, max_len:
 
 
 def _profile_segments(cfg: DictConfig, work: Path, inputs: dict[str, Any],
-                      scored: dict[str, Any]) -> tuple[list[dict[str, Any]], pa.Table, dict]:
+                      scored: dict[str, Any], notes: list[str]) -> tuple[list[dict[str, Any]], pa.Table, dict]:
     """One profile per segment: persona, lifts, words, journeys, churn and value."""
     pcfg = cfg.profile
     features, labels, k, ids = inputs["features"], inputs["labels"], inputs["k"], inputs["ids"]
@@ -304,6 +304,7 @@ def _profile_segments(cfg: DictConfig, work: Path, inputs: dict[str, Any],
     rules = OmegaConf.to_container(pcfg.personas.rules, resolve=True) if pcfg.personas.rules else None
     personas = assign_personas(by_segment, rules=rules,
                                actions=OmegaConf.to_container(pcfg.personas.actions, resolve=True) or None)
+    personas = _without_history(personas, features, labels, k, inputs["as_of"], notes)
     sizes = segment_sizes(labels, k).to_pylist()
     monetary = features["monetary_sum"].to_numpy(zero_copy_only=False) if "monetary_sum" in features.column_names \
         else np.zeros(len(labels))
@@ -320,6 +321,9 @@ def _profile_segments(cfg: DictConfig, work: Path, inputs: dict[str, Any],
         if "mean_rating" in features.column_names else np.full(k, np.nan)
     y = scored["y"]
     churn_rate = segment_means(y, labels, k) if y is not None else np.full(k, np.nan)
+    if y is not None:  # a name that contradicts the segment's own churn is said, not trusted
+        for text in churn_contradictions(personas, rules, churn_rate, float(np.nanmean(y))):
+            _note(notes, text)
     churn_score = segment_means(scored["scores"], labels, k)
     expected_value = segment_means(scored["value"]["expected_value"], labels, k)
     id_list = ids.to_pylist()
@@ -341,6 +345,29 @@ def _profile_segments(cfg: DictConfig, work: Path, inputs: dict[str, Any],
                                 for i in reps.get(s, [])],
         })
     return profiles, lifts, by_segment
+
+
+def _without_history(personas: dict, features: pa.Table, labels: np.ndarray, k: int, as_of: str,
+                     notes: list[str]) -> dict:
+    """A segment made mostly of customers with no event before as_of is named for that.
+
+    Their features are imputed, so lift rules would call them "Dormant" or the like: they had not
+    arrived yet (their first event comes after as_of), which is another thing altogether.
+    """
+    if "n_events" not in features.column_names:
+        return personas
+    empty = features["n_events"].to_numpy(zero_copy_only=False) == 0
+    share = np.bincount(labels, weights=empty.astype(np.float64), minlength=k) / np.maximum(
+        np.bincount(labels, minlength=k), 1)
+    out = dict(personas)
+    for s in np.flatnonzero(share > 0.5):
+        out[int(s)] = PersonaAssignment(f"No activity before {as_of}", None, 0.0, NO_HISTORY_ACTION)
+        _note(notes, f"segment {int(s)}: {share[s]:.0%} of its customers have no event before as_of={as_of} "
+                     f"(they arrived later); it is named for that, not by its imputed features")
+    return out
+
+
+NO_HISTORY_ACTION = "Not customers yet at as_of: profile and score them once they have a history."
 
 
 def _words(cfg: DictConfig, inputs: dict[str, Any]) -> tuple[dict[str, dict[int, list]], dict[int, str]]:
@@ -409,7 +436,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     scored = _score_customers(cfg, work, inputs, ctx["device"], seed, notes)
     # the profile's own artifact: segment/segments.parquet stays as the segment job wrote it
     write_parquet(artifact(work, "profile", "scores"), scored["table"])
-    profiles, lifts, by_segment = _profile_segments(cfg, work, inputs, scored)
+    profiles, lifts, by_segment = _profile_segments(cfg, work, inputs, scored, notes)
     _write_profiles(work, inputs["as_of"], inputs["k"], profiles, lifts)
     report_path = _write_report(cfg, work, inputs, scored, profiles, by_segment, notes, seed)
     k = inputs["k"]

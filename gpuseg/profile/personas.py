@@ -13,6 +13,9 @@ one of ``>``, ``<`` (signed lift), ``abs<`` and ``abs>`` (size of the lift, for 
 rules). A rule matches a segment when every condition holds; a condition whose features are all
 absent fails. Its *score* is the mean margin by which the conditions are exceeded (in sd), so
 among several matching rules the one the segment satisfies most clearly wins (ties: earlier rule).
+A rule may say what its name implies for churn (``"churn": "above"`` or ``"below"`` the
+population's rate): :func:`churn_contradictions` then lists the segments whose observed churn
+says otherwise, so a "Dormant" segment that nobody left is reported, not trusted.
 A segment that matches no rule gets a descriptive fallback name from its strongest lifts,
 ``"Segment 3: high recency / low frequency"``, and :data:`FALLBACK_ACTION`.
 
@@ -57,17 +60,20 @@ DEFAULT_RULES: list[dict[str, Any]] = [
                     {"feature": "frequency", "op": ">", "value": 0.5},
                     {"feature": "recency_days", "op": "<", "value": 0.0}],
      "action": "Reward and retain: loyalty perks, early access and referral invitations; "
-               "avoid blanket discounts."},
+               "avoid blanket discounts.",
+     "churn": "below"},
     {"name": "At-risk former actives",
      "conditions": [{"feature": ["trend_activity", "trend_purchases"], "op": "<", "value": -0.6},
                     {"feature": "recency_days", "op": ">", "value": 0.0}],
      "action": "Win back now: personal check-in and a time-limited offer on their usual "
-               "categories before they lapse."},
+               "categories before they lapse.",
+     "churn": "above"},
     {"name": "Dormant customers",
      "conditions": [{"feature": ["recency_days", "days_since_last_event"], "op": ">", "value": 1.0},
                     {"feature": ["frequency", "n_events"], "op": "<", "value": 0.0}],
      "action": "Low-cost reactivation campaign (email, strong incentive); suppress from "
-               "expensive channels if there is no response."},
+               "expensive channels if there is no response.",
+     "churn": "above"},
     {"name": "New customers",
      "conditions": [{"feature": "tenure_days", "op": "<", "value": -1.0}],
      "action": "Onboard: welcome series, second-purchase incentive and product discovery."},
@@ -141,7 +147,12 @@ def validate_rules(rules: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
                 raise UserInputError(f"The 'rules' parameter: {where} has a non-numeric 'value': {value!r}.")
             clean.append({"feature": feats, "op": c["op"], "value": float(value)})
-        out.append({"name": rule["name"], "conditions": clean, "action": str(rule.get("action") or FALLBACK_ACTION)})
+        churn = rule.get("churn")
+        if churn not in (None, "above", "below"):
+            raise UserInputError(f"The 'rules' parameter: {where} has churn {churn!r}; expected 'above', 'below' "
+                                 "or none.")
+        out.append({"name": rule["name"], "conditions": clean, "action": str(rule.get("action") or FALLBACK_ACTION),
+                    "churn": churn})
     return out
 
 
@@ -250,4 +261,38 @@ def assign_personas(lifts_by_segment: Mapping[int, Mapping[str, float]],
             out[int(seg)] = PersonaAssignment(best["name"], best["name"], round(best_score, 6),
                                               actions.get(best["name"], best["action"]))
         log.debug("segment %s -> %s (score %.3f)", seg, out[int(seg)].name, out[int(seg)].score)
+    return out
+
+
+def churn_contradictions(assignments: Mapping[int, PersonaAssignment], rules: Sequence[Mapping[str, Any]] | None,
+                         churn_rate: Sequence[float], overall_rate: float) -> list[str]:
+    """Segments whose persona name implies churn above (or below) average while the data say otherwise.
+
+    Parameters
+    ----------
+    assignments : mapping
+        ``segment -> PersonaAssignment`` from :func:`assign_personas`.
+    rules : list of mappings, optional
+        The rules they were assigned with (default :data:`DEFAULT_RULES`).
+    churn_rate : sequence of float
+        Observed churn rate of each segment (NaN where unknown).
+    overall_rate : float
+        Churn rate of all customers with a known label.
+
+    Returns
+    -------
+    list of str
+        One sentence per contradiction, for the log and the report.
+    """
+    expected = {r["name"]: r["churn"] for r in validate_rules(DEFAULT_RULES if rules is None else rules)}
+    out = []
+    for seg, a in sorted(assignments.items()):
+        direction = expected.get(a.rule) if a.rule else None
+        rate = float(churn_rate[seg])
+        if direction is None or not np.isfinite(rate) or not np.isfinite(overall_rate):
+            continue
+        if (direction == "above" and rate <= overall_rate) or (direction == "below" and rate >= overall_rate):
+            out.append(f"segment {seg} is named '{a.name}' from its lifts, which implies churn {direction} "
+                       f"average, but {rate:.0%} of it churned against {overall_rate:.0%} overall: read the "
+                       "name with care")
     return out
