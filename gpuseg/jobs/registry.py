@@ -17,6 +17,8 @@ JOBS: dict[str, tuple[str | None, str]] = {
     "profile": ("gpuseg.jobs.profile", "segment profiles, personas, churn risk and the HTML report"),
     "lookalike": ("gpuseg.jobs.lookalike", "FAISS nearest-neighbour expansion of a seed audience"),
     "assign": (None, "re-score new data against saved models, with drift"),
+    "audience": (None, "an audience by rule or in plain words, with its profile against the base"),
+    "export": (None, "an audience or segment list to CSV/Parquet, identifiers normalised and hashed"),
     "bench": (None, "every heavy stage against a CPU baseline and the peers"),
     "run": ("gpuseg.jobs.run", "the whole pipeline; makes synthetic data first when none is configured"),
 }

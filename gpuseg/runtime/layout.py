@@ -14,7 +14,8 @@ from gpuseg.runtime.publish import staged_folder
 
 #: job -> its folder under the work directory
 JOB_DIRS = {"validate": "validated", "features": "features", "text": "text", "journeys": "journeys",
-            "fuse": "fuse", "segment": "segment", "profile": "profile", "lookalike": "lookalike"}
+            "fuse": "fuse", "segment": "segment", "profile": "profile", "lookalike": "lookalike",
+            "assign": "assign", "audience": "audiences", "export": "exports"}
 
 #: job -> artifact name -> file (or folder, or file stem for safetensors + JSON pairs) in its folder
 ARTIFACTS: dict[str, dict[str, str]] = {
@@ -34,6 +35,9 @@ ARTIFACTS: dict[str, dict[str, str]] = {
                 "lifts": "lifts.parquet", "report": "report.html", "metrics": "metrics.json"},
     "lookalike": {"audience": "audience.parquet", "reach_curve": "reach_curve.json",
                   "reach_curve_svg": "reach_curve.svg", "index": "index", "metrics": "metrics.json"},
+    "assign": {},
+    "audience": {},
+    "export": {},
 }
 
 
