@@ -12,8 +12,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gpuseg"
 LAYER = {"runtime": 0, "data": 0, "features": 1, "text": 1, "journey": 1, "fusion": 1, "cluster": 1,
-         "lookalike": 1, "profile": 1, "value": 1, "report": 1, "evaluation": 1.5, "jobs": 2, "cli": 2,
-         "__main__": 2}
+         "lookalike": 1, "profile": 1, "value": 1, "report": 1, "audience": 1, "dynamics": 1, "export": 1,
+         "evaluation": 1.5, "jobs": 2, "cli": 2, "__main__": 2}
 
 
 def _module_name(path: Path) -> str:
@@ -43,6 +43,12 @@ def _imports() -> dict[str, set[str]]:
 def _package(module: str) -> str | None:
     parts = module.split(".")
     return parts[1] if len(parts) > 1 and parts[0] == "gpuseg" else None
+
+
+def test_every_package_has_a_layer():
+    packages = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
+                if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.stem != "__init__")}
+    assert sorted(packages - set(LAYER) - {"conf"}) == []  # conf holds YAML only
 
 
 def test_imports_point_down_only():

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import synthetic_project
+from kill_harness import MULTI_FILE_JOBS, kill_job, prepare
 
 from gpuseg.runtime.publish import STAGING, recover, staged_outputs
 
@@ -53,6 +54,20 @@ def test_killed_segment_runs_leave_the_old_set_or_the_new_one(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert _segment_set(work) == 5
     assert not (work / STAGING / "segment").exists()
+
+
+@pytest.fixture(scope="module")
+def pipeline_work(tmp_path_factory):
+    work = tmp_path_factory.mktemp("killed") / "work"
+    prepare(work, 300)
+    return work
+
+
+@pytest.mark.parametrize("job", MULTI_FILE_JOBS)
+def test_every_job_killed_at_random_points_leaves_a_whole_set_and_runs_again(pipeline_work, job):
+    # two kills per job here; benchmarks/bench_kill.py kills each job ten times and more
+    report = kill_job(pipeline_work, job, 300, kills=2, rng=random.Random(MULTI_FILE_JOBS.index(job)))
+    assert report.resumed_ok and len(report.outcome) == 2
 
 
 def test_a_failed_job_publishes_nothing_and_a_crash_mid_publish_is_recovered(tmp_path):

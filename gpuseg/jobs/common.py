@@ -20,9 +20,9 @@ from gpuseg.data.schema import validated_dir
 from gpuseg.runtime.device import resolve_device
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import read_json, write_json
-from gpuseg.runtime.layout import JOB_DIRS, artifact, manifest_path
+from gpuseg.runtime.layout import JOB_DIRS, artifact, manifest_path, read_checked
 from gpuseg.runtime.manifest import run_manifest
-from gpuseg.runtime.publish import staged_outputs
+from gpuseg.runtime.publish import forget_record, staged_outputs
 from gpuseg.runtime.seeding import seed_everything
 from gpuseg.runtime.tables import join_on_customer_id
 
@@ -150,7 +150,7 @@ def matrix_input(configured: str | None, key: str, work: Path) -> Path:
         path = Path(str(configured))
         if not path.exists():
             raise UserInputError(f"input '{path}' does not exist", config_key=key)
-        return path
+        return read_checked(work, path)
     for job, name in MATRIX_INPUTS:
         if artifact(work, job, name).exists():
             return artifact(work, job, name)
@@ -216,6 +216,8 @@ def staged(job: str) -> Callable[[Callable[[DictConfig], dict[str, Any]]], Calla
         @functools.wraps(run)
         def staged_run(cfg: DictConfig) -> dict[str, Any]:
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                if int(os.environ.get("RANK", "0")) == 0:
+                    forget_record(work_dir(cfg) / JOB_DIRS[job])  # written in place: no record to trust
                 return run(cfg)
             work = work_dir(cfg)
             with staged_outputs(work, job, JOB_DIRS[job]) as stage:

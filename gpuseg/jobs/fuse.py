@@ -23,7 +23,7 @@ from gpuseg.fusion import BlockFuser, block_from_table
 from gpuseg.jobs.common import finish, staged, start, work_dir
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import write_json, write_numpy, write_parquet
-from gpuseg.runtime.layout import artifact, job_dir
+from gpuseg.runtime.layout import artifact, job_dir, read_checked
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _read_blocks(cfg: DictConfig, work: Path) -> tuple[dict[str, tuple], dict[st
         if bcfg is None or not bool(bcfg.get("enabled", True)):
             continue
         path = Path(str(bcfg.path))
-        path = path if path.is_absolute() else work / path
+        path = read_checked(work, path if path.is_absolute() else work / path)
         if not path.exists():
             if bool(bcfg.get("optional", False)):
                 log.warning("fuse: block %r skipped, '%s' does not exist", name, path)

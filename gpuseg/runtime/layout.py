@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gpuseg.runtime.publish import staged_folder
+from gpuseg.runtime.publish import check_upstream, staged_folder
 
 #: job -> its folder under the work directory
 JOB_DIRS = {"validate": "validated", "features": "features", "text": "text", "journeys": "journeys",
@@ -20,7 +20,7 @@ JOB_DIRS = {"validate": "validated", "features": "features", "text": "text", "jo
 #: job -> artifact name -> file (or folder, or file stem for safetensors + JSON pairs) in its folder
 ARTIFACTS: dict[str, dict[str, str]] = {
     "validate": {"customers": "customers.parquet", "events": "events.parquet", "texts": "texts.parquet",
-                 "schema": "schema.json", "report": "validation.json", "rejects": "rejects"},
+                 "schema": "schema.json", "report": "validation.json", "rejects": "rejects", "pii": "pii.parquet"},
     "features": {"table": "features.parquet", "matrix": "matrix.parquet", "featurizer": "featurizer.json",
                  "transform": "transform.json", "metrics": "metrics.json"},
     "text": {"embeddings": "embeddings.parquet", "parts": "parts", "metrics": "metrics.json"},
@@ -35,18 +35,43 @@ ARTIFACTS: dict[str, dict[str, str]] = {
                 "lifts": "lifts.parquet", "report": "report.html", "metrics": "metrics.json"},
     "lookalike": {"audience": "audience.parquet", "reach_curve": "reach_curve.json",
                   "reach_curve_svg": "reach_curve.svg", "index": "index", "metrics": "metrics.json"},
-    "assign": {},
-    "audience": {},
-    "export": {},
+    "assign": {"ledger": "ledger.json", "increments": "increments"},
+    "audience": {"table": "{name}.parquet", "summary": "{name}.json"},  # one pair per audience.name
+    "export": {"table": "{name}.{format}", "summary": "{name}.json"},  # one pair per export.name
 }
 
 
 def job_dir(work: str | os.PathLike, job: str) -> Path:
-    """The folder a job writes into (its staging folder while that job runs, see runtime/publish)."""
+    """The folder a job writes into (its staging folder while that job runs, see runtime/publish).
+
+    Asked by a running job for another job's folder, it checks that folder first: complete as
+    published, and made from the upstream runs there now (an error naming the job to re-run).
+    """
     if job not in JOB_DIRS:
         raise KeyError(f"unknown job {job!r}; jobs with artifacts: {sorted(JOB_DIRS)}")
     staged = staged_folder(work, job)
-    return staged if staged is not None else Path(work) / JOB_DIRS[job]
+    if staged is not None:
+        return staged
+    folder = Path(work) / JOB_DIRS[job]
+    check_upstream(work, job, folder, JOB_DIRS)
+    return folder
+
+
+def read_checked(work: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """``path``, checked like :func:`job_dir` checks a folder when it lies in a job folder of ``work``.
+
+    For the inputs a config names by path (``fuse.blocks.features.path``): a path into another
+    job's folder gets the same checks as one asked for by name.
+    """
+    path = Path(path)
+    try:
+        relative = path.resolve().relative_to(Path(work).resolve())
+    except ValueError:
+        return path
+    for job, name in JOB_DIRS.items():
+        if relative.parts and relative.parts[0] == name:
+            job_dir(work, job)
+    return path
 
 
 def artifact(work: str | os.PathLike, job: str, name: str) -> Path:

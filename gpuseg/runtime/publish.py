@@ -8,32 +8,146 @@ the old one is kept under ``.staging`` until the second has happened, and :func:
 back after a crash in between). A killed or failed job leaves the published set as it was and
 its staging folder for the next run to resume from. Leftover ``.*.tmp`` files of killed writes
 are removed when a job starts.
+
+Every published folder holds a record, ``.publish.json``: a fresh id, its files with their sizes,
+and the ids of the upstream folders the job read (its lineage). When a job reads another job's
+folder (:func:`check_upstream`, called by ``job_dir``), the record must match the files (none
+missing, truncated or swapped in since) and its lineage the upstream folders as they are now: a
+folder made from an earlier run of a job that has been re-run since is refused, naming the job to
+re-run, so a job never mixes outputs of two different upstream runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
+
+from gpuseg.runtime.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
 STAGING = ".staging"
+RECORD = ".publish.json"
 
-#: (resolved work dir, job, staging folder) of the job running in this context
-_ACTIVE: ContextVar[tuple[Path, str, Path] | None] = ContextVar("gpuseg_staged_job", default=None)
+
+@dataclass
+class _StagedJob:
+    work: Path  # resolved work directory
+    job: str
+    stage: Path
+    #: upstream job -> (its folder, the publish id read), for the lineage of this job's record
+    read: dict[str, tuple[Path, str | None]] = field(default_factory=dict)
+
+
+#: the job running in this context
+_ACTIVE: ContextVar[_StagedJob | None] = ContextVar("gpuseg_staged_job", default=None)
 
 
 def staged_folder(work: str | os.PathLike, job: str) -> Path | None:
     """The staging folder of ``job`` when it is the job running now in ``work``, else None."""
     active = _ACTIVE.get()
-    if active is None or active[1] != job:
+    if active is None or active.job != job:
         return None
-    return active[2] if Path(work).resolve() == active[0] else None
+    return active.stage if Path(work).resolve() == active.work else None
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """A published folder's record, or None where it has none (written in place, or by an old gpuseg)."""
+    path = folder / RECORD
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise UserInputError(f"the publish record '{path}' cannot be read ({err}): re-run the job that "
+                             "writes this folder", config_key="paths.work_dir") from None
+    if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+        raise UserInputError(f"the publish record '{path}' is not one gpuseg wrote: re-run the job that "
+                             "writes this folder", config_key="paths.work_dir")
+    return record
+
+
+def _listing(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` (but the record and leftover temporaries) -> its size."""
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != RECORD and not (path.name.startswith(".") and path.name.endswith(".tmp")):
+            files[path.relative_to(folder).as_posix()] = path.stat().st_size
+    return files
+
+
+def verify_folder(folder: Path, job: str) -> dict[str, Any] | None:
+    """The record of a published folder, checked against its files (an error naming the job if not)."""
+    record = read_record(folder)
+    if record is None:
+        return None
+    for name, size in record["files"].items():
+        path = folder / name
+        actual = path.stat().st_size if path.is_file() else None
+        if actual != size:
+            what = "is missing" if actual is None else f"has {actual} bytes where gpuseg wrote {size}"
+            raise UserInputError(f"the {job} outputs in '{folder}' are not the set gpuseg published: "
+                                 f"'{name}' {what}; re-run `gpuseg {job}` (or `gpuseg run`)",
+                                 config_key="paths.work_dir")
+    return record
+
+
+def check_upstream(work: str | os.PathLike, job: str, folder: Path, folders: dict[str, str]) -> None:
+    """Called when the running job reads ``job``'s ``folder``: check it once, and note it for the lineage.
+
+    The folder must match its record, and each upstream folder its record names must still be the
+    one it was made from; else a :class:`UserInputError` names the jobs to re-run, in order.
+
+    Parameters
+    ----------
+    work : path-like
+        The work directory.
+    job : str
+        The job whose folder is read.
+    folder : Path
+        That folder.
+    folders : dict
+        Every job -> its folder name, in pipeline order (``layout.JOB_DIRS``).
+    """
+    active = _ACTIVE.get()
+    if active is None or job == active.job or job in active.read or Path(work).resolve() != active.work:
+        return
+    recover(work, folder.name)  # a publish of that job killed between its two renames
+    if not folder.is_dir():
+        return
+    record = verify_folder(folder, job)
+    active.read[job] = (folder, None if record is None else record.get("id"))
+    if record is None:
+        return
+    for upstream, entry in (record.get("lineage") or {}).items():
+        now = read_record(Path(work) / entry["folder"])
+        if now is not None and entry.get("id") is not None and now.get("id") != entry["id"]:
+            rerun = ", then ".join(f"`gpuseg {name}`" for name in _stale_jobs(Path(work), folders))
+            raise UserInputError(f"the {job} outputs in '{folder}' were made from an earlier `gpuseg {upstream}` "
+                                 f"run than the one in '{Path(work) / entry['folder']}' now: re-run {rerun} "
+                                 "(or `gpuseg run`)", config_key="paths.work_dir")
+
+
+def _stale_jobs(work: Path, folders: dict[str, str]) -> list[str]:
+    """The jobs, in pipeline order, whose folder was made from an upstream run replaced since."""
+    stale: set[str] = set()
+    records = {job: read_record(work / name) for job, name in folders.items() if (work / name).is_dir()}
+    for job, record in records.items():  # pipeline order: a job's upstreams are judged before it
+        for upstream, entry in ((record or {}).get("lineage") or {}).items():
+            now = records.get(upstream)
+            if upstream in stale or (now is not None and now.get("id") != entry.get("id")):
+                stale.add(job)
+    return [job for job in folders if job in stale]
 
 
 def _link_tree(source: Path, target: Path) -> None:
@@ -48,6 +162,21 @@ def _link_tree(source: Path, target: Path) -> None:
                 os.link(path, dest)
             except OSError:
                 shutil.copy2(path, dest)
+
+
+def _write_record(stage: Path, job: str, read: dict[str, tuple[Path, str | None]]) -> None:
+    record = {"job": job, "id": uuid.uuid4().hex,
+              "published": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "lineage": {upstream: {"folder": folder.name, "id": ident} for upstream, (folder, ident) in sorted(read.items())},
+              "files": _listing(stage)}
+    tmp = stage / f".{RECORD}.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, stage / RECORD)
+
+
+def forget_record(folder: Path) -> None:
+    """Drop a folder's record before a job writes into it in place (a torchrun job): no stale claim."""
+    (folder / RECORD).unlink(missing_ok=True)
 
 
 def _remove_tmp(folder: Path) -> None:
@@ -88,12 +217,14 @@ def staged_outputs(work: str | os.PathLike, job: str, folder: str) -> Iterator[P
         stage.mkdir(parents=True)
         if final.is_dir():
             _link_tree(final, stage)
-    token = _ACTIVE.set((work.resolve(), job, stage))
+    active = _StagedJob(work.resolve(), job, stage)
+    token = _ACTIVE.set(active)
     try:
         yield stage
     finally:
         _ACTIVE.reset(token)
-    # reached only when the job succeeded: swap the staged folder in
+    # reached only when the job succeeded: record the set, then swap the staged folder in
+    _write_record(stage, job, active.read)
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
