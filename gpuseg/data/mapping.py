@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpuseg.data.convert import TIMESTAMP_UNITS
+from gpuseg.data.schema import PII_KINDS
 from gpuseg.runtime.errors import ConfigError
 from gpuseg.runtime.io import WHITESPACE
 
@@ -73,6 +74,10 @@ class CustomersSpec:
     categorical: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     order_by: str | None = None
+    #: personal data: column -> kind (one of PII_KINDS); kept out of customers.parquet
+    pii: dict[str, str] = field(default_factory=dict)
+    #: marketing-consent column (true/yes/1 = may be exported), or None
+    consent: str | None = None
 
 
 @dataclass
@@ -253,21 +258,109 @@ def _columns(d: dict[str, Any] | None, names: tuple[str, ...], prefix: str) -> d
 
 def _customers(d: dict[str, Any], prefix: str) -> CustomersSpec:
     _known(d, {"path", "query", "format", "delimiter", "columns", "numeric", "categorical", "labels",
-               "order_by"}, prefix)
+               "order_by", "pii", "consent"}, prefix)
     columns = dict(d.get("columns") or {})
     _known(columns, {"customer_id"}, f"{prefix}.columns")
     order_by = d.get("order_by")
     if order_by is not None and (not isinstance(order_by, str) or not order_by):
         raise ConfigError(f"order_by must name one column of the customers table, got {order_by!r}",
                           config_key=f"{prefix}.order_by")
-    return CustomersSpec(
+    spec = CustomersSpec(
         file=_file(d, prefix),
         customer_id=columns.get("customer_id") or "customer_id",
         numeric=list(d.get("numeric") or []),
         categorical=list(d.get("categorical") or []),
         labels=list(d.get("labels") or []),
         order_by=order_by,
+        pii=_pii(d.get("pii"), f"{prefix}.pii"),
     )
+    spec.consent = _consent(d.get("consent"), spec, f"{prefix}.consent")
+    _private_apart(spec, prefix)
+    return spec
+
+
+#: normalised column name -> personal data kind, for ``pii: [Email, Phone, FirstName]``
+_PII_NAMES = {
+    "email": ("email", "emailaddress", "mail", "email1"),
+    "phone": ("phone", "phonenumber", "telephone", "tel", "mobile", "mobilephone", "cell", "cellphone"),
+    "first_name": ("firstname", "givenname", "forename", "fn"),
+    "last_name": ("lastname", "surname", "familyname", "ln"),
+    "city": ("city", "town", "ct"),
+    "state": ("state", "province", "st"),
+    "postcode": ("postcode", "postalcode", "zip", "zipcode", "zp"),
+    "country": ("country", "countrycode"),
+    "other": ("address", "streetaddress", "street", "fax"),
+}
+_KIND_OF_NAME = {name: kind for kind, names in _PII_NAMES.items() for name in names}
+
+
+def guess_pii_kind(column: str) -> str | None:
+    """The personal data kind a column name stands for (``Email`` -> email, ``PostalCode`` -> postcode)."""
+    return _KIND_OF_NAME.get(re.sub(r"[^a-z0-9]", "", column.lower()))
+
+
+def _pii(value: Any, key: str) -> dict[str, str]:
+    """``customers.pii``: a list of columns (kinds guessed from their names, or ``{column: kind}``
+    items) or a mapping column -> kind; checked into column -> kind."""
+    if value is None:
+        return {}
+    example = "e.g. pii: [email, phone, first_name] or pii: {Mail: email, Mobile: phone, Fax: other}"
+    items: list[tuple[Any, Any]] = []
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, list | tuple):
+        for item in value:
+            if isinstance(item, dict):
+                items.extend(item.items())
+            else:
+                items.append((item, None))
+    else:
+        raise ConfigError(f"pii must list the personal data columns, {example}; got {value!r}", config_key=key)
+    out: dict[str, str] = {}
+    for column, kind in items:
+        if not isinstance(column, str) or not column:
+            raise ConfigError(f"pii names columns, {example}; got {column!r}", config_key=key)
+        if kind is None:
+            kind = guess_pii_kind(column)
+            if kind is None:
+                raise ConfigError(f"cannot tell the kind of personal data column {column!r} from its name: give it, "
+                                  f"e.g. pii: [{{{column}: other}}]; kinds are {list(PII_KINDS)}",
+                                  config_key=f"{key}.{column}")
+        if kind not in PII_KINDS:
+            raise ConfigError(f"pii kind of column {column!r} must be one of {list(PII_KINDS)}, got {kind!r}",
+                              config_key=f"{key}.{column}")
+        if column in out:
+            raise ConfigError(f"pii lists column {column!r} twice", config_key=f"{key}.{column}")
+        same = [c for c, k in out.items() if k == kind and kind != "other"]
+        if same:
+            raise ConfigError(f"pii columns {same[0]!r} and {column!r} are both {kind}: one column per kind "
+                              "(declare the other one as other)", config_key=f"{key}.{column}")
+        out[column] = kind
+    return out
+
+
+def _consent(value: Any, spec: CustomersSpec, key: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"consent must name one column of the customers table (true/yes/1 = may be exported), "
+                          f"got {value!r}", config_key=key)
+    if value in spec.pii:
+        raise ConfigError(f"column {value!r} is both the consent column and a pii column", config_key=key)
+    return value
+
+
+def _private_apart(spec: CustomersSpec, prefix: str) -> None:
+    """Personal data and consent never become features, labels or ids: a column is one or the other."""
+    roles = {"numeric": spec.numeric, "categorical": spec.categorical, "labels": spec.labels,
+             "columns.customer_id": [spec.customer_id], "order_by": [spec.order_by] if spec.order_by else []}
+    for column in [*spec.pii, *([spec.consent] if spec.consent else [])]:
+        for role, names in roles.items():
+            if column in names:
+                what = "personal data (pii)" if column in spec.pii else "the consent column"
+                raise ConfigError(f"column {column!r} is {what} and also in customers.{role}: personal data never "
+                                  f"becomes a feature, label or id; remove it from customers.{role}",
+                                  config_key=f"{prefix}.{role}")
 
 
 def _events(d: dict[str, Any], prefix: str) -> EventsSpec:

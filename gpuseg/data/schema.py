@@ -55,6 +55,12 @@ REJECTS = pa.schema(
 
 TABLES = ("customers", "events", "texts")
 
+#: Kinds of personal data a ``customers.pii`` column can hold. ``validate`` writes these columns
+#: (with customer_id and the consent column) to ``validated/pii.parquet`` only, never to
+#: customers.parquet; ``schema.json`` lists them under customers -> "pii" (column -> kind) and
+#: "consent". ``other`` (street address, fax, ...) is kept out of everything and never exported.
+PII_KINDS = ("email", "phone", "first_name", "last_name", "city", "state", "postcode", "country", "other")
+
 
 def validated_dir(work_dir: str | Path) -> Path:
     """Folder of the canonical tables written by ``gpuseg validate``."""

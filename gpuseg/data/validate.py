@@ -71,18 +71,31 @@ class TableReport:
                 "dropped_values": dict(self.dropped_values)}
 
 
+def _as_rows(raw: pa.RecordBatch) -> list[dict[str, Any]]:
+    """Rows as dicts; timestamps past what Python's datetime holds (a corrupt file) as raw integers."""
+    try:
+        return raw.to_pylist()
+    except (OverflowError, ValueError):
+        columns = [c.cast(pa.int64()) if pa.types.is_timestamp(c.type) or pa.types.is_date64(c.type) else c
+                   for c in raw.columns]
+        return pa.RecordBatch.from_arrays(columns, names=raw.schema.names).to_pylist()
+
+
 class _Batch:
     """One batch of raw user rows and its position in the file, for error messages and rejects."""
 
-    def __init__(self, table: str, raw: pa.RecordBatch, offset: int):
+    def __init__(self, table: str, raw: pa.RecordBatch, offset: int, hidden: frozenset[str] = frozenset()):
         self.table = table
         self.raw = raw
         self.offset = offset
+        # personal data columns: read, but never shown in an error message or a rejects record
+        self.hidden = hidden
 
     def _take(self, idx: np.ndarray) -> list[dict[str, Any]]:
         # CSV columns arrive as bytes: show them as text, whatever their encoding
-        return [{k: v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v for k, v in r.items()}
-                for r in self.raw.take(pa.array(idx)).to_pylist()]
+        return [{k: v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v for k, v in r.items()
+                 if k not in self.hidden}
+                for r in _as_rows(self.raw.take(pa.array(idx)))]
 
     def rows(self, mask: np.ndarray, limit: int = MAX_ROWS_SHOWN) -> list[str]:
         """Format the first offending rows (0-based data row numbers) for an error message."""
@@ -148,28 +161,32 @@ def _check_file(spec: FileSpec, table: str, required: list[str], key: str) -> No
 
 
 def _open(spec: FileSpec, table: str, columns: list[str], batch_size: int, key: str,
-          db: SourceDatabase | None) -> Iterator[_Batch]:
-    """Check that the table's input has ``columns``, then return its batches (file or query)."""
+          db: SourceDatabase | None, hidden: frozenset[str] = frozenset()) -> Iterator[_Batch]:
+    """Check that the table's input has ``columns``, then return its batches (file or query).
+
+    ``hidden`` columns (personal data) are left out of the rows errors and rejects show.
+    """
     if spec.query:
-        return _query_batches(spec, table, columns, batch_size, key, db)
+        return _query_batches(spec, table, columns, batch_size, key, db, hidden)
     _check_file(spec, table, columns, key)
-    return _batches(spec, table, columns, batch_size, key)
+    return _batches(spec, table, columns, batch_size, key, hidden)
 
 
-def _batches(spec: FileSpec, table: str, columns: list[str], batch_size: int, key: str):
+def _batches(spec: FileSpec, table: str, columns: list[str], batch_size: int, key: str,
+             hidden: frozenset[str]):
     offset = 0
     try:
         for raw in iter_table_batches(spec.path, columns, fmt=spec.format, batch_size=batch_size,
                                       delimiter=spec.delimiter):
-            yield _Batch(table, raw, offset)
+            yield _Batch(table, raw, offset, hidden)
             offset += raw.num_rows
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError, OverflowError) as exc:  # a corrupt or truncated file
         raise UserInputError(f"cannot read '{spec.path}' after row {offset}: {exc}", table=table,
                              config_key=f"{key}.path") from None
 
 
 def _query_batches(spec: FileSpec, table: str, columns: list[str], batch_size: int, key: str,
-                   db: SourceDatabase) -> Iterator[_Batch]:
+                   db: SourceDatabase, hidden: frozenset[str]) -> Iterator[_Batch]:
     stream = db.query(spec.query, table=table, batch_size=batch_size)
     present = list(stream.schema.names)
     missing = [c for c in columns if c not in present]
@@ -177,15 +194,16 @@ def _query_batches(spec: FileSpec, table: str, columns: list[str], batch_size: i
         stream.close()
         raise UserInputError(f"column(s) {missing} not in the output of the query; it has {present}",
                              table=table, column=missing[0], config_key=f"{key}.columns")
-    return _stream_batches(stream, table, columns)
+    return _stream_batches(stream, table, columns, hidden)
 
 
-def _stream_batches(stream: QueryStream, table: str, columns: list[str]) -> Iterator[_Batch]:
+def _stream_batches(stream: QueryStream, table: str, columns: list[str],
+                    hidden: frozenset[str]) -> Iterator[_Batch]:
     offset = 0
     for raw in stream:
         # only the mapped columns, as for a file, so rejects records look the same
         raw = pa.RecordBatch.from_arrays([raw.column(c) for c in columns], names=columns)
-        yield _Batch(table, raw, offset)
+        yield _Batch(table, raw, offset, hidden)
         offset += raw.num_rows
 
 
@@ -230,6 +248,10 @@ def _null_mask(arr: pa.Array) -> np.ndarray:
     return ~_mask(pc.is_valid(arr))
 
 
+#: the instants (microseconds since 1970) a customer event can plausibly have: 1900-01-01 to 2200-01-01
+_PLAUSIBLE_US = (-2208988800 * 10**6, 7258118400 * 10**6)
+
+
 def _timestamps(arr: pa.Array, fmt: str | None, unit: str, batch: _Batch, column: str,
                 key: str) -> pa.Array:
     """Parse a timestamp column; unparseable values are an error naming ``<key>.timestamp_format``."""
@@ -238,8 +260,15 @@ def _timestamps(arr: pa.Array, fmt: str | None, unit: str, batch: _Batch, column
     except UserInputError as exc:  # numbers that look like YYYYMMDD dates
         raise UserInputError(exc.args[0], table=batch.table, column=column, config_key=f"{key}.timestamp_format",
                              rows=batch.rows(np.ones(batch.raw.num_rows, dtype=bool))) from None
+    except pa.ArrowInvalid as exc:  # an instant past what a microsecond timestamp can hold
+        raise UserInputError(f"timestamps out of range ({exc}): a corrupt file, or the wrong timestamp_unit?",
+                             table=batch.table, column=column, config_key=f"{key}.timestamp_unit") from None
     _fail_on(bad, batch, "unparseable timestamp (set timestamp_format, e.g. '%d/%m/%Y %H:%M')", column,
              f"{key}.timestamp_format")
+    micros = ts.cast(pa.int64()).fill_null(_PLAUSIBLE_US[0]).to_numpy(zero_copy_only=False)
+    _fail_on((micros < _PLAUSIBLE_US[0]) | (micros >= _PLAUSIBLE_US[1]), batch,
+             "timestamp before 1900 or after 2199 (a corrupt file, or the wrong timestamp_unit?)", column,
+             f"{key}.timestamp_unit")
     return ts
 
 
@@ -285,14 +314,15 @@ def _validate_customers(spec: CustomersSpec, batch_size: int, out: Path, rejects
                         db: SourceDatabase | None = None) -> tuple[pa.Array, TableReport, dict[str, Any]]:
     key = "data.customers"
     attrs = list(dict.fromkeys(spec.numeric + spec.categorical + spec.labels))
-    source = list(dict.fromkeys([spec.customer_id] + attrs + ([spec.order_by] if spec.order_by else [])))
+    private = [*spec.pii, *([spec.consent] if spec.consent else [])]
+    source = list(dict.fromkeys([spec.customer_id] + attrs + ([spec.order_by] if spec.order_by else []) + private))
     report = TableReport()
     parts, rows, order = [], [], []
     # the raw batches are kept only when duplicates may be dropped: their rows go to the rejects
     kept: list[tuple[_Batch, pa.Array]] = []
     order_kinds: set[str] = set()
     bar = progress_bar(show, desc="validate customers", unit="rows")
-    for batch in _open(spec.file, "customers", source, batch_size, key, db):
+    for batch in _open(spec.file, "customers", source, batch_size, key, db, hidden=frozenset(spec.pii)):
         raw = batch.raw
         report.rows_read += raw.num_rows
         ids = convert.to_customer_id(raw.column(spec.customer_id))
@@ -311,6 +341,7 @@ def _validate_customers(spec: CustomersSpec, batch_size: int, out: Path, rejects
             values, bad = _to_label(raw.column(name))
             _fail_on(bad, batch, "expected a label such as 0/1, true/false or yes/no", name, f"{key}.labels")
             columns[name] = values
+        columns.update(_private_columns(spec, raw, batch, report))
         parts.append(pa.table(columns).filter(pa.array(keep)))
         rows.append(batch.offset + np.flatnonzero(keep))
         if spec.order_by:
@@ -326,9 +357,36 @@ def _validate_customers(spec: CustomersSpec, batch_size: int, out: Path, rejects
     table = _duplicate_customers(table, np.concatenate(rows), np.concatenate(order) if order else None,
                                  spec, policy.duplicate_customer, kept, rejects, report)
     report.rows_kept = table.num_rows
-    write_parquet(out / "customers.parquet", table)
-    meta = {"numeric": spec.numeric, "categorical": spec.categorical, "labels": spec.labels}
+    _write_private(out, table, private)
+    write_parquet(out / "customers.parquet", table.drop_columns(private))
+    meta = {"numeric": spec.numeric, "categorical": spec.categorical, "labels": spec.labels,
+            "pii": dict(spec.pii), "consent": spec.consent}
     return table["customer_id"].combine_chunks(), report, meta
+
+
+def _private_columns(spec: CustomersSpec, raw: pa.RecordBatch, batch: _Batch,
+                     report: TableReport) -> dict[str, pa.Array]:
+    """The personal data columns as text and the consent column as a boolean (true/yes/1 only)."""
+    columns = {}
+    for name in spec.pii:
+        values, repaired = convert.to_string(raw.column(name))
+        report.repaired_utf8 += repaired
+        columns[name] = values
+    if spec.consent:
+        values, bad = _to_label(raw.column(spec.consent))
+        _fail_on(bad, batch, "expected a consent value such as true/false, yes/no or 1/0 (blank: no consent)",
+                 spec.consent, "data.customers.consent")
+        columns[spec.consent] = pc.fill_null(pc.equal(values, 1.0), False)
+    return columns
+
+
+def _write_private(out: Path, table: pa.Table, private: list[str]) -> None:
+    """``pii.parquet``: customer_id + personal data + consent, the only file that holds them."""
+    path = out / "pii.parquet"
+    if not private:
+        path.unlink(missing_ok=True)  # a previous run's personal data must not outlive its declaration
+        return
+    write_parquet(path, table.select(["customer_id", *private]))
 
 
 def _order_key(arr: pa.Array, batch: _Batch, column: str, kinds: set[str]) -> np.ndarray:
@@ -619,6 +677,8 @@ def _derive_customers(out: Path, spec: EventsSpec, attr_counts: dict[str, list[p
     table = pa.table(columns)
     write_parquet(out / "customers.parquet", table)
     meta = {"numeric": list(spec.numeric_attributes), "categorical": list(spec.categorical_attributes), "labels": []}
+    # customers derived from events have no personal data ("pii" absent from the schema: read it with .get)
+    (out / "pii.parquet").unlink(missing_ok=True)
     return unique, meta
 
 
