@@ -497,6 +497,28 @@ class RFMFeaturizer:
         return cls.from_dict(read_json(path))
 
 
+def load_featurizer(path, as_of=None) -> RFMFeaturizer:
+    """A saved featurizer, optionally moved to a new observation cut-off.
+
+    The vocabularies (top event types, channels, categories, text sources) stay the fitted
+    ones: values unseen at fit go to the same "other" columns as then. Only the cut-off moves,
+    so the same customers get their features as of the later date.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``featurizer.json`` written by :meth:`RFMFeaturizer.save`.
+    as_of : str, datetime-like or None
+        New cut-off; None keeps the fitted one.
+    """
+    state = read_json(path)
+    if as_of is not None and isinstance(state, Mapping) and "params" in state and "fitted" in state:
+        text = _iso(to_microseconds(as_of))  # the form get_params records, read back the same way
+        state = {**state, "params": {**state["params"], "as_of": text},
+                 "fitted": {**state["fitted"], "as_of_us": to_microseconds(text)}}
+    return RFMFeaturizer.from_dict(state)
+
+
 def compute_rfm_features(events_path, customer_ids, *, as_of, texts_path=None, **params) -> pa.Table:
     """One-shot ``RFMFeaturizer(as_of=as_of, **params).fit_transform(...)``."""
     return RFMFeaturizer(as_of=as_of, **params).fit_transform(events_path, customer_ids, texts_path)

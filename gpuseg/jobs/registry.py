@@ -16,9 +16,9 @@ JOBS: dict[str, tuple[str | None, str]] = {
     "segment": ("gpuseg.jobs.segment", "mini-batch k-means segments with auto-k, confidence and outliers"),
     "profile": ("gpuseg.jobs.profile", "segment profiles, personas, churn risk and the HTML report"),
     "lookalike": ("gpuseg.jobs.lookalike", "FAISS nearest-neighbour expansion of a seed audience"),
-    "assign": (None, "re-score new data against saved models, with drift"),
-    "audience": (None, "an audience by rule or in plain words, with its profile against the base"),
-    "export": (None, "an audience or segment list to CSV/Parquet, identifiers normalised and hashed"),
+    "assign": ("gpuseg.jobs.assign", "re-score new data against saved models, with hysteresis and drift"),
+    "audience": ("gpuseg.jobs.audience", "an audience by rule or in plain words, with its profile against the base"),
+    "export": ("gpuseg.jobs.export", "an audience or segment list to CSV/Parquet, identifiers normalised and hashed"),
     "bench": (None, "every heavy stage against a CPU baseline and the peers"),
     "run": ("gpuseg.jobs.run", "the whole pipeline; makes synthetic data first when none is configured"),
 }

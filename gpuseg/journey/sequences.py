@@ -471,3 +471,21 @@ class SequenceBuilder:
     def load(cls, path) -> SequenceBuilder:
         """Read a builder saved with :meth:`save`."""
         return cls.from_dict(read_json(path))
+
+
+def load_builder(state: Mapping[str, Any], as_of_us: int | None = None) -> SequenceBuilder:
+    """A fitted builder from its saved state, optionally moved to a new cut-off.
+
+    The vocabularies stay the fitted ones (unseen values become ``<unk>``); only the cut-off
+    (events kept, hours to as_of) moves.
+
+    Parameters
+    ----------
+    state : dict
+        :meth:`SequenceBuilder.to_dict` output (``vocabularies.json``).
+    as_of_us : int, optional
+        New cut-off in microseconds since the epoch; None keeps the fitted one.
+    """
+    if as_of_us is not None and isinstance(state, Mapping) and "params" in state:
+        state = {**state, "params": {**state["params"], "as_of": int(as_of_us)}, "as_of_us": int(as_of_us)}
+    return SequenceBuilder.from_dict(state)
