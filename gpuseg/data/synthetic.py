@@ -472,6 +472,20 @@ def _last_before(mask: np.ndarray, first_of_owner: np.ndarray) -> np.ndarray:
     return idx
 
 
+def _activity_window(rng: np.random.Generator, c: SimpleNamespace, start: np.ndarray, length: float,
+                     tb: _Tables) -> None:
+    """Set ``c.s``, ``c.d``, ``c.tau``, ``c.intensity``: activity from ``start`` (days before the
+    window's end at 0, of ``length`` days), flat until ``d``, then decaying, stopped for dormants."""
+    n, persona = len(c.persona), c.persona
+    c.s = start
+    stop = -length * (tb.stop[persona, 0] + np.diff(tb.stop[persona], axis=1)[:, 0] * rng.random(n))
+    e = np.where(tb.has_stop[persona], np.minimum(np.maximum(stop, c.s + 30.0), 0.0), 0.0)
+    dec = -(tb.decline[persona, 0] + np.diff(tb.decline[persona], axis=1)[:, 0] * rng.random(n))
+    c.d = np.where(tb.has_decline[persona], np.clip(dec, c.s, e), e)
+    c.tau = tb.tau[persona]
+    c.intensity = (c.d - c.s) + c.tau * (1.0 - np.exp(-(e - c.d) / c.tau))
+
+
 def _activity(rng: np.random.Generator, n: int, tb: _Tables, st: _Settings) -> SimpleNamespace:
     """Persona, activity window (days relative to as_of), event counts and churn of each customer."""
     H, HD = float(st.history_days), float(st.holdout_days)
@@ -481,14 +495,9 @@ def _activity(rng: np.random.Generator, n: int, tb: _Tables, st: _Settings) -> S
     lo, hi = tb.signup[persona, 0], tb.signup[persona, 1]
     c.signup = -(lo + (hi - lo) * rng.random(n))
     z = rng.standard_normal(n)
+    c.z = z  # kept: a later period reuses each customer's engagement
     engagement = np.exp(_ENGAGEMENT_SD * z)
-    c.s = np.maximum(c.signup, -H)
-    stop = -H * (tb.stop[persona, 0] + np.diff(tb.stop[persona], axis=1)[:, 0] * rng.random(n))
-    e = np.where(tb.has_stop[persona], np.minimum(np.maximum(stop, c.s + 30.0), 0.0), 0.0)
-    dec = -(tb.decline[persona, 0] + np.diff(tb.decline[persona], axis=1)[:, 0] * rng.random(n))
-    c.d = np.where(tb.has_decline[persona], np.clip(dec, c.s, e), e)
-    c.tau = tb.tau[persona]
-    c.intensity = (c.d - c.s) + c.tau * (1.0 - np.exp(-(e - c.d) / c.tau))
+    _activity_window(rng, c, np.maximum(c.signup, -H), H, tb)
     n_hist = rng.poisson(tb.rate[persona] * engagement * c.intensity)
     c.n_hist = np.clip(n_hist, 1, _MAX_EVENTS)  # everyone did something before as_of
     logit = tb.logit_active[persona] + _CHURN_SLOPE * z
@@ -587,13 +596,13 @@ def _event_texts(rng: np.random.Generator, ev: SimpleNamespace, tb: _Tables) -> 
     return tx
 
 
-def _block_tables(rng: np.random.Generator, first: int, c: SimpleNamespace, ev: SimpleNamespace,
-                  tx: SimpleNamespace, tb: _Tables, st: _Settings) -> dict:
-    """The block's Arrow tables (the customers' own attributes are drawn last)."""
-    n, persona = len(c.persona), c.persona
+def _customer_ids(first: int, n: int, st: _Settings) -> pa.Array:
     # 1-based, zero-padded ids sort as strings in generation order.
-    ids = pa.array([f"C{i:0{st.id_width}d}" for i in range(first + 1, first + n + 1)], pa.string())
-    names = pa.array(st.names, type=pa.string())
+    return pa.array([f"C{i:0{st.id_width}d}" for i in range(first + 1, first + n + 1)], pa.string())
+
+
+def _event_tables(ids: pa.Array, ev: SimpleNamespace, tx: SimpleNamespace, st: _Settings) -> dict:
+    """The events and texts tables of one block (no random draws)."""
     ts = pa.array(st.as_of_us + ev.t_us, type=schema.TIMESTAMP)
     ev_ids = ids.take(pa.array(ev.owner))
     events = pa.table(
@@ -618,6 +627,16 @@ def _block_tables(rng: np.random.Generator, first: int, c: SimpleNamespace, ev: 
         },
         schema=schema.TEXTS,
     )
+    return {"events": events, "texts": text_table}
+
+
+def _block_tables(rng: np.random.Generator, first: int, c: SimpleNamespace, ev: SimpleNamespace,
+                  tx: SimpleNamespace, tb: _Tables, st: _Settings) -> dict:
+    """The block's Arrow tables (the customers' own attributes are drawn last)."""
+    n, persona = len(c.persona), c.persona
+    ids = _customer_ids(first, n, st)
+    names = pa.array(st.names, type=pa.string())
+    tables = _event_tables(ids, ev, tx, st)
     age = np.clip(np.round(tb.age[persona, 0] + tb.age[persona, 1] * rng.standard_normal(n)), 18, 90)
     signup_us = st.as_of_us + np.floor(c.signup * _DAY_US).astype(np.int64)
     customers = pa.table(
@@ -639,7 +658,7 @@ def _block_tables(rng: np.random.Generator, first: int, c: SimpleNamespace, ev: 
         },
         schema=GROUND_TRUTH,
     )
-    return {"customers": customers, "events": events, "texts": text_table, "ground_truth": truth}
+    return {"customers": customers, **tables, "ground_truth": truth}
 
 
 def _block(rng: np.random.Generator, first: int, n: int, tb: _Tables, st: _Settings) -> dict:
@@ -790,6 +809,11 @@ def generate_synthetic(
     holdout_days: int = 90,
     chunk_size: int = 50_000,
     persona_shares: Mapping[str, float] | Sequence[float] | None = None,
+    periods: int = 1,
+    period_days: int = 365,
+    mover_share: float = 0.3,
+    transitions: Mapping[str, str] | None = None,
+    amount_drift: float = 0.1,
     progress: bool = False,
 ) -> dict:
     """Write the synthetic customers, events, texts and ground truth tables.
@@ -814,6 +838,22 @@ def generate_synthetic(
         :data:`BLOCK_SIZE`; it does not change the data.
     persona_shares : mapping or sequence, optional
         Relative persona weights (see :func:`resolve_shares`).
+    periods : int, default 1
+        Number of periods the same customers are followed over (see
+        :mod:`gpuseg.data.synthetic_periods`). With 1 (the default) the other period parameters
+        are ignored and the tables are those of the one-period generator.
+    period_days : int, default 365
+        Length of each period after the first, days (at least 90). Period ``p`` ends
+        ``(periods - p) * period_days`` days before ``as_of``.
+    mover_share : float, default 0.3
+        Probability that a customer of a persona with a planted transition moves at each boundary
+        (``new_customer`` always moves).
+    transitions : mapping of persona name to persona name, optional
+        The planted transitions; None gives
+        :data:`gpuseg.data.synthetic_periods.DEFAULT_TRANSITIONS`.
+    amount_drift : float, default 0.1
+        Planted drift: purchase amounts of period ``p`` are ``(1 + amount_drift) ** (p - 1)``
+        times those of period 1.
     progress : bool, default False
         Show a progress bar (only on a terminal).
 
@@ -827,7 +867,9 @@ def generate_synthetic(
     -----
     ``churned`` is 1 exactly when a customer has no purchase in the hold-out window of
     ``events.parquet``. ``ground_truth.parquet`` holds each customer's persona; the pipeline
-    never reads it.
+    never reads it. With ``periods > 1`` it also holds ``persona_<p>`` and ``persona_id_<p>``
+    for every period and ``moved``, ``persona`` is the last period's, and ``generation.json``
+    lists every period's end under ``period_as_of`` (the ``data.as_of`` to segment it at).
     """
     n_customers = _check_int("n_customers", n_customers, 1)
     seed = _check_int("seed", seed, 0)
@@ -836,6 +878,14 @@ def generate_synthetic(
     chunk_size = _check_int("chunk_size", chunk_size, 1)
     as_of64 = _parse_as_of(as_of)
     shares = resolve_shares(persona_shares)
+    periods = _check_int("periods", periods, 1)
+    plan = None
+    if periods > 1:
+        from gpuseg.data import synthetic_periods as sp  # it builds on this module's steps
+
+        plan = sp.period_plan(periods=periods, period_days=_check_int("period_days", period_days, 90),
+                              as_of_us=int(as_of64.astype(np.int64)), shares=shares,
+                              transitions=transitions, mover_share=mover_share, amount_drift=amount_drift)
 
     out = Path(out_dir)
     check_generation_target(out)
@@ -845,7 +895,7 @@ def generate_synthetic(
         "customers": CUSTOMERS,
         "events": schema.EVENTS,
         "texts": schema.TEXTS,
-        "ground_truth": GROUND_TRUTH,
+        "ground_truth": GROUND_TRUTH if plan is None else plan.truth_schema(),
     }
     tb = _Tables(PERSONAS, shares)
     st = _Settings(
@@ -859,6 +909,8 @@ def generate_synthetic(
     per_chunk = max(1, math.ceil(chunk_size / BLOCK_SIZE))
     counts = np.zeros(len(PERSONAS))
     churned = np.zeros(len(PERSONAS))
+    period_counts = np.zeros((periods, len(PERSONAS)))
+    moves = np.zeros((periods - 1, len(PERSONAS), len(PERSONAS)))
     logger.info("generating %d synthetic customers (seed %d) into %s", n_customers, seed, out)
 
     writers = {t: ParquetStreamWriter(paths[t], schemas[t]) for t in paths}
@@ -874,8 +926,13 @@ def generate_synthetic(
             for b in range(chunk_start, min(chunk_start + per_chunk, n_blocks)):
                 first = b * BLOCK_SIZE
                 n = min(BLOCK_SIZE, n_customers - first)
-                rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(b,)))
-                res = _block(rng, first, n, tb, st)
+                if plan is None:
+                    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(b,)))
+                    res = _block(rng, first, n, tb, st)
+                else:
+                    res = sp.periods_block(seed, b, first, n, plan, st)
+                    period_counts += res["stats"]["period_counts"]
+                    moves += res["stats"]["moves"]
                 for t in paths:
                     parts[t].append(res[t])
                 counts += res["stats"]["persona_counts"]
@@ -922,6 +979,11 @@ def generate_synthetic(
         "files": {t: p.name for t, p in paths.items()},
         "versions": library_versions(),
     }
+    if plan is not None:  # one-period manifests stay as they were
+        meta["parameters"].update(periods=periods, period_days=plan.period_days, mover_share=plan.mover_share,
+                                  amount_drift=plan.amount_drift)
+        meta["history_start"] = str(np.datetime64(plan.ends_us[0], "us") - history_days * day)
+        meta.update(sp.periods_metadata(plan, history_days, period_counts, moves))
     gen_path = write_json(out / MANIFEST, meta)
     logger.info("synthetic data written: %s", rows)
     return {"out_dir": out, "paths": {**paths, "generation": gen_path}, "rows": rows}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gpuseg.data.synthetic import check_generation_target, generate_synthetic, generated_files
 from gpuseg.jobs.common import data_as_of, finish, start
@@ -18,6 +18,17 @@ def exists(cfg: DictConfig) -> bool:
     """Whether a complete dataset written by the generator (its manifest says so) is in ``data.dir``."""
     files = generated_files(cfg.data.dir)
     return files is not None and all(path.exists() for path in files)
+
+
+def _transitions(value: Any) -> dict[str, str] | None:
+    """``data.generator.transitions`` as a plain mapping of persona names (None: the defaults)."""
+    if value is None:
+        return None
+    if not isinstance(value, DictConfig):
+        raise ConfigError(f"data.generator.transitions must map a persona to the persona it moves to, "
+                          f"e.g. {{new_customer: eco_planner}}, got {value!r}", config_key="data.generator.transitions")
+    # a null target removes a default transition (data.generator.transitions.high_value_loyalist=null)
+    return {str(k): str(v) for k, v in OmegaConf.to_container(value).items() if v is not None}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -39,6 +50,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         history_days=int(gen.history_days),
         holdout_days=int(gen.holdout_days),
         chunk_size=int(gen.chunk_size),
+        periods=gen.get("periods", 1),
+        period_days=gen.get("period_days", 365),
+        mover_share=gen.get("mover_share", 0.3),
+        transitions=_transitions(gen.get("transitions")),
+        amount_drift=gen.get("amount_drift", 0.1),
         progress=bool(cfg.progress),
     )
     log.info("synthetic data written to %s: %s", cfg.data.dir, result["rows"])

@@ -21,13 +21,14 @@ from gpuseg.cluster.confidence import (
     two_nearest,
 )
 from gpuseg.cluster.hierarchy import choose_n_macro, cut_tree, ward_linkage
+from gpuseg.cluster.matching import center_spread, match_centers, reorder_clusters
 from gpuseg.cluster.metrics import calinski_harabasz, davies_bouldin, silhouette
 from gpuseg.cluster.selection import select_k
 from gpuseg.jobs.common import finish, matrix_input, staged, start, work_dir
 from gpuseg.report.svg import small_multiples
 from gpuseg.runtime.errors import ConfigError, UserInputError
-from gpuseg.runtime.io import atomic_path, write_json, write_parquet
-from gpuseg.runtime.layout import artifact, job_dir
+from gpuseg.runtime.io import atomic_path, read_json, write_json, write_parquet
+from gpuseg.runtime.layout import ARTIFACTS, JOB_DIRS, artifact, job_dir
 from gpuseg.runtime.logistic import fit_logistic
 from gpuseg.runtime.matrix import read_matrix
 
@@ -153,6 +154,77 @@ def _size_notes(counts: np.ndarray, n: int) -> list[str]:
     return [note]
 
 
+def _previous_run(previous: Any, columns: list[str]) -> tuple[Path, np.ndarray]:
+    """The folder and centres (in id order) of an earlier segment run, checked against this one.
+
+    ``segment.previous`` names that run's segment folder or its work directory.
+    """
+    names = ARTIFACTS["segment"]
+    given = Path(str(previous))
+    folder = next((f for f in (given, given / JOB_DIRS["segment"]) if (f / names["segmentation"]).is_file()), None)
+    if folder is None:
+        raise ConfigError(f"segment.previous='{given}' holds no segment run: point it at an earlier run's "
+                          f"segment folder (with {names['segmentation']} and {names['model']}.json) or its "
+                          "work directory", config_key="segment.previous")
+    before = read_json(folder / names["segmentation"])
+    old_columns = [str(c) for c in before.get("columns", [])]
+    if old_columns != columns:
+        pairs = enumerate(zip(old_columns, columns, strict=False))
+        diff = next((f"column {i}: '{a}' then, '{b}' now" for i, (a, b) in pairs if a != b), "")
+        raise ConfigError(f"segment.previous='{given}' was fitted on another feature space ({len(old_columns)} "
+                          f"columns, now {len(columns)}{'; ' + diff if diff else ''}): ids can only be kept "
+                          "between runs on the same columns", config_key="segment.previous")
+    old = MiniBatchKMeans.load(folder / names["model"], device="cpu").cluster_centers_
+    if old.shape[1] != len(columns):
+        raise ConfigError(f"segment.previous='{given}': its model has {old.shape[1]} dimensions, the input "
+                          f"{len(columns)}", config_key="segment.previous")
+    return folder, np.asarray(old, dtype=np.float64)
+
+
+def _match_limit(mcfg: DictConfig, old: np.ndarray) -> tuple[float | None, float]:
+    """``segment.match.max_distance`` resolved: a number, null (no limit) or auto (relative x spread)."""
+    spread = center_spread(old)
+    value = mcfg.max_distance
+    if value is None:
+        return None, spread
+    if value == "auto":
+        rel = mcfg.relative
+        if isinstance(rel, bool) or not isinstance(rel, (int, float)) or not rel > 0:
+            raise ConfigError(f"segment.match.relative must be a positive number, got {rel!r}",
+                              config_key="segment.match.relative")
+        return (None if not np.isfinite(spread) else float(rel) * spread), spread
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigError(f"segment.match.max_distance must be auto, null or a non-negative number, got {value!r}",
+                          config_key="segment.match.max_distance")
+    return float(value), spread
+
+
+def _keep_ids(cfg: DictConfig, model: MiniBatchKMeans, columns: list[str]) -> dict[str, Any] | None:
+    """Renumber a fresh fit so that segments matching the previous run's keep their ids.
+
+    The model's centres are put in id order: every artifact written after this (segments,
+    model, thresholds, macro segments, sizes) then carries the kept ids.
+    """
+    previous = cfg.segment.get("previous")
+    if previous in (None, ""):
+        return None
+    folder, old = _previous_run(previous, columns)
+    limit, spread = _match_limit(cfg.segment.match, old)
+    match = match_centers(old, model.cluster_centers_, limit)
+    reorder_clusters(model, match.order)
+    log.info("segment: %d of %d segments keep their id from %s (limit %s); births %s, deaths %s%s",
+             len(match.matched), len(match.ids), folder, "none" if limit is None else f"{limit:.4g}",
+             match.births or "none", match.deaths or "none",
+             f", renumbered {match.renumbered}" if match.renumbered else "")
+    return {
+        "previous": str(folder), "previous_n_clusters": int(old.shape[0]),
+        "max_distance": limit, "spread": spread if np.isfinite(spread) else None,
+        "matched": [{"segment": i, "previous_segment": j, "distance": d} for i, j, d in match.matched],
+        "births": match.births, "deaths": match.deaths,
+        "renumbered": {str(k_): v for k_, v in match.renumbered.items()},
+    }
+
+
 @staged("segment")
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Segment every customer of the input matrix and write segments, model and evidence."""
@@ -174,6 +246,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if k > n:
         raise ConfigError(f"n_clusters={k} is more than the {n} customers", config_key="segment.n_clusters")
     model = _kmeans(k, seed, device, params).fit(x)
+    matching = _keep_ids(cfg, model, names)
     labels, d1, second, d2 = _nearest_two(model, x)
     m = margin(d1, d2)
     calibration = _calibrate(cfg, x, labels.astype(np.int64), m, k, seed, device, params)
@@ -210,6 +283,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "outlier_thresholds": thresholds.tolist(),
         "calibration": calibration,
         "model": "kmeans.json",
+        **({"matching": matching} if matching else {}),
         "config_hash": ctx["manifest"]["config_hash"],
     }
     write_json(artifact(work, "segment", "segmentation"), segmentation)
@@ -225,6 +299,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "outlier_rate": float(outlier.mean()),
         "mean_confidence": float(conf.mean()),
         **quality,
+        **({"n_matched": len(matching["matched"]), "births": matching["births"], "deaths": matching["deaths"],
+            "renumbered": matching["renumbered"]} if matching else {}),
         "notes": notes,
         "device": str(device),
         "seconds": round(seconds, 3),
