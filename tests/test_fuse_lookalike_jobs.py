@@ -1,4 +1,5 @@
-"""``gpuseg fuse`` then ``gpuseg segment`` / ``gpuseg lookalike`` on a small synthetic project."""
+"""``gpuseg fuse`` then ``gpuseg segment`` / ``gpuseg lookalike`` (expansion presets, explanations,
+degenerate cases) on a small synthetic project."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from gpuseg.fusion import BlockFuser, block_from_table
 from gpuseg.jobs import features, fuse, generate, journeys, lookalike, segment, text, validate
-from gpuseg.runtime.errors import UserInputError
+from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.text.model_path import default_model_dir
 
 pytestmark = pytest.mark.skipif(default_model_dir() is None, reason="gpuseg[models] is not installed")
@@ -125,7 +126,9 @@ def test_persona_seeds_expand_to_a_pure_audience(project):
     size = len(members) // 2
     result = lookalike.run(cfg("lookalike", f"lookalike.seeds=[{','.join(seeds)}]", f"lookalike.size={size}"))
     audience = pq.read_table(result["audience_path"]).to_pandas()
-    assert audience.columns.tolist() == ["rank", "customer_id", "score", "nearest_seed", "nearest_seed_score"]
+    assert audience.columns.tolist() == ["rank", "customer_id", "score", "nearest_seed", "nearest_seed_score",
+                                         "is_seed", "why_similar"]
+    assert not audience["is_seed"].any()  # lookalike.include_seeds=false is the default
     assert len(audience) == size and audience["rank"].tolist() == list(range(1, size + 1))
     assert not set(audience["customer_id"]) & set(seeds) and set(audience["nearest_seed"]) <= set(seeds)
     assert (np.diff(audience["score"]) <= 0).all()
@@ -184,3 +187,86 @@ def test_the_index_cache_is_rebuilt_when_its_source_rows_change(project, tmp_pat
     pq.write_table(shuffled, source)
     again = lookalike.run(cfg("lookalike", *args))
     assert not again["index_reused"]
+
+
+def test_expansion_preset_explains_the_audience(project):
+    work, cfg, _ = project
+    truth = pq.read_table(work / "data" / "ground_truth.parquet").to_pandas().set_index("customer_id")
+    seeds = truth.index[truth["persona"] == "high_value_loyalist"][:12].tolist()
+    res = lookalike.run(cfg("lookalike", f"lookalike.seeds=[{','.join(seeds)}]", "lookalike.expansion=balanced",
+                            "lookalike.explain.top_n=3"))
+    assert res["size"] == 50 and res["audience_size"] == 50 and res["expansion"] == "balanced"  # 5% of 1000
+    assert res["expansion_sizes"] == {"narrow": 25, "balanced": 50, "broad": 100}
+    audience = pq.read_table(res["audience_path"])
+    assert not set(audience["customer_id"].to_pylist()) & set(seeds)
+    # the seed-vs-base features are the seeds' mean z-scores against the whole base, largest first
+    metrics = json.loads((work / "lookalike" / "metrics.json").read_text())
+    top = metrics["queries"]["audience"]["seed_vs_base"]
+    assert len(top) == 3 and abs(top[0]["seed_z"]) >= abs(top[1]["seed_z"]) >= abs(top[2]["seed_z"])
+    features = pq.read_table(work / "features" / "features.parquet").to_pandas().set_index("customer_id")
+    for entry in top:
+        x = features[entry["feature"]]
+        assert entry["seed_z"] == pytest.approx((x.loc[seeds].mean() - x.mean()) / x.std(ddof=0), abs=1e-3)
+    # every member says why, in the same units: its z-score and its gap to the seeds' mean z-score
+    seed_z = {e["feature"]: e["seed_z"] for e in top}
+    member = audience["customer_id"][0].as_py()
+    why = audience["why_similar"][0].as_py()
+    assert 1 <= len(why) <= 3 and [abs(w["gap"]) for w in why] == sorted(abs(w["gap"]) for w in why)
+    for w in why:
+        x = features[w["feature"]]
+        assert w["z"] == pytest.approx((x.loc[member] - x.mean()) / x.std(ddof=0), abs=1e-6)
+        if w["feature"] in seed_z:
+            assert w["gap"] == pytest.approx(w["z"] - seed_z[w["feature"]], abs=1e-3)
+    # the synthetic data has constant share_*_other columns: no z-score, said in a note
+    assert any("zero spread" in n and "share_event_other" in n for n in metrics["notes"])
+    # the reach curve covers every preset, and says the similarity each one takes
+    curve = json.loads((work / "lookalike" / "reach_curve.json").read_text())["curves"]["audience"]
+    assert curve["size"][-1] >= 100 and set(curve["presets"]) == {"narrow", "balanced", "broad"}
+    mins = [curve["presets"][k]["min_score"] for k in ("narrow", "balanced", "broad")]
+    assert mins[0] >= mins[1] >= mins[2]
+    assert curve["presets"]["balanced"]["min_score"] == pytest.approx(audience["score"][-1].as_py())
+    assert metrics["queries"]["audience"]["reach"]["chosen"]["size"] == 50
+
+
+def test_lookalike_how_many_errors(project):
+    work, cfg, _ = project
+    seeds = "lookalike.seeds=[" + ",".join(
+        pq.read_table(work / "validated" / "customers.parquet")["customer_id"].to_pylist()[:2]) + "]"
+    with pytest.raises(ConfigError, match="lookalike.expansion=narrow and lookalike.size=10") as err:
+        lookalike.run(cfg("lookalike", seeds, "lookalike.expansion=narrow", "lookalike.size=10"))
+    assert err.value.config_key == "lookalike.expansion"
+    with pytest.raises(ConfigError, match="one of \\['balanced', 'broad', 'narrow'\\]"):
+        lookalike.run(cfg("lookalike", seeds, "lookalike.expansion=huge"))
+    with pytest.raises(ConfigError, match="lookalike.expansion_shares.broad"):
+        lookalike.run(cfg("lookalike", seeds, "lookalike.expansion=broad", "lookalike.expansion_shares.broad=2"))
+    with pytest.raises(ConfigError, match="lookalike.include_seeds"):
+        lookalike.run(cfg("lookalike", seeds, "lookalike.size=5", "lookalike.include_seeds=maybe"))
+
+
+def test_included_seeds_and_degenerate_cases_are_said(project, tmp_path, caplog):
+    work, cfg, _ = project
+    table = pq.read_table(work / "fuse" / "fused.parquet")
+    ids = table["customer_id"].to_pylist()
+    vectors = table["fused"].to_pylist()
+    vectors[1] = vectors[0]  # two customers with the same vector
+    source = tmp_path / "matrix.parquet"
+    pq.write_table(table.set_column(1, "fused", pa.array(vectors, table.schema.field("fused").type)), source)
+    args = (f"lookalike.input={source}", f"lookalike.seeds=[{ids[0]},{ids[1]}]", "lookalike.mode=max")
+    with caplog.at_level(logging.WARNING, logger="gpuseg.jobs.lookalike"):
+        res = lookalike.run(cfg("lookalike", *args, "lookalike.size=10", "lookalike.include_seeds=true"))
+    audience = pq.read_table(res["audience_path"]).to_pandas()
+    assert len(audience) == 10 and set(audience.loc[audience["is_seed"], "customer_id"]) == {ids[0], ids[1]}
+    assert audience["rank"][audience["is_seed"]].max() <= 2  # each is its own nearest seed
+    assert any("same vector" in n for n in res["notes"]) and "same vector" in caplog.text
+    # a threshold that leaves fewer than asked, and one that leaves nobody
+    few = lookalike.run(cfg("lookalike", *args, "lookalike.size=500", "lookalike.threshold=0.9"))
+    assert few["audience_size"] < 500 and any(f"leaves {few['audience_size']} of the 500" in n for n in few["notes"])
+    none = lookalike.run(cfg("lookalike", *args, "lookalike.threshold=1.5"))
+    assert none["audience_size"] == 0 and any("the audience is empty" in n for n in none["notes"])
+    assert json.loads((work / "lookalike" / "reach_curve.json").read_text())["curves"]["audience"]["size"][-1] >= 100
+    # no features table (a work directory holding only the matrix): said, and why_similar is null
+    alone = lookalike.run(cfg("lookalike", *args, "lookalike.size=5", f"paths.work_dir={tmp_path / 'w'}"))
+    assert any("no features table" in n for n in alone["notes"])
+    assert pq.read_table(alone["audience_path"])["why_similar"].null_count == 5
+    off = lookalike.run(cfg("lookalike", *args, "lookalike.size=5", "lookalike.explain.top_n=0"))
+    assert "why_similar" not in pq.read_table(off["audience_path"]).column_names

@@ -1,4 +1,5 @@
-"""``LookalikeIndex``: exact engines agree, approximate recall, save/load, expansion and its errors."""
+"""``LookalikeIndex``: exact engines agree, approximate recall, save/load, expansion and its errors;
+the explanations (seed vs base, why similar) and the reach at the expansion presets."""
 
 from __future__ import annotations
 
@@ -6,11 +7,21 @@ import logging
 
 import faiss
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import torch
 from conftest import DEVICES
 
 from gpuseg.lookalike import LookalikeIndex, reach_curve, torch_knn
+from gpuseg.lookalike.expand import reach_at
+from gpuseg.lookalike.explain import (
+    WHY_TYPE,
+    explainable_features,
+    seed_profile,
+    seeds_identical,
+    why_similar,
+)
 from gpuseg.runtime.errors import UserInputError
 
 faiss.omp_set_num_threads(1)
@@ -162,3 +173,97 @@ def test_reach_curve_is_monotone():
     curve = reach_curve(scores, 30)
     assert curve["size"][0] == 1 and curve["size"][-1] == 1000
     assert np.all(np.diff(curve["min_score"]) <= 0) and np.all(np.diff(curve["mean_score"]) <= 0)
+
+
+def test_seeds_are_left_out_unless_included():
+    index = _line_index()
+    default = index.expand(["p0", "p9"], size=4, mode="max").to_pydict()
+    assert not {"p0", "p9"} & set(default["customer_id"])
+    included = index.expand(["p0", "p9"], size=4, mode="max", include_seeds=True).to_pydict()
+    # each seed is its own nearest seed at distance 0, so the seeds rank first
+    assert included["customer_id"] == ["p0", "p9", "p1", "p8"]
+    assert included["nearest_seed"][:2] == ["p0", "p9"] and included["score"][:2] == [0.0, 0.0]
+
+
+def test_reach_at_reads_the_curve_at_named_sizes():
+    scores = np.array([0.9, 0.8, 0.5, 0.2])
+    got = reach_at(scores, {"narrow": 1, "balanced": 3, "broad": 10})
+    assert got["narrow"] == {"size": 1, "reached": 1, "min_score": 0.9, "mean_score": 0.9}
+    assert got["balanced"]["min_score"] == 0.5 and got["balanced"]["mean_score"] == pytest.approx(2.2 / 3)
+    assert got["broad"]["reached"] == 4 and got["broad"]["min_score"] == 0.2
+    assert reach_at(np.array([]), {"x": 5})["x"]["min_score"] is None
+
+
+def _explain_table():
+    """12 customers: seeds s0-s2 are high on `spend`, ordinary on `visits`; `flat` never varies;
+    `rating` is undefined for c2 and c4; `plan` is categorical."""
+    rng = np.random.default_rng(3)
+    ids = [f"s{i}" for i in range(3)] + [f"c{i}" for i in range(9)]
+    spend = np.r_[[10.0, 11.0, 12.0], rng.normal(2.0, 1.0, 9)]
+    visits = rng.normal(5.0, 2.0, 12)
+    rating = np.r_[[4.5, 4.0, 5.0], rng.normal(3.0, 1.0, 9)]
+    rating[[5, 7]] = np.nan
+    plan = ["gold"] * 3 + ["basic"] * 6 + ["gold"] * 3
+    return pa.table({"customer_id": ids, "spend": spend, "visits": visits, "flat": np.ones(12),
+                     "rating": rating, "plan": plan}), ids
+
+
+def test_seed_profile_is_the_seeds_mean_z_score_against_the_base():
+    features, ids = _explain_table()
+    base = explainable_features(features)
+    assert "plan=gold" in base.column_names
+    profile = seed_profile(base, ids[:3] + ["ghost"])
+    assert profile.n_seeds == 3 and profile.no_spread == ["flat"]
+    assert any("1 of 4 seeds are not in the features table" in n for n in profile.notes)
+    # z = (seed mean - base mean) / base std (population std, NaN left out): the profile's lift units
+    for name in ("spend", "visits", "rating", "plan=gold"):
+        x = base[name].to_numpy(zero_copy_only=False).astype(float)
+        ok = np.isfinite(x)
+        expected = (x[:3].mean() - x[ok].mean()) / x[ok].std()
+        assert profile.seed_z[profile.features.index(name)] == pytest.approx(expected)
+    assert "flat" not in profile.features
+    assert np.all(np.diff(np.abs(profile.seed_z)) <= 0)  # sorted by absolute size
+    assert profile.features[0] == "spend"
+    assert [d["feature"] for d in profile.top(2)] == profile.features[:2]
+    with pytest.raises(UserInputError, match="none of the seeds"):
+        seed_profile(base, ["ghost"])
+
+
+def test_why_similar_lists_the_closest_distinctive_features():
+    features, ids = _explain_table()
+    base = explainable_features(features)
+    profile = seed_profile(base, ids[:3])
+    members = ["c0", "c2", "ghost"]
+    why, notes = why_similar(base, members, profile, top_n=2, min_abs_z=0.5)
+    assert why.type == WHY_TYPE and len(why) == 3
+    distinctive = {f for f, z in zip(profile.features, profile.seed_z, strict=True) if abs(z) >= 0.5}
+    z_of = dict(zip(profile.features, profile.seed_z, strict=True))
+    rows = why.to_pylist()
+    for member, listed in zip(members[:2], rows[:2], strict=True):
+        x = base.filter(pc.equal(base["customer_id"], member))
+        gaps = {}
+        for f in distinctive:
+            i = profile.features.index(f)
+            zf = (x[f][0].as_py() - profile.base_mean[i]) / profile.base_std[i]
+            if np.isfinite(zf):
+                gaps[f] = zf - z_of[f]
+        # the two smallest |gaps| (plan=gold and plan=basic tie: either may be named)
+        assert [abs(e["gap"]) for e in listed] == pytest.approx(sorted(abs(g) for g in gaps.values())[:2])
+        assert {e["feature"] for e in listed} <= distinctive
+        for e in listed:
+            assert e["gap"] == pytest.approx(gaps[e["feature"]]) and e["z"] == pytest.approx(gaps[e["feature"]]
+                                                                                              + z_of[e["feature"]])
+    assert "rating" not in [e["feature"] for e in rows[1]]  # c2 has no rating
+    assert rows[2] == [] and any("1 audience member(s) are not in the features table" in n for n in notes)
+    # seeds that look like the base: the closest features of all, said in a note
+    _, loose = why_similar(base, members, profile, top_n=2, min_abs_z=50.0)
+    assert any("no feature sets the seeds apart" in n for n in loose)
+    with pytest.raises(UserInputError, match="'top_n' parameter"):
+        why_similar(base, members, profile, top_n=0)
+
+
+def test_identical_seeds_are_detected():
+    V = np.array([[1.0, 2.0], [1.0, 2.0], [0.0, 1.0]])
+    assert seeds_identical(V, np.array([0, 1]))
+    assert not seeds_identical(V, np.array([0, 2]))
+    assert not seeds_identical(V, np.array([0]))  # one seed is not "all identical"

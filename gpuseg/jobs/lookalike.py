@@ -3,8 +3,16 @@
 Builds (or reuses) a :class:`~gpuseg.lookalike.LookalikeIndex` over the fused matrix (else the
 features matrix) in ``lookalike/index/``, expands the seeds and writes
 ``lookalike/audience.parquet`` (``[query,] rank, customer_id, score, nearest_seed,
-nearest_seed_score``), ``lookalike/reach_curve.json`` (audience size vs the similarity it takes
-to reach it, per query) and ``lookalike/reach_curve.svg``.
+nearest_seed_score, is_seed, why_similar``), ``lookalike/reach_curve.json`` (audience size vs
+the similarity it takes to reach it, per query, with the expansion presets' points) and
+``lookalike/reach_curve.svg``, and ``lookalike/metrics.json`` with, per query, the features that
+set the seeds apart from the base (see :mod:`gpuseg.lookalike.explain`).
+
+How many: ``lookalike.size`` (customers) or ``lookalike.expansion`` (``narrow | balanced |
+broad``: a share of the base, ``lookalike.expansion_shares``), and/or a similarity
+``lookalike.threshold``. The seeds are left out of their own audience unless
+``lookalike.include_seeds=true``. Degenerate cases (identical seeds, features without spread, an
+audience smaller than asked) are warnings, listed again under ``notes`` in metrics.json.
 """
 
 from __future__ import annotations
@@ -23,11 +31,20 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gpuseg.jobs.common import finish, matrix_input, staged, start, work_dir
 from gpuseg.lookalike import LookalikeIndex, reach_curve
+from gpuseg.lookalike.expand import reach_at
+from gpuseg.lookalike.explain import (
+    WHY_TYPE,
+    explainable_features,
+    seed_profile,
+    seeds_identical,
+    why_similar,
+)
 from gpuseg.report.svg import small_multiples
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import atomic_path, read_json, write_json, write_parquet
 from gpuseg.runtime.layout import artifact, job_dir
 from gpuseg.runtime.matrix import read_matrix
+from gpuseg.runtime.validation import is_int, is_real
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +150,8 @@ def _index(cfg: DictConfig, work: Path, device) -> tuple[LookalikeIndex, bool, P
     return index, False, source
 
 
-def _available(index: LookalikeIndex, seeds: list[str], exclude: list[str] | None) -> int:
-    rows, _ = index.rows_of(seeds)
-    banned = set(rows.tolist())
+def _available(index: LookalikeIndex, seeds: list[str], exclude: list[str] | None, include_seeds: bool) -> int:
+    banned = set() if include_seeds else set(index.rows_of(seeds)[0].tolist())
     if exclude:
         banned |= set(index.rows_of(exclude)[0].tolist())
     return index.ntotal - len(banned)
@@ -146,86 +162,208 @@ def _or_nan(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
+def _how_many(lcfg: DictConfig) -> tuple[int | None, float | None, str | None, dict[str, float]]:
+    """``size``, ``threshold``, ``expansion`` and the preset shares, checked before any work is done."""
+    size = lcfg.size
+    threshold = None if lcfg.threshold is None else float(lcfg.threshold)
+    expansion = lcfg.get("expansion")
+    shares = OmegaConf.to_container(lcfg.expansion_shares, resolve=True) if lcfg.get("expansion_shares") else {}
+    for name, share in shares.items():
+        if not is_real(share) or not 0 < share <= 1:
+            raise ConfigError(f"lookalike.expansion_shares.{name} must be a share of the base in (0, 1], "
+                              f"got {share!r}", config_key=f"lookalike.expansion_shares.{name}")
+    if expansion is not None:
+        if size is not None:
+            raise ConfigError(f"lookalike.expansion={expansion} and lookalike.size={size} are both set: give one "
+                              "(a preset is a share of the base, size a number of customers)",
+                              config_key="lookalike.expansion")
+        if str(expansion) not in shares:
+            raise ConfigError(f"lookalike.expansion must be one of {sorted(shares)} (lookalike.expansion_shares), "
+                              f"got {expansion!r}", config_key="lookalike.expansion")
+        expansion = str(expansion)
+    if size is None and threshold is None and expansion is None:
+        raise ConfigError("give an audience size (lookalike.size), an expansion preset (lookalike.expansion: "
+                          f"{' | '.join(shares)}) or a similarity threshold (lookalike.threshold)",
+                          config_key="lookalike.size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        raise ConfigError(f"lookalike.size must be a positive integer, got {size!r}", config_key="lookalike.size")
+    top_n = lcfg.explain.top_n
+    if not is_int(top_n) or top_n < 0:
+        raise ConfigError(f"lookalike.explain.top_n must be an integer >= 0 (0: no explanations), got {top_n!r}",
+                          config_key="lookalike.explain.top_n")
+    return size, threshold, expansion, shares
+
+
+def _explain_base(work: Path, top_n: int, notes: list[str]) -> pa.Table | None:
+    """The features table the explanations read (None when they are off or it is missing)."""
+    if top_n == 0:
+        return None
+    path = artifact(work, "features", "table")
+    if not path.exists():
+        _note(notes, None, f"no features table '{path}' (run `gpuseg features`): the audience is not explained "
+                           "(why_similar is null, no seed-vs-base features); lookalike.explain.top_n=0 says so quietly")
+        return None
+    return explainable_features(pq.read_table(path))
+
+
+def _note(notes: list[str], label: str | None, text: str) -> None:
+    """A degenerate case, said loudly (once): logged as a warning and kept for metrics.json."""
+    text = text if label is None else f"{label}: {text}"
+    if text not in notes:
+        log.warning("lookalike: %s", text)
+        notes.append(text)
+
+
+def _audience(index: LookalikeIndex, ids: list[str], size: int | None, threshold: float | None,
+              curve_size: int, kwargs: dict[str, Any]) -> tuple[pa.Table, pa.Table]:
+    """The audience and the (longer) ranked list its reach curve is read from."""
+    if size is None:
+        table = index.expand(ids, None, threshold, **kwargs)
+        if table.num_rows >= curve_size:
+            return table, table
+        return table, index.expand(ids, curve_size, None, **kwargs)
+    # one pass gives both the audience and the reach curve beyond it
+    curve_table = index.expand(ids, curve_size, None, **kwargs)  # curve_size >= the size reachable
+    keep = pc.less_equal(curve_table["rank"], size)
+    if threshold is not None:
+        keep = pc.and_(keep, pc.greater_equal(curve_table["score"], threshold))
+    return curve_table.filter(keep), curve_table
+
+
+def _one_query(index: LookalikeIndex, name: str | None, ids: list[str], plan: dict[str, Any],
+               base: pa.Table | None, notes: list[str]) -> tuple[pa.Table, dict[str, Any], dict[str, Any]]:
+    """Expand one seed list: its audience (with why_similar), reach curve and summary."""
+    label = "audience" if name is None else str(name)
+    where = None if name is None else f"query {label!r}"
+    size, threshold, exclude, lcfg = plan["size"], plan["threshold"], plan["exclude"], plan["lcfg"]
+    include_seeds = plan["include_seeds"]
+    kwargs = {"mode": str(lcfg.mode), "top_m": int(lcfg.top_m), "exclude": exclude,
+              "on_unknown": str(lcfg.on_unknown), "candidates": str(lcfg.candidates),
+              "include_seeds": include_seeds}
+    available = _available(index, ids, exclude, include_seeds)
+    if size is not None and size > available:
+        _note(notes, where, f"lookalike.size={size} (asked{plan['via']}) is more than the {available} customers "
+                            f"that are neither {'' if include_seeds else 'seeds nor '}excluded: the audience is "
+                            f"capped at {available}")
+    wanted = [size or 0, int(lcfg.reach_curve.max_size), *plan["presets"].values()]
+    curve_size = max(1, min(max(wanted), available))
+    try:
+        table, curve_table = _audience(index, ids, size, threshold, curve_size, kwargs)
+    except UserInputError as exc:
+        if exc.config_key is None:
+            exc.config_key = "lookalike.seeds"
+        raise
+    seed_rows, _ = index.rows_of(ids)
+    if seeds_identical(index.vectors_, seed_rows):
+        _note(notes, where, f"all {len(seed_rows)} seeds have the same vector: the audience is the neighbours of "
+                            f"one point, whatever lookalike.mode; give seeds that differ")
+    if size is not None and threshold is not None and table.num_rows < min(size, available):
+        _note(notes, where, f"lookalike.threshold={threshold} leaves {table.num_rows} of the {min(size, available)} "
+                            "customers asked")
+    if table.num_rows == 0:
+        _note(notes, where, "the audience is empty" + (f": nobody scores lookalike.threshold={threshold} or more"
+                                                        if threshold is not None else ""))
+    is_seed = pc.is_in(table["customer_id"], value_set=pa.array(ids, pa.string()))
+    table = table.append_column("is_seed", is_seed)
+    summary: dict[str, Any] = {"n_seeds": len(ids), "audience_size": table.num_rows, "asked": size}
+    if base is not None:
+        top_n = int(lcfg.explain.top_n)
+        profile = seed_profile(base, ids)
+        if profile.no_spread:
+            _note(notes, None, f"{len(profile.no_spread)} feature(s) have zero spread over the base, so no z-score: "
+                               f"left out of the explanations ({', '.join(profile.no_spread)})")
+        for text in profile.notes:
+            _note(notes, where, text)
+        why, why_notes = why_similar(base, table["customer_id"].to_pylist(), profile, top_n=top_n,
+                                     min_abs_z=float(lcfg.explain.min_abs_z))
+        for text in why_notes:
+            _note(notes, where, text)
+        table = table.append_column("why_similar", why)
+        summary["seed_vs_base"] = profile.top(top_n)
+    elif int(lcfg.explain.top_n) > 0:
+        table = table.append_column("why_similar", pa.nulls(table.num_rows, WHY_TYPE))
+    curve = reach_curve(curve_table["score"].to_numpy(), int(lcfg.reach_curve.n_points))
+    scores = curve_table["score"].to_numpy()
+    curve["presets"] = reach_at(scores, plan["presets"])
+    curve["chosen"] = reach_at(scores, {"chosen": table.num_rows})["chosen"]
+    summary["reach"] = {"chosen": curve["chosen"], "presets": curve["presets"]}
+    if name is not None:
+        table = table.add_column(0, "query", pa.array([label] * table.num_rows, pa.string()))
+    log.info("lookalike %s: %d seeds -> %d customers (scores %.3f .. %.3f)", label, len(ids), table.num_rows,
+             _or_nan(pc.max(table["score"]).as_py()), _or_nan(pc.min(table["score"]).as_py()))
+    return table, curve, summary
+
+
 @staged("lookalike")
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Expand the configured seeds into ranked audiences and write them with their reach curves."""
+    """Expand the configured seeds into ranked, explained audiences and write them with their reach curves."""
     ctx = start(cfg, "lookalike", needs_device=True)
     device = ctx["device"]
     lcfg = cfg.lookalike
     work = work_dir(cfg)
     out = job_dir(work, "lookalike")
     out.mkdir(parents=True, exist_ok=True)
-    size = None if lcfg.size is None else lcfg.size
-    threshold = None if lcfg.threshold is None else float(lcfg.threshold)
-    if size is None and threshold is None:
-        raise ConfigError("give an audience size (lookalike.size) or a similarity threshold (lookalike.threshold)",
-                          config_key="lookalike.size")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
-        raise ConfigError(f"lookalike.size must be a positive integer, got {size!r}", config_key="lookalike.size")
+    size, threshold, expansion, shares = _how_many(lcfg)
+    include_seeds = lcfg.get("include_seeds", False)
+    if not isinstance(include_seeds, bool):
+        raise ConfigError(f"lookalike.include_seeds must be true or false, got {include_seeds!r}",
+                          config_key="lookalike.include_seeds")
     seeds = read_seeds(lcfg.seeds)
     exclude = _excluded(cfg, work)
+    notes: list[str] = []
+    base = _explain_base(work, int(lcfg.explain.top_n), notes)
     t0 = time.perf_counter()
     index, reused, source = _index(cfg, work, device)
     t_index = time.perf_counter() - t0
     log.info("lookalike: %s index (%s) over %d customers from %s", "reused" if reused else "built",
              index.backend_used_, index.ntotal, source)
+    # a preset is a share of the whole base, as the ad platforms' percentages are of a country
+    presets = {name: max(1, round(share * index.ntotal)) for name, share in shares.items()}
+    if expansion is not None:
+        size = presets[expansion]
+        log.info("lookalike.expansion=%s: %.1f%% of %d customers = %d", expansion, 100 * shares[expansion],
+                 index.ntotal, size)
+    plan = {"size": size, "threshold": threshold, "exclude": exclude, "lcfg": lcfg, "presets": presets,
+            "include_seeds": include_seeds, "via": f" by lookalike.expansion={expansion}" if expansion else ""}
 
     t1 = time.perf_counter()
-    n_points = int(lcfg.reach_curve.n_points)
-    audiences, curves = [], {}
+    audiences, curves, queries = [], {}, {}
     for name, ids in seeds.items():
+        table, curve, summary = _one_query(index, name, ids, plan, base, notes)
         label = "audience" if name is None else str(name)
-        kwargs = {"mode": str(lcfg.mode), "top_m": int(lcfg.top_m), "exclude": exclude,
-                  "on_unknown": str(lcfg.on_unknown), "candidates": str(lcfg.candidates)}
-        try:
-            if size is None:
-                table = index.expand(ids, None, threshold, **kwargs)
-                curve_table = table
-            else:
-                available = _available(index, ids, exclude)
-                if size > available:
-                    log.warning("lookalike.size=%d is more than the %d customers that are neither seeds nor excluded"
-                                "%s: the audience is capped at %d", size, available,
-                                "" if name is None else f" (query {name!r})", available)
-                # one pass gives both the audience and the reach curve beyond it
-                curve_size = max(1, min(max(size, int(lcfg.reach_curve.max_size)), available))
-                curve_table = index.expand(ids, curve_size, None, **kwargs)
-                keep = pc.less_equal(curve_table["rank"], size)
-                if threshold is not None:
-                    keep = pc.and_(keep, pc.greater_equal(curve_table["score"], threshold))
-                table = curve_table.filter(keep)
-        except UserInputError as exc:
-            if exc.config_key is None:
-                exc.config_key = "lookalike.seeds"
-            raise
-        curves[label] = reach_curve(curve_table["score"].to_numpy(), n_points)
-        if name is not None:
-            table = table.add_column(0, "query", pa.array([label] * table.num_rows, pa.string()))
         audiences.append(table)
-        log.info("lookalike %s: %d seeds -> %d customers (scores %.3f .. %.3f)", label, len(ids), table.num_rows,
-                 _or_nan(pc.max(table["score"]).as_py()), _or_nan(pc.min(table["score"]).as_py()))
+        curves[label], queries[label] = curve, summary
     t_expand = time.perf_counter() - t1
     audience = pa.concat_tables(audiences)
     write_parquet(artifact(work, "lookalike", "audience"), audience)
     write_json(artifact(work, "lookalike", "reach_curve"), {"mode": str(lcfg.mode), "metric": index.metric,
                                           "score": "similarity" if index.metric != "l2" else
-                                          "minus squared L2 distance", "curves": curves})
+                                          "minus squared L2 distance", "expansion_shares": shares,
+                                          "curves": curves})
     panels = {f"{q}: min score": (c["size"], c["min_score"]) for q, c in curves.items()}
+    marks = ", ".join(f"{k} {v}" for k, v in presets.items())
     with atomic_path(artifact(work, "lookalike", "reach_curve_svg")) as tmp:
-        tmp.write_text(small_multiples(panels, title=f"reach vs similarity ({lcfg.mode}, {index.metric})",
-                                       marker_x=size))
+        tmp.write_text(small_multiples(panels, title=f"reach vs similarity ({lcfg.mode}, {index.metric}; "
+                                                     f"presets: {marks})", marker_x=size))
     metrics = {
         "n_customers": index.ntotal,
         "n_queries": len(seeds),
         "n_seeds": {("audience" if q is None else str(q)): len(s) for q, s in seeds.items()},
         "n_excluded": 0 if exclude is None else len(exclude),
         "audience_size": audience.num_rows,
+        "size": size,
+        "expansion": expansion,
+        "expansion_sizes": presets,
+        "threshold": threshold,
+        "include_seeds": include_seeds,
         "mode": str(lcfg.mode),
         "backend": index.backend,
         "backend_used": index.backend_used_,
         "index_reused": reused,
         "input": str(source),
         "device": str(device),
+        "queries": queries,
+        "notes": notes,
         "seconds": {"index": round(t_index, 3), "expand": round(t_expand, 3)},
     }
     write_json(artifact(work, "lookalike", "metrics"), metrics)

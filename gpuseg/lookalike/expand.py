@@ -124,7 +124,7 @@ def _score_tile(tile_rows: torch.Tensor, tile: torch.Tensor, queries: list[_Quer
 
 def expand_rows(index, seed_rows: dict[Any, np.ndarray], *, size: int | None, threshold: float | None,
                 mode: str = "max", top_m: int = 5, exclude_rows: np.ndarray | None = None,
-                candidates: str = "auto") -> dict[Any, pa.Table]:
+                candidates: str = "auto", include_seeds: bool = False) -> dict[Any, pa.Table]:
     """Score and rank the audiences of several seed lists (rows of ``index``); see the module doc.
 
     Parameters
@@ -137,6 +137,8 @@ def expand_rows(index, seed_rows: dict[Any, np.ndarray], *, size: int | None, th
         As in :meth:`LookalikeIndex.expand`.
     exclude_rows : ndarray of int, optional
         Rows never returned.
+    include_seeds : bool
+        Rank the seed rows among the audience too (by default they are never returned).
 
     Returns
     -------
@@ -159,13 +161,14 @@ def expand_rows(index, seed_rows: dict[Any, np.ndarray], *, size: int | None, th
             raise UserInputError(f"the seed list of query {name!r} is empty" if name is not None
                                  else "the seed list is empty: give at least one customer id")
         banned = excluded.copy()
-        banned[rows] = True
+        if not include_seeds:
+            banned[rows] = True
         available = int(n - banned.sum())
         cap = size
         if size is not None and size > available:
-            log.warning("size=%d is more than the %d customers that are neither seeds nor excluded%s: the audience "
-                        "is capped at %d", size, available, "" if name is None else f" (query {name!r})",
-                        available)
+            log.warning("size=%d is more than the %d customers that are neither %sexcluded%s: the audience "
+                        "is capped at %d", size, available, "" if include_seeds else "seeds nor ",
+                        "" if name is None else f" (query {name!r})", available)
             cap = available
         queries.append(_Query(name, rows, offset, banned, cap, device))
         offset += len(rows)
@@ -239,3 +242,29 @@ def reach_curve(scores: np.ndarray, n_points: int = 60) -> dict[str, list]:
     cumulative = np.cumsum(scores)
     return {"size": sizes.tolist(), "min_score": scores[sizes - 1].tolist(),
             "mean_score": (cumulative[sizes - 1] / sizes).tolist()}
+
+
+def reach_at(scores: np.ndarray, sizes: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """The similarity it takes to reach each named audience size (e.g. the expansion presets).
+
+    Parameters
+    ----------
+    scores : ndarray
+        Audience scores sorted in descending order (rank 1 first), as for :func:`reach_curve`.
+    sizes : dict
+        Name -> audience size asked.
+
+    Returns
+    -------
+    dict
+        Name -> ``size`` (asked), ``reached`` (customers there are, at most ``size``),
+        ``min_score`` and ``mean_score`` of the audience of that size (None when it is empty).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    out = {}
+    for name, size in sizes.items():
+        reached = int(min(int(size), scores.size))
+        out[name] = {"size": int(size), "reached": reached,
+                     "min_score": float(scores[reached - 1]) if reached else None,
+                     "mean_score": float(scores[:reached].mean()) if reached else None}
+    return out

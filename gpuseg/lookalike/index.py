@@ -478,8 +478,8 @@ class LookalikeIndex:
 
     def expand(self, seed_ids: Any, size: int | None = None, threshold: float | None = None, mode: str = "centroid",
                exclude: Any = None, *, top_m: int = 5, on_unknown: str = "error",
-               candidates: str = "auto") -> pa.Table:
-        """Expand seed customers into a ranked audience of lookalikes (seeds excluded).
+               candidates: str = "auto", include_seeds: bool = False) -> pa.Table:
+        """Expand seed customers into a ranked audience of lookalikes (seeds excluded unless asked).
 
         Parameters
         ----------
@@ -506,6 +506,8 @@ class LookalikeIndex:
             every seed (or of the centroid), a superset of the exact answer for ``max`` and
             ``centroid`` when the backend is exact; ``auto``: ``all`` unless that is more than
             2e9 similarity evaluations and a size is given.
+        include_seeds : bool
+            Rank the seeds among the audience too (each scored like any customer).
 
         Returns
         -------
@@ -522,7 +524,7 @@ class LookalikeIndex:
         if exclude is not None:
             exclude_rows, _ = self.rows_of(exclude)
         tables = expand_rows(self, seed_rows, size=size, threshold=threshold, mode=mode, top_m=top_m,
-                             exclude_rows=exclude_rows, candidates=candidates)
+                             exclude_rows=exclude_rows, candidates=candidates, include_seeds=include_seeds)
         if not isinstance(seed_ids, dict):
             return tables[None]
         parts = [t.add_column(0, "query", pa.array([str(name)] * t.num_rows, pa.string()))
