@@ -25,6 +25,7 @@ from gpuseg.profile import (
     validate_rules,
     value_concentration,
 )
+from gpuseg.profile.naming import name_segments
 from gpuseg.profile.personas import fallback_name
 from gpuseg.runtime.errors import UserInputError
 
@@ -245,13 +246,109 @@ def test_a_persona_name_that_contradicts_its_churn_is_reported():
 
 def test_a_segment_without_history_before_as_of_is_named_for_that():
     from gpuseg.jobs.profile import _without_history
-    from gpuseg.profile.personas import PersonaAssignment
 
     features = pa.table({"customer_id": list("abcdef"), "n_events": [0.0, 0.0, 3.0, 5.0, 4.0, 0.0]})
     labels = np.array([0, 0, 0, 1, 1, 1])
-    named = {0: PersonaAssignment("Dormant customers", "Dormant customers", 1.0, "x"),
-             1: PersonaAssignment("Steady regulars", "Steady regulars", 1.0, "y")}
     notes: list[str] = []
-    out = _without_history(named, features, labels, 2, "2024-06-01", notes)
-    assert out[0].name == "No activity before 2024-06-01" and out[0].rule is None
-    assert out[1] == named[1] and len(notes) == 1 and "67%" in notes[0]
+    out = _without_history(features, labels, 2, "2024-06-01", notes)
+    assert out == {0: pytest.approx(2 / 3)} and len(notes) == 1 and "67%" in notes[0]
+    # such segments keep their fixed name, told apart when there are two
+    named = name_segments({0: {"recency_days": 2.0}, 1: {"recency_days": 2.0, "tenure_days": 1.0},
+                           2: {"monetary_sum": 2.0}},
+                          fixed={0: ("No activity before 2024-06-01", ["x"]),
+                                 1: ("No activity before 2024-06-01", ["y"])})
+    assert named[0].name.startswith("No activity before 2024-06-01") and named[0].source == "fixed"
+    assert named[1].name == "No activity before 2024-06-01, long-standing"
+    assert len({n.name for n in named.values()}) == 3
+
+
+# ------------------------------------------------------------------- distinct names, actions
+
+_STEADY = {"recency_days": 0.1, "frequency": 0.0, "monetary_sum": 0.1, "monetary_mean": 0.0,
+           "tenure_days": 0.0, "trend_activity": 0.0, "n_tickets": 0.0, "n_returns": 0.0}
+
+
+def test_segments_that_match_one_rule_get_distinct_names_from_their_next_feature():
+    lifts = {0: {**_STEADY, "monetary_sum": 0.45},
+             1: {**_STEADY, "share_category_electronics": 1.4},
+             2: {**_STEADY, "share_channel_app": 0.9}}
+    named = name_segments(lifts)
+    assert named[0].name == "Steady regulars, high spend"
+    assert named[1].name == "Steady regulars, electronics"
+    assert named[2].name == "Steady regulars, via app"
+    assert all(n.rule == "Steady regulars" and n.source == "rule" for n in named.values())
+    assert "electronics share 1.4 sd above average" in named[1].evidence
+    # identical segments still never share a name
+    same = name_segments({0: _STEADY, 1: _STEADY, 2: _STEADY})
+    assert len({n.name for n in same.values()}) == 3
+    # a word they use is a tie-breaker too
+    worded = name_segments({0: _STEADY, 1: _STEADY}, words={0: ["battery"], 1: ["garden"]})
+    assert {n.name for n in worded.values()} == {'Steady regulars, say "battery"', 'Steady regulars, say "garden"'}
+
+
+def test_names_never_contradict_the_observed_churn():
+    loyal = {"monetary_sum": 2.0, "frequency": 1.5, "recency_days": -0.7}
+    dormant = {"recency_days": 2.1, "frequency": -0.8}
+    big = {"monetary_mean": 1.6, "frequency": -0.5}
+    lifts = {0: loyal, 1: dormant, 2: big, 3: _STEADY}
+    rates = {0: 0.62, 1: 0.05, 2: 0.60, 3: 0.31}
+    named = name_segments(lifts, churn_rate=rates, overall_churn=0.3)
+    # loyalists that churn twice the base rate are not called loyal: the next rule that fits (VIP) is
+    # barred for the same reason, so the name is described from the features
+    assert "loyal" not in named[0].name.lower() and "VIP" not in named[0].name
+    assert named[0].name == "High spend, frequent buyers, high churn" and named[0].source == "described"
+    assert "dormant" not in named[1].name.lower()
+    # a name that implies nothing about churn says it when churn is far above the base rate
+    assert named[2].name == "Big-ticket occasional buyers, high churn"
+    assert named[3].name == "Steady regulars" and "churn 31% vs 30% overall" in named[3].evidence
+    # without churn labels the rules stand
+    plain = name_segments(lifts)
+    assert plain[0].name == "High-value loyalists" and plain[1].name == "Dormant customers"
+    # steady regulars churning far above the base rate are not steady
+    assert "Steady" not in name_segments({0: _STEADY}, churn_rate={0: 0.6}, overall_churn=0.3)[0].name
+    with pytest.raises(UserInputError, match="churn_tolerance"):
+        name_segments(lifts, churn_tolerance=0.5)
+
+
+def test_described_names_lead_with_the_value_tier_and_never_say_segment():
+    lifts = {0: {"n_returns": 0.7, "frequency": 0.46, "monetary_sum": 0.3}}
+    named = name_segments(lifts, value_ratio={0: 2.0})
+    assert named[0].name == "High value, frequent returns" and named[0].source == "described"
+    assert "expected value per customer 2.0x the average" in named[0].evidence
+    assert name_segments({0: {"x": 0.1}})[0].name == "Average customers"
+    assert not name_segments({0: {"odd_feature": 2.0}})[0].name.startswith("Segment")
+
+
+def test_configured_names_are_kept_and_automatic_ones_avoid_them():
+    named = name_segments({0: _STEADY, 1: {**_STEADY, "tenure_days": 0.4}},
+                          overrides={0: "Weekend gardeners", 1: "Weekend gardeners x"})
+    assert named[0].name == "Weekend gardeners" and named[0].source == "config"
+    auto = name_segments({0: _STEADY, 1: {**_STEADY, "tenure_days": 0.4}}, overrides={1: "Steady regulars"})
+    assert auto[1].name == "Steady regulars" and auto[0].name != "Steady regulars"
+
+
+def test_every_segment_gets_an_action_with_its_evidence():
+    from gpuseg.profile.actions import next_best_action
+
+    cases = [
+        ({"n_tickets": 1.2, "mean_rating": -1.0}, {}, "service recovery", "tickets 1.2 sd above average"),
+        ({"recency_days": 1.6, "frequency": -0.8}, {}, "win-back", "recency 1.6 sd above average"),
+        ({"recency_days": -0.2}, {"churn_rate": 0.45, "overall_churn": 0.3}, "retention offer",
+         "churn 45% vs 30% overall (1.5x)"),
+        ({"monetary_sum": 1.4}, {"value": 700.0, "overall_value": 350.0}, "VIP care",
+         "expected value per customer 700 vs 350 average (2.0x)"),
+        ({"tenure_days": -1.5}, {}, "onboarding", "tenure 1.5 sd below average"),
+        ({"n_returns": 1.3}, {}, "returns reduction", "returns 1.3 sd above average"),
+        ({"share_event_coupon": 1.0}, {}, "targeted promotions", "coupon share 1.0 sd above average"),
+        ({"frequency": 0.6, "monetary_mean": -0.9}, {}, "basket growth", "basket value 0.9 sd below average"),
+        ({"monetary_mean": 1.5, "frequency": -0.4}, {}, "upsell", "basket value 1.5 sd above average"),
+    ]
+    for lifts, figures, kind, evidence in cases:
+        action = next_best_action(lifts, **figures)
+        assert action.kind == kind and evidence in action.evidence, (lifts, action)
+    quiet = next_best_action({"x": 0.3}, churn_rate=0.3, overall_churn=0.3)
+    assert quiet.kind == "nurture" and quiet.text
+    assert quiet.evidence == ["no play fits: its strongest difference is x 0.3 sd above average",
+                              "churn 30% vs 30% overall (1.0x)"]
+    assert next_best_action({}).evidence == ["no play fits: no feature differs from the average"]
+    assert "no default action" not in quiet.text.lower()

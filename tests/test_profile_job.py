@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from conftest import headless_chromium, synthetic_project
 from gpuseg.jobs import profile, segment
 from gpuseg.jobs.common import segments_with_scores
 from gpuseg.report.html import SECTION_IDS
+from gpuseg.runtime.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +62,29 @@ def test_profile_scores_every_customer_and_writes_the_report(project):
     profiles = json.loads((work / "profile" / "profiles.json").read_text())["segments"]
     assert len(profiles) == 6 and sum(p["size"] for p in profiles) == len(customers)
     assert all(p["name"] and p["action"] for p in profiles)
+    # distinct names; every action comes with the evidence that triggered it
+    assert len({p["name"] for p in profiles}) == len(profiles)
+    assert all(p["action_kind"] and p["action_evidence"] for p in profiles)
+    assert not any("no default action" in p["action"].lower() for p in profiles)
+    assert not any(p["name"].startswith("Segment ") for p in profiles)
+    # value at stake = size x expected value per customer
+    for p in profiles:
+        assert p["value_at_stake"] == pytest.approx(p["size"] * p["expected_value"], rel=1e-9)
+    # no name that implies low churn on a segment churning far above the base rate
+    base = customers["churned"].mean()
+    for p in profiles:
+        if p["churn_rate"] > 1.5 * base:
+            assert not any(w in p["name"].lower() for w in ("loyal", "steady", "vip"))
     assert any(p["words"].get("review") for p in profiles)
     html = Path(result["report_path"]).read_text()
     parser = _Ids()
     parser.feed(html)
     assert set(SECTION_IDS) <= parser.ids
     assert "http://" not in html and "https://" not in html and "<script" not in html
+    use = html[html.index('id="how-to-use"'):html.index('id="sizes"')]
+    for p in profiles:
+        assert escape(p["name"]) in use and escape(p["action_kind"]) in use
+        assert f"{p['value_at_stake']:,.0f}" in use
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
@@ -101,3 +120,30 @@ def test_churn_baseline_only_when_the_segmented_matrix_holds_more_than_rfm(proje
     write_json(fake / "fuse" / "metrics.json", {"blocks": {"tabular": {}, "text": {}}})
     x_rfm, why = profile._baseline(fake, {"input": str(fused)}, has_events=True)
     assert why is None and x_rfm.shape[0] == pq.read_metadata(features).num_rows
+
+
+def test_user_names_by_segment_id_and_a_clear_error_for_an_unknown_id(project):
+    work, cfg = project
+    profile.run(cfg("profile", "device=cpu", "profile.churn.epochs=5", "profile.names={3: Weekend gardeners}"))
+    profiles = json.loads((work / "profile" / "profiles.json").read_text())["segments"]
+    assert profiles[3]["name"] == "Weekend gardeners" and profiles[3]["name_source"] == "config"
+    assert len({p["name"] for p in profiles}) == len(profiles)
+    assert "Weekend gardeners" in (work / "profile" / "report.html").read_text()
+    with pytest.raises(ConfigError, match="profile.names names segment 9.*0..5") as info:
+        profile.run(cfg("profile", "device=cpu", "profile.names={9: Nobody}"))
+    assert info.value.config_key == "profile.names"
+    with pytest.raises(ConfigError, match="same name"):
+        profile.run(cfg("profile", "device=cpu", "profile.names={0: A, 1: A}"))
+
+
+def test_synthetic_auto_k_gives_every_segment_a_distinct_name(tmp_path):
+    """`gpuseg run` defaults to n_clusters=auto: however many segments it picks, no two share a name."""
+    work = tmp_path / "work"
+    cfg = synthetic_project(work, 800)
+    segment.run(cfg("segment", "device=cpu", "segment.n_clusters=auto", "segment.confidence.n_bootstrap=1",
+                    "segment.selection.n_bootstrap=1"))
+    profile.run(cfg("profile", "device=cpu", "profile.churn.epochs=5"))
+    profiles = json.loads((work / "profile" / "profiles.json").read_text())["segments"]
+    names = [p["name"] for p in profiles]
+    assert len(profiles) >= 3 and len(set(names)) == len(names), names
+    assert all(p["action_kind"] and p["action_evidence"] for p in profiles)

@@ -197,6 +197,43 @@ def test_svg_helpers():
     assert sc.count("<circle") == 3 and "&lt;one&gt;" in sc and "Segment 0" in sc
 
 
+def test_long_segment_names_are_never_clipped_in_charts():
+    """A label right-aligned at x needs about 7 px a character at 12 px (more for capitals) left of x."""
+    import re
+
+    long = "Steady regulars, high spend, electronics, via app (segment 11)"
+    svg = bar_chart(["0: short", f"1: {long}"], [3.0, 5.0])
+    width = float(re.search(r'width="([\d.]+)"', svg).group(1))
+    for x, label in re.findall(r'<text x="([\d.]+)" y="[\d.]+" text-anchor="end">([^<]*)</text>', svg):
+        assert float(x) >= 7.0 * len(label), (x, label)
+    assert width >= float(re.search(r'<rect x="([\d.]+)"', svg).group(1)) + 200  # room left for the bars
+    hm = heatmap([f"1: {long}"], ["c1"], [[1.0]])
+    x, label = re.search(r'<text x="([\d.]+)" y="[\d.]+" text-anchor="end">([^<]*)</text>', hm).groups()
+    assert float(x) >= 6.4 * len(label)
+    sc = scatter([[0, 0], [1, 1]], [0, 1], group_names={1: long})
+    sc_width = float(re.search(r'width="([\d.]+)"', sc).group(1))
+    x = float(re.search(r'<text x="([\d.]+)" y="[\d.]+">' + re.escape(long), sc).group(1))
+    assert x + 6.4 * len(long) <= sc_width
+
+
+def test_how_to_use_table_lists_name_action_evidence_and_value_at_stake():
+    ctx = _context()
+    for seg, stake in zip(ctx["segments"], (12345.6, None), strict=True):
+        seg.update(action_kind="VIP care", action_evidence=["total spend 2.1 sd above average"],
+                   value_at_stake=stake)
+    html = render_report(ctx)
+    use = html[html.index('id="how-to-use"'):html.index('id="sizes"')]
+    assert "How to use these segments" in use and "High-value loyalists" in use
+    assert "Dormant &lt;script&gt;" in use and "<script>" not in use
+    assert "VIP care" in use and "Because: total spend 2.1 sd above average" in use
+    assert "12,346" in use and "not estimated" in use
+    # a value model that did not run says why
+    for seg in ctx["segments"]:
+        seg["value_at_stake"] = None
+    html = render_report({**ctx, "value_note": "expected value not estimated: the data have no events table"})
+    assert "not estimated: the data have no events table" in html
+
+
 def test_pca_2d_deterministic_and_correct():
     rng = np.random.default_rng(1)
     base = rng.normal(size=(500, 1))

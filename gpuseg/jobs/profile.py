@@ -31,6 +31,7 @@ from gpuseg.jobs.common import (
     work_dir,
 )
 from gpuseg.journey.sequences import SPECIAL_TOKENS, SequenceBuilder
+from gpuseg.profile.actions import NextBestAction, next_best_action
 from gpuseg.profile.lifts import (
     categorical_indicators,
     lifts_by_segment,
@@ -40,14 +41,16 @@ from gpuseg.profile.lifts import (
     segment_sizes,
     value_concentration,
 )
+from gpuseg.profile.naming import SegmentName, name_segments
 from gpuseg.profile.ngrams import journey_ngrams, top_event_types
-from gpuseg.profile.personas import PersonaAssignment, assign_personas, churn_contradictions
+from gpuseg.profile.personas import churn_contradictions
 from gpuseg.profile.words import distinctive_words_by_source
 from gpuseg.report.html import lift_matrix, pca_2d, render_report, write_report
-from gpuseg.runtime.errors import UserInputError
+from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import read_json, write_json, write_parquet
 from gpuseg.runtime.layout import artifact, job_dir
 from gpuseg.runtime.matrix import read_matrix
+from gpuseg.runtime.validation import check_real
 from gpuseg.value import BetaGeoModel, ChurnModel, DegenerateFitError, GammaGammaModel, btyd_summary
 from gpuseg.value.churn import binary_metrics, risk_tier
 from gpuseg.value.summary import holdout_by_frequency
@@ -301,10 +304,6 @@ def _profile_segments(cfg: DictConfig, work: Path, inputs: dict[str, Any],
         profiled = profiled.append_column(name, indicators[name])
     lifts = segment_lifts(profiled, labels, n_segments=k)
     by_segment = lifts_by_segment(lifts)
-    rules = OmegaConf.to_container(pcfg.personas.rules, resolve=True) if pcfg.personas.rules else None
-    personas = assign_personas(by_segment, rules=rules,
-                               actions=OmegaConf.to_container(pcfg.personas.actions, resolve=True) or None)
-    personas = _without_history(personas, features, labels, k, inputs["as_of"], notes)
     sizes = segment_sizes(labels, k).to_pylist()
     monetary = features["monetary_sum"].to_numpy(zero_copy_only=False) if "monetary_sum" in features.column_names \
         else np.zeros(len(labels))
@@ -321,18 +320,24 @@ def _profile_segments(cfg: DictConfig, work: Path, inputs: dict[str, Any],
         if "mean_rating" in features.column_names else np.full(k, np.nan)
     y = scored["y"]
     churn_rate = segment_means(y, labels, k) if y is not None else np.full(k, np.nan)
-    if y is not None:  # a name that contradicts the segment's own churn is said, not trusted
-        for text in churn_contradictions(personas, rules, churn_rate, float(np.nanmean(y))):
-            _note(notes, text)
+    overall_churn = float(np.nanmean(y)) if y is not None and np.isfinite(y).any() else float("nan")
     churn_score = segment_means(scored["scores"], labels, k)
-    expected_value = segment_means(scored["value"]["expected_value"], labels, k)
+    per_customer_value = scored["value"]["expected_value"]
+    expected_value = segment_means(per_customer_value, labels, k)
+    overall_value = float(np.nanmean(per_customer_value)) if np.isfinite(per_customer_value).any() else float("nan")
+    names, actions = _names_and_actions(cfg, k, by_segment, words, churn_rate, overall_churn, expected_value,
+                                        overall_value, _without_history(features, labels, k, inputs["as_of"], notes),
+                                        notes)
     id_list = ids.to_pylist()
     profiles = []
     for s in range(k):
-        p = personas[s]
+        n, a = names[s], actions[s]
         top = sorted(by_segment.get(s, {}).items(), key=lambda kv: -abs(kv[1]))[:8]
+        at_stake = sizes[s]["size"] * float(expected_value[s]) if np.isfinite(expected_value[s]) else None
         profiles.append({
-            "segment": s, "name": p.name, "rule": p.rule, "action": p.action,
+            "segment": s, "name": n.name, "name_source": n.source, "rule": n.rule, "name_evidence": n.evidence,
+            "action": a.text, "action_kind": a.kind, "action_evidence": a.evidence,
+            "value_at_stake": at_stake,
             "size": sizes[s]["size"], "share": sizes[s]["share"],
             "value_share": concentration[s].get("value_share"),
             "top_lifts": top,
@@ -347,24 +352,94 @@ def _profile_segments(cfg: DictConfig, work: Path, inputs: dict[str, Any],
     return profiles, lifts, by_segment
 
 
-def _without_history(personas: dict, features: pa.Table, labels: np.ndarray, k: int, as_of: str,
-                     notes: list[str]) -> dict:
-    """A segment made mostly of customers with no event before as_of is named for that.
+def _without_history(features: pa.Table, labels: np.ndarray, k: int, as_of: str,
+                     notes: list[str]) -> dict[int, float]:
+    """Segments made mostly of customers with no event before as_of, and that share of them.
 
     Their features are imputed, so lift rules would call them "Dormant" or the like: they had not
-    arrived yet (their first event comes after as_of), which is another thing altogether.
+    arrived yet (their first event comes after as_of), which is another thing altogether, and
+    they are named for it.
     """
     if "n_events" not in features.column_names:
-        return personas
+        return {}
     empty = features["n_events"].to_numpy(zero_copy_only=False) == 0
     share = np.bincount(labels, weights=empty.astype(np.float64), minlength=k) / np.maximum(
         np.bincount(labels, minlength=k), 1)
-    out = dict(personas)
-    for s in np.flatnonzero(share > 0.5):
-        out[int(s)] = PersonaAssignment(f"No activity before {as_of}", None, 0.0, NO_HISTORY_ACTION)
-        _note(notes, f"segment {int(s)}: {share[s]:.0%} of its customers have no event before as_of={as_of} "
+    out = {int(s): float(share[s]) for s in np.flatnonzero(share > 0.5)}
+    for s in out:
+        _note(notes, f"segment {s}: {share[s]:.0%} of its customers have no event before as_of={as_of} "
                      f"(they arrived later); it is named for that, not by its imputed features")
     return out
+
+
+def _name_overrides(cfg: DictConfig, k: int) -> dict[int, str]:
+    """``profile.names`` as ``segment -> name``, checked: ids of existing segments, distinct names."""
+    given = cfg.profile.get("names")
+    if given is None:
+        return {}
+    if not OmegaConf.is_dict(given):
+        raise ConfigError(f"profile.names must map segment ids to names, e.g. {{3: Weekend gardeners}}; "
+                          f"got {OmegaConf.to_container(given) if OmegaConf.is_config(given) else given!r}",
+                          config_key="profile.names")
+    out: dict[int, str] = {}
+    for key, name in OmegaConf.to_container(given, resolve=True).items():
+        try:
+            seg = int(str(key))
+        except ValueError:
+            seg = -1
+        if not 0 <= seg < k:
+            raise ConfigError(f"profile.names names segment {key!r}, but the segments are 0..{k - 1}: "
+                              "use the ids of profiles.json or the report", config_key="profile.names")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"profile.names gives segment {seg} the name {name!r}; expected a non-empty string",
+                              config_key="profile.names")
+        out[seg] = name.strip()
+    twice = sorted({n for n in out.values() if list(out.values()).count(n) > 1})
+    if twice:
+        raise ConfigError(f"profile.names gives the same name to several segments: {twice}; names must be "
+                          "distinct", config_key="profile.names")
+    return out
+
+
+def _names_and_actions(cfg: DictConfig, k: int, by_segment: dict, words: dict[str, dict[int, list]],
+                       churn_rate: np.ndarray, overall_churn: float, expected_value: np.ndarray,
+                       overall_value: float, no_history: dict[int, float], notes: list[str]
+                       ) -> tuple[dict[int, SegmentName], dict[int, NextBestAction]]:
+    """A distinct name and a next-best action with its evidence for every segment."""
+    pcfg = cfg.profile
+    for key in ("churn_tolerance", "churn_high"):
+        check_real("profile", key, pcfg.personas[key], low=1.0, config_key=f"profile.personas.{key}")
+    rules = OmegaConf.to_container(pcfg.personas.rules, resolve=True) if pcfg.personas.rules else None
+    as_of = data_as_of(cfg)
+    fixed = {s: (f"No activity before {as_of}", [f"{share:.0%} of its customers have no event before as_of"])
+             for s, share in no_history.items()}
+    seg_words: dict[int, list[str]] = {}
+    for by_seg in words.values():  # every source's words, in source order, as tie-breakers
+        for s, pairs in by_seg.items():
+            seg_words.setdefault(int(s), []).extend(w for w, *_ in pairs)
+    rates = {s: float(churn_rate[s]) for s in range(k)}
+    value_ratio = {s: float(expected_value[s]) / overall_value for s in range(k)} if overall_value > 0 else None
+    names = name_segments({s: by_segment.get(s, {}) for s in range(k)}, rules, churn_rate=rates,
+                          value_ratio=value_ratio,
+                          overall_churn=overall_churn, churn_tolerance=pcfg.personas.churn_tolerance,
+                          churn_high=pcfg.personas.churn_high, words=seg_words, fixed=fixed,
+                          overrides=_name_overrides(cfg, k))
+    if np.isfinite(overall_churn):  # a rule name within the tolerance but on the wrong side is said
+        for text in churn_contradictions(names, rules, churn_rate, overall_churn):
+            _note(notes, text)
+    texts = OmegaConf.to_container(pcfg.personas.actions, resolve=True) or {}
+    actions = {}
+    for s in range(k):
+        if s in no_history:
+            action = NextBestAction("onboarding", NO_HISTORY_ACTION, fixed[s][1])
+        else:
+            action = next_best_action(by_segment.get(s, {}), churn_rate=rates[s], overall_churn=overall_churn,
+                                      value=float(expected_value[s]), overall_value=overall_value)
+        # the user's own text, by segment name, persona rule or action kind
+        n = names[s]
+        custom = next((texts[key] for key in (n.name, n.rule, action.kind) if key and key in texts), None)
+        actions[s] = action._replace(text=str(custom)) if custom else action
+    return names, actions
 
 
 NO_HISTORY_ACTION = "Not customers yet at as_of: profile and score them once they have a history."
@@ -390,10 +465,11 @@ def _words(cfg: DictConfig, inputs: dict[str, Any]) -> tuple[dict[str, dict[int,
 
 def _write_profiles(work: Path, as_of: str, k: int, profiles: list[dict[str, Any]], lifts: pa.Table) -> None:
     write_json(artifact(work, "profile", "profiles"), {"as_of": as_of, "n_segments": k, "segments": profiles})
-    columns = ("name", "action", "size", "share", "value_share", "mean_rating", "churn_rate", "churn_score",
-               "expected_value")
+    columns = ("name", "action_kind", "action", "size", "share", "value_share", "mean_rating", "churn_rate",
+               "churn_score", "expected_value")
     flat = pa.table({"segment": pa.array([p["segment"] for p in profiles], pa.int32()),
-                     **{c: [p[c] for p in profiles] for c in columns}})
+                     **{c: [p[c] for p in profiles] for c in columns},
+                     "value_at_stake": pa.array([p["value_at_stake"] for p in profiles], pa.float64())})
     write_parquet(artifact(work, "profile", "profiles_table"), flat)
     write_parquet(artifact(work, "profile", "lifts"), lifts)
 
@@ -416,10 +492,17 @@ def _write_report(cfg: DictConfig, work: Path, inputs: dict[str, Any], scored: d
         "segments": [{**p, "ngrams": [(tuple(g), c, r) for g, c, r in p["ngrams"]]} for p in profiles],
         "projection": {"xy": xy, "segments": inputs["labels"][rows]},
         "lift_matrix": lift_matrix(by_segment, names),
+        "value_note": _value_note(scored["value"]["report"]),
         "notes": notes,
         **({"k_selection_svg": k_svg.read_text()} if k_svg.exists() else {}),
     }
     return write_report(artifact(work, "profile", "report"), render_report(context))
+
+
+def _value_note(report: dict[str, Any]) -> str | None:
+    """Why the expected value at stake is not estimated, or None when it is."""
+    reason = report.get("not_estimated") or report.get("value_not_estimated")
+    return f"expected value not estimated: {reason}" if reason else None
 
 
 @staged("profile")
@@ -445,6 +528,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "value": scored["value"]["report"],
         "churn": {"label": scored["label"], **scored["churn"].get("metrics", {})},
         "personas": {p["segment"]: p["name"] for p in profiles},
+        "actions": {p["segment"]: p["action_kind"] for p in profiles},
         "notes": notes,
         "seconds": round(time.perf_counter() - t0, 3),
     }

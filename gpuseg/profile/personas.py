@@ -17,7 +17,7 @@ A rule may say what its name implies for churn (``"churn": "above"`` or ``"below
 population's rate): :func:`churn_contradictions` then lists the segments whose observed churn
 says otherwise, so a "Dormant" segment that nobody left is reported, not trusted.
 A segment that matches no rule gets a descriptive fallback name from its strongest lifts,
-``"Segment 3: high recency / low frequency"``, and :data:`FALLBACK_ACTION`.
+``"Segment 3: high recency / low frequency"``, and :data:`FALLBACK_ACTION` (a generic nurture).
 
 Defaults (:data:`DEFAULT_RULES`) are written for retail data with the RFM+ features of
 :mod:`gpuseg.features.rfm`; thresholds are in population standard deviations:
@@ -32,9 +32,16 @@ Bargain basket shoppers            monetary_mean < -0.8, frequency > 0.3
 Unhappy support-heavy customers    n_tickets (or ticket share) > 0.8, mean_rating < -0.5
 Frequent returners                 n_returns (or return share) > 1.0
 Big-ticket occasional buyers       monetary_mean > 1.0, frequency < 0
+VIP top spenders                   monetary_sum > 1.5, recency < 0.5
+Growing customers                  trend_activity (or trend_purchases) > 0.6, recency < 0,
+                                   tenure > -0.5
+Occasional light buyers            frequency < -0.3, monetary_sum < -0.3, |recency| < 1.0
 Steady regulars                    |lift| < 0.5 on recency, frequency, spend, basket, tenure,
                                    activity trend, tickets and returns
 =================================  =======================================================
+
+:func:`assign_personas` gives each segment its best rule; :func:`gpuseg.profile.naming.name_segments`
+builds on :func:`rank_rules` to give distinct names that do not contradict the observed churn.
 """
 
 from __future__ import annotations
@@ -51,7 +58,8 @@ log = logging.getLogger(__name__)
 
 OPS = (">", "<", "abs<", "abs>")
 
-_COUPON = ["share_event_coupon", "share_event_discount", "share_event_promo",
+#: the names a coupon / discount share takes in different data (the first present is used)
+COUPON_FEATURES = ["share_event_coupon", "share_event_discount", "share_event_promo",
            "share_event_promotion", "share_event_voucher"]
 
 DEFAULT_RULES: list[dict[str, Any]] = [
@@ -78,7 +86,7 @@ DEFAULT_RULES: list[dict[str, Any]] = [
      "conditions": [{"feature": "tenure_days", "op": "<", "value": -1.0}],
      "action": "Onboard: welcome series, second-purchase incentive and product discovery."},
     {"name": "Price-sensitive deal hunters",
-     "conditions": [{"feature": _COUPON, "op": ">", "value": 0.7},
+     "conditions": [{"feature": COUPON_FEATURES, "op": ">", "value": 0.7},
                     {"feature": "monetary_mean", "op": "<", "value": -0.3}],
      "action": "Target with promotions and bundles; protect margin with coupon caps and "
                "private-label alternatives."},
@@ -98,15 +106,33 @@ DEFAULT_RULES: list[dict[str, Any]] = [
      "conditions": [{"feature": "monetary_mean", "op": ">", "value": 1.0},
                     {"feature": "frequency", "op": "<", "value": 0.0}],
      "action": "Premium recommendations and timely replenishment or upgrade reminders."},
+    {"name": "VIP top spenders",
+     "conditions": [{"feature": "monetary_sum", "op": ">", "value": 1.5},
+                    {"feature": ["recency_days", "days_since_last_event"], "op": "<", "value": 0.5}],
+     "action": "VIP care: a named contact, early access and service guarantees; no discounts needed.",
+     "churn": "below"},
+    {"name": "Growing customers",
+     "conditions": [{"feature": ["trend_activity", "trend_purchases"], "op": ">", "value": 0.6},
+                    {"feature": ["recency_days", "days_since_last_event"], "op": "<", "value": 0.0},
+                    {"feature": "tenure_days", "op": ">", "value": -0.5}],  # new customers all "grow"
+     "action": "Upsell while interest grows: next-tier products and a loyalty programme invitation.",
+     "churn": "below"},
+    {"name": "Occasional light buyers",
+     "conditions": [{"feature": ["frequency", "n_events"], "op": "<", "value": -0.3},
+                    {"feature": "monetary_sum", "op": "<", "value": -0.3},
+                    {"feature": ["recency_days", "days_since_last_event"], "op": "abs<", "value": 1.0}],
+     "action": "Nurture cheaply: newsletters and seasonal reminders, no costly channels."},
     {"name": "Steady regulars",
      "conditions": [{"feature": f, "op": "abs<", "value": 0.5}
                     for f in ("recency_days", "frequency", "monetary_sum", "monetary_mean",
                               "tenure_days", "trend_activity", "n_tickets", "n_returns")],
      "action": "Keep engaged: personalised recommendations and cross-sell in their favourite "
-               "categories."},
+               "categories.",
+     "churn": "below"},
 ]
 
-FALLBACK_ACTION = "Review this segment's profile; no default action applies."
+FALLBACK_ACTION = ("Nurture: personalised recommendations in their favourite categories, and watch "
+                   "their churn and value for a clearer signal.")
 
 
 class PersonaAssignment(NamedTuple):
@@ -119,8 +145,13 @@ class PersonaAssignment(NamedTuple):
     action: str
 
 
-def validate_rules(rules: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Check rules and return them as plain dicts (raises :class:`UserInputError` naming the rule)."""
+def validate_rules(rules: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """Check rules and return them as plain dicts (raises :class:`UserInputError` naming the rule).
+
+    ``None`` stands for :data:`DEFAULT_RULES`.
+    """
+    if rules is None:
+        rules = DEFAULT_RULES
     if isinstance(rules, str | bytes) or not isinstance(rules, Sequence):
         raise UserInputError(f"The 'rules' parameter must be a list of rule mappings, got {type(rules).__name__}.")
     out = []
@@ -181,6 +212,13 @@ def rule_score(lifts: Mapping[str, float], rule: Mapping[str, Any]) -> float | N
     return float(np.mean(margins))
 
 
+def rank_rules(lifts: Mapping[str, float], rules: Sequence[Mapping[str, Any]]) -> list[tuple[dict[str, Any], float]]:
+    """Every (validated) rule that matches one segment, with its score, best first (ties: earlier rule)."""
+    scored = [(i, rule, rule_score(lifts, rule)) for i, rule in enumerate(rules)]
+    ranked = sorted(((i, rule, s) for i, rule, s in scored if s is not None), key=lambda t: (-t[2], t[0]))
+    return [(rule, s) for _, rule, s in ranked]
+
+
 def humanize(feature: str) -> str:
     """Readable feature name: ``share_event_coupon`` -> ``coupon share``, ``recency_days`` -> ``recency``,
     a categorical indicator ``Contract=Month-to-month`` -> ``Contract = Month-to-month share``."""
@@ -197,7 +235,12 @@ def humanize(feature: str) -> str:
     return special.get(feature, feature.replace("_", " "))
 
 
-def _describe(feature: str, z: float) -> str:
+def lift_text(feature: str, z: float) -> str:
+    """``"recency 2.1 sd above average"`` for a lift of +2.1 on ``recency_days``: evidence in words."""
+    return f"{humanize(feature)} {abs(z):.1f} sd {'above' if z >= 0 else 'below'} average"
+
+
+def describe_lift(feature: str, z: float) -> str:
     """One lift in words: ``high tenure``, ``low recency``, ``Contract: Two year``, ``rarely Partner: Yes``."""
     if "=" in feature:
         column, value = feature.split("=", 1)
@@ -219,7 +262,7 @@ def fallback_name(segment: int, lifts: Mapping[str, float]) -> str:
         if column in columns:
             continue
         columns.add(column)
-        parts.append(_describe(feature, z))
+        parts.append(describe_lift(feature, z))
         if len(parts) == 2:
             break
     return f"Segment {segment}: " + (" / ".join(parts) if parts else "average on every feature")
@@ -245,15 +288,12 @@ def assign_personas(lifts_by_segment: Mapping[int, Mapping[str, float]],
     dict
         ``segment -> PersonaAssignment(name, rule, score, action)``.
     """
-    checked = validate_rules(DEFAULT_RULES if rules is None else rules)
+    checked = validate_rules(rules)
     actions = dict(actions or {})
     out: dict[int, PersonaAssignment] = {}
     for seg, lifts in lifts_by_segment.items():
-        best, best_score = None, -np.inf
-        for rule in checked:
-            score = rule_score(lifts, rule)
-            if score is not None and score > best_score:
-                best, best_score = rule, score
+        ranked = rank_rules(lifts, checked)
+        best, best_score = ranked[0] if ranked else (None, 0.0)
         if best is None:
             name = fallback_name(int(seg), lifts)
             out[int(seg)] = PersonaAssignment(name, None, 0.0, actions.get("fallback", FALLBACK_ACTION))
@@ -284,7 +324,7 @@ def churn_contradictions(assignments: Mapping[int, PersonaAssignment], rules: Se
     list of str
         One sentence per contradiction, for the log and the report.
     """
-    expected = {r["name"]: r["churn"] for r in validate_rules(DEFAULT_RULES if rules is None else rules)}
+    expected = {r["name"]: r["churn"] for r in validate_rules(rules)}
     out = []
     for seg, a in sorted(assignments.items()):
         direction = expected.get(a.rule) if a.rule else None

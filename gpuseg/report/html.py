@@ -8,7 +8,7 @@ snippets, ids, notes) is escaped by the template. The one exception is the inlin
 as :class:`markupsafe.Markup` by :func:`_inline_svg` alone: the charts of
 :mod:`gpuseg.report.svg` escape every text they draw themselves, and any SVG is checked for scripts,
 links and event handlers before it is trusted. Sections carry stable ids so tests and readers can link to them: ``overview``,
-``sizes``, ``projection``, ``lifts``, ``k-selection``, ``churn-value`` and ``personas``. A section
+``how-to-use`` (segment, size, name, action with its evidence, expected value at stake), ``sizes``, ``projection``, ``lifts``, ``k-selection``, ``churn-value`` and ``personas``. A section
 whose data is absent says so instead of failing.
 
 Context keys (all optional except ``segments``):
@@ -19,13 +19,15 @@ array, ``segments``: (n,) labels, optional ``note``), ``lift_matrix`` (dict ``ro
 ``columns``, ``values``; see :func:`lift_matrix`), ``k_selection_svg`` (an SVG document, e.g.
 the segment job's ``k_selection.svg``) or ``k_selection`` (dict ``panels``: name -> (ks, values),
 optional ``chosen_k``), ``notes`` (list of str: what could not be estimated and why, shown in the
-overview so a reader never mistakes a missing figure for a result).
+overview so a reader never mistakes a missing figure for a result), ``value_note`` (str: why the
+expected value at stake is not estimated, shown in the "How to use these segments" table).
 
 Segment dict keys: ``segment`` (int), ``name``, ``size``, ``share``, ``action``, ``top_lifts``
 (list of (feature, z)), ``words`` (source -> list of (word, score)), ``top_events`` (list of
 (event, share, lift)), ``ngrams`` (list of (tuple of events, count, ratio)), ``mean_rating``,
-``churn_rate``, ``churn_score``, ``expected_value``, ``value_share`` and ``representatives``
-(list of dicts ``customer_id``, ``snippet``). Missing or NaN values are shown as "n/a" or left out.
+``churn_rate``, ``churn_score``, ``expected_value``, ``value_share``, ``representatives``
+(list of dicts ``customer_id``, ``snippet``), ``action_kind``, ``action_evidence`` and
+``name_evidence`` (lists of str) and ``value_at_stake`` (segment size x expected value per customer). Missing or NaN values are shown as "n/a" or left out.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import numpy as np
 import torch
 from markupsafe import Markup
 
-from gpuseg.profile.personas import humanize
+from gpuseg.profile.personas import humanize, lift_text
 from gpuseg.report.svg import bar_chart, color, heatmap, scatter, small_multiples
 from gpuseg.runtime import pca
 from gpuseg.runtime.errors import UserInputError
@@ -52,7 +54,7 @@ from gpuseg.runtime.validation import check_int
 
 log = logging.getLogger(__name__)
 
-SECTION_IDS = ("overview", "sizes", "projection", "lifts", "k-selection", "churn-value", "personas")
+SECTION_IDS = ("overview", "how-to-use", "sizes", "projection", "lifts", "k-selection", "churn-value", "personas")
 
 
 
@@ -104,11 +106,6 @@ def _inline_svg(svg: str, *, ours: bool = False) -> Markup:
         log.warning("an SVG for the report holds scripts, links or event handlers; left out")
         return Markup('<p class="note">Chart left out: it referenced external content.</p>')
     return Markup(svg.strip())
-
-
-def lift_words(feature: str, z: float) -> str:
-    """``"recency 2.1 sd above average"`` for a lift of +2.1 on ``recency_days``."""
-    return f"{humanize(feature)} {abs(z):.1f} sd {'above' if z >= 0 else 'below'} average"
 
 
 def pca_2d(X, n_sample: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -261,6 +258,23 @@ def _churn_value(segs: Sequence[Mapping[str, Any]]) -> list[Markup]:
     return charts
 
 
+def _how_to_use(ctx: Mapping[str, Any], segs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One row per segment: size, name, action and its evidence, expected value at stake."""
+    rows = []
+    for s in segs:
+        stake = _num(s.get("value_at_stake"))
+        rows.append({"segment": int(s.get("segment", 0)), "color": color(int(s.get("segment", 0))),
+                     "size": _fmt_int(s.get("size")), "share": _fmt_pct(s.get("share")),
+                     "name": _text(s.get("name", "")), "kind": _text(s.get("action_kind") or "action"),
+                     "action": _text(s.get("action") or ""),
+                     "evidence": [_text(e) for e in s.get("action_evidence") or []],
+                     "stake": "not estimated" if stake != stake else f"{stake:,.0f}"})
+    note = ctx.get("value_note")
+    if note is None and rows and all(r["stake"] == "not estimated" for r in rows):
+        note = "expected value not estimated"
+    return {"rows": rows, "value_note": _text(note) if note else None}
+
+
 def _card(s: Mapping[str, Any]) -> dict[str, Any]:
     seg = int(s.get("segment", 0))
     facts = []
@@ -283,12 +297,15 @@ def _card(s: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "segment": seg, "color": color(seg), "name": _text(s.get("name", f"Segment {seg}")),
         "size": _fmt_int(s.get("size")), "share": _fmt_pct(s.get("share")), "facts": " · ".join(facts),
-        "lifts": [{"up": z >= 0, "text": lift_words(_text(f), z)} for f, z in lifts],
+        "lifts": [{"up": z >= 0, "text": lift_text(_text(f), z)} for f, z in lifts],
         "words": words,
         "events": ", ".join(f"{e} ({_fmt_pct(sh)})" for e, sh, *_ in events[:4]),
         "ngrams": [{"path": " → ".join(map(str, g)), "ratio": f"{_num(r):.1f}"}
                    for g, _c, r, *_ in (s.get("ngrams") or [])[:4]],
         "action": _text(s["action"]) if s.get("action") else None,
+        "action_kind": _text(s.get("action_kind") or ""),
+        "action_evidence": [_text(e) for e in s.get("action_evidence") or []],
+        "name_evidence": [_text(e) for e in s.get("name_evidence") or []],
         "representatives": reps,
     }
 
@@ -312,7 +329,7 @@ def render_report(context: Mapping[str, Any]) -> str:
         title=_text(context.get("title") or "Customer segments"),
         subtitle=_text(subtitle) if subtitle else None,
         nav=[{"id": sid, "label": sid.replace("-", " ").capitalize()} for sid in SECTION_IDS],
-        overview=_overview(context, segs), sizes=_sizes(segs), projection=_projection(context, names),
+        overview=_overview(context, segs), how_to_use=_how_to_use(context, segs), sizes=_sizes(segs), projection=_projection(context, names),
         lifts=_lifts(context), k_selection=_k_selection(context), churn_value=_churn_value(segs),
         personas=[_card(s) for s in segs],
     )

@@ -80,6 +80,16 @@ def color(i: int) -> str:
     return PALETTE[int(i) % len(PALETTE)]
 
 
+def _text_width(texts, font_size: int) -> int:
+    """Pixels that the longest of ``texts`` needs at ``font_size`` in a sans-serif font, with a margin.
+
+    An upper estimate (0.62 em per character, wide enough for capitals and digits), so a label is
+    never cut at the chart's edge.
+    """
+    longest = max((len(str(t)) for t in texts), default=4)
+    return int(12 + 0.62 * font_size * longest)
+
+
 def _fmt(v: float) -> str:
     return f"{v:.3g}" if v == v else "n/a"
 
@@ -102,7 +112,9 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], *, title: str = ""
     """
     labels, values = [str(x) for x in labels], [float(v) for v in values]
     top = 26 if title else 6
-    label_w = min(220, 12 + 7 * max((len(x) for x in labels), default=4))
+    # labels are right-aligned at label_w: room for the longest one, the chart widens instead of clipping
+    label_w = _text_width(labels, 12)
+    width = max(width, label_w + 300)
     height = top + len(labels) * (bar_height + 6) + 6
     finite = [v for v in values if v == v and v > 0]
     vmax = max(finite, default=1.0)
@@ -151,7 +163,7 @@ def heatmap(row_labels: Sequence[str], col_labels: Sequence[str], values: Sequen
         |z| at which the colour saturates.
     """
     rows, cols = [str(x) for x in row_labels], [str(x) for x in col_labels]
-    label_w = min(260, 12 + 7 * max((len(x) for x in rows), default=4))
+    label_w = _text_width(rows, 11)
     top = (26 if title else 4) + 110  # room for rotated column labels
     width, height = label_w + cell_w * len(cols) + 8, top + cell_h * len(rows) + 8
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -195,7 +207,8 @@ def scatter(xy: Sequence[Sequence[float]], groups: Sequence[int], *, title: str 
            if p[0] == p[0] and p[1] == p[1]]
     present = sorted({g for _, _, g in pts})
     names = {g: (group_names or {}).get(g, f"Segment {g}") for g in present}
-    legend_w = min(240, 30 + 7 * max((len(v) for v in names.values()), default=8))
+    legend_w = 18 + _text_width(names.values(), 11)
+    width = max(width, legend_w + 420)  # a long legend widens the chart, never runs off its edge
     top = 26 if title else 6
     plot_w, plot_h = width - legend_w - 10, height - top - 10
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
