@@ -6,8 +6,9 @@ newer snapshot, set ``data.as_of`` later) and validated into ``assign/<as_of>/in
 in ``assign/ledger.json``. Every customer is then assigned in one streaming pass to the saved
 centres, with hysteresis against the previous segments (the latest earlier assign run of the
 same model, else the training segments). Outputs, in ``assign/<as_of>/``: ``segments.parquet``,
-``transitions.parquet``, ``movers.parquet``, ``drift.json`` and the state the next run reads
-(``state.parquet``: pending moves and their votes, ``features.parquet``: the raw features).
+``transitions.parquet``, ``movers.parquet``, ``drift.json``, ``changes.html`` (the "Changes since
+<previous as_of>" page) and the state the next run reads (``state.parquet``: pending moves and
+their votes, ``features.parquet``: the raw features).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from gpuseg.dynamics.drift import psi_table
 from gpuseg.dynamics.ledger import Ledger, input_files, sha256_of
 from gpuseg.dynamics.rebuild import Trained, load_trained
 from gpuseg.jobs.common import data_as_of, data_mapping, finish, staged, start, work_dir
+from gpuseg.report.changes import profile_names, render_changes
+from gpuseg.report.html import write_report
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import read_json, write_json, write_parquet
 from gpuseg.runtime.layout import artifact, job_dir
@@ -51,7 +54,8 @@ log = logging.getLogger(__name__)
 
 #: the files of one assign run, in ``assign/<as_of>/``
 RUN_FILES = {"segments": "segments.parquet", "transitions": "transitions.parquet", "movers": "movers.parquet",
-             "drift": "drift.json", "state": "state.parquet", "features": "features.parquet", "input": "input"}
+             "drift": "drift.json", "changes": "changes.html", "state": "state.parquet", "features": "features.parquet",
+             "input": "input"}
 
 
 def _settings(acfg: DictConfig) -> dict[str, Any]:
@@ -276,6 +280,22 @@ def _drift(trained: Trained, tabular: np.ndarray, segment: np.ndarray, conf: np.
             "thresholds": thr, "refit_recommended": bool(reasons), "reasons": reasons}
 
 
+def _changes_page(work: Path, trained: Trained, drift: dict[str, Any], trans: pa.Table, movers: pa.Table) -> str:
+    """The run's "Changes since <previous as_of>" page, segments named as in the profile when there is one."""
+    names: dict[int, str] = {}
+    try:
+        path = artifact(work, "profile", "profiles")
+        if path.exists():
+            names = profile_names(read_json(path), trained.n_clusters)
+    except (UserInputError, OSError, ValueError) as exc:  # a stale or damaged profile: the page says "Segment N"
+        log.warning("assign: segment names for changes.html not read from the profile (%s)", exc)
+    previous = drift["previous"]["as_of"]
+    if previous is None:  # compared with the training segments: the cut-off the features were built at
+        metrics = artifact(work, "features", "metrics")
+        previous = (read_json(metrics).get("as_of") if metrics.exists() else None) or "training"
+    return render_changes(trans, movers, drift, previous_as_of=str(previous), names=names)
+
+
 @staged("assign")
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Assign every customer of the data as of ``data.as_of`` with the saved models; write drift."""
@@ -347,13 +367,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "increments": inputs["increments"],
         **_drift(trained, built["tabular"], res.segment, conf, outlier, settings),
     }
+    trans = transitions(prev["segment"], res.segment)
+    page = _changes_page(work, trained, drift, trans, movers)
     # everything is computed before anything is written (and the folder is published as a whole)
     write_parquet(run_dir / RUN_FILES["segments"], segments)
-    write_parquet(run_dir / RUN_FILES["transitions"], transitions(prev["segment"], res.segment))
+    write_parquet(run_dir / RUN_FILES["transitions"], trans)
     write_parquet(run_dir / RUN_FILES["movers"], movers)
     write_parquet(run_dir / RUN_FILES["state"], state)
     write_parquet(run_dir / RUN_FILES["features"], built["table"])
     write_json(run_dir / RUN_FILES["drift"], drift)
+    write_report(run_dir / RUN_FILES["changes"], page)
     inputs["ledger"].save(artifact(work, "assign", "ledger"))
     seconds = time.perf_counter() - t0
     log.info("assign %s: %d customers (%d new), %d changed segment, %d held by hysteresis; refit %s",
@@ -365,6 +388,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
               "consumed": [e["path"] for e in inputs["consumed"]], "device": str(device),
               "customers_per_s": round(n / assign_seconds, 1) if assign_seconds > 0 else None,
               "seconds": round(seconds, 3), "output_dir": str(run_dir),
-              "segments_path": str(run_dir / RUN_FILES["segments"]), "drift_path": str(run_dir / RUN_FILES["drift"])}
+              "segments_path": str(run_dir / RUN_FILES["segments"]), "drift_path": str(run_dir / RUN_FILES["drift"]),
+              "changes_path": str(run_dir / RUN_FILES["changes"])}
     return finish(cfg, "assign", ctx["manifest"], result)
 

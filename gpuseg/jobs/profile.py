@@ -495,6 +495,8 @@ def _write_report(cfg: DictConfig, work: Path, inputs: dict[str, Any], scored: d
         "value_note": _value_note(scored["value"]["report"]),
         "notes": notes,
         **({"k_selection_svg": k_svg.read_text()} if k_svg.exists() else {}),
+        # segment.previous was used: the report says which ids were kept, born, dead or renumbered
+        **({"matching": inputs["segmentation"]["matching"]} if inputs["segmentation"].get("matching") else {}),
     }
     return write_report(artifact(work, "profile", "report"), render_report(context))
 

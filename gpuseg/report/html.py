@@ -9,7 +9,8 @@ as :class:`markupsafe.Markup` by :func:`_inline_svg` alone: the charts of
 :mod:`gpuseg.report.svg` escape every text they draw themselves, and any SVG is checked for scripts,
 links and event handlers before it is trusted. Sections carry stable ids so tests and readers can link to them: ``overview``,
 ``how-to-use`` (segment, size, name, action with its evidence, expected value at stake), ``sizes``, ``projection``, ``lifts``, ``k-selection``, ``churn-value`` and ``personas``. A section
-whose data is absent says so instead of failing.
+whose data is absent says so instead of failing. One more, ``changes`` ("Changes since the previous
+segmentation"), is there only when the context has ``matching``.
 
 Context keys (all optional except ``segments``):
 
@@ -20,7 +21,10 @@ array, ``segments``: (n,) labels, optional ``note``), ``lift_matrix`` (dict ``ro
 the segment job's ``k_selection.svg``) or ``k_selection`` (dict ``panels``: name -> (ks, values),
 optional ``chosen_k``), ``notes`` (list of str: what could not be estimated and why, shown in the
 overview so a reader never mistakes a missing figure for a result), ``value_note`` (str: why the
-expected value at stake is not estimated, shown in the "How to use these segments" table).
+expected value at stake is not estimated, shown in the "How to use these segments" table),
+``matching`` (the ``matching`` entry of ``segment/segmentation.json``, written when
+``segment.previous`` was used: ``previous``, ``max_distance``, ``spread``, ``matched`` (list of
+dicts ``segment``, ``previous_segment``, ``distance``), ``births``, ``deaths``, ``renumbered``).
 
 Segment dict keys: ``segment`` (int), ``name``, ``size``, ``share``, ``action``, ``top_lifts``
 (list of (feature, z)), ``words`` (source -> list of (word, score)), ``top_events`` (list of
@@ -55,6 +59,8 @@ from gpuseg.runtime.validation import check_int
 log = logging.getLogger(__name__)
 
 SECTION_IDS = ("overview", "how-to-use", "sizes", "projection", "lifts", "k-selection", "churn-value", "personas")
+#: the section shown after the overview only when the segments were matched to a previous run's
+CHANGES_ID = "changes"
 
 
 
@@ -310,6 +316,32 @@ def _card(s: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _matching(ctx: Mapping[str, Any], names: Mapping[int, str]) -> dict[str, Any] | None:
+    """Kept, renumbered, born and dead segment ids of a refit matched to the previous run (None: none)."""
+    m = ctx.get("matching")
+    if not m:
+        return None
+    spread = _num(m.get("spread"))
+
+    def row(entry: Mapping[str, Any]) -> dict[str, Any]:
+        seg, dist = int(entry["segment"]), _num(entry.get("distance"))
+        relative = dist / spread if spread == spread and spread > 0 and dist == dist else float("nan")
+        return {"segment": seg, "previous": int(entry["previous_segment"]), "color": color(seg),
+                "name": _text(names.get(seg, f"Segment {seg}")), "shift": _fmt(dist),
+                "relative": None if relative != relative else f"{relative:.2f}"}
+
+    matched = [row(e) for e in m.get("matched") or []]
+    limit = m.get("max_distance")
+    return {"previous": _text(m.get("previous") or "the previous run"),
+            "previous_k": _fmt(m.get("previous_n_clusters")), "k": len(names),
+            "limit": "none" if limit is None else _fmt(limit), "spread": None if spread != spread else _fmt(spread),
+            "kept": [r for r in matched if r["segment"] == r["previous"]],
+            "renumbered": [r for r in matched if r["segment"] != r["previous"]],
+            "births": [{"segment": int(b), "color": color(int(b)), "name": _text(names.get(int(b), f"Segment {b}"))}
+                       for b in m.get("births") or []],
+            "deaths": [int(d) for d in m.get("deaths") or []]}
+
+
 @functools.cache
 def _environment() -> jinja2.Environment:
     """The report's templates (``gpuseg/report/templates``), every expression HTML-escaped."""
@@ -325,11 +357,13 @@ def render_report(context: Mapping[str, Any]) -> str:
     segs = sorted(context.get("segments") or [], key=lambda s: int(s.get("segment", 0)))
     names = {int(s.get("segment", i)): str(s.get("name", f"Segment {i}")) for i, s in enumerate(segs)}
     subtitle = context.get("subtitle")
+    changes = _matching(context, names)
+    ids = [*SECTION_IDS[:1], *([CHANGES_ID] if changes else []), *SECTION_IDS[1:]]
     return _environment().get_template("report.html.j2").render(
         title=_text(context.get("title") or "Customer segments"),
         subtitle=_text(subtitle) if subtitle else None,
-        nav=[{"id": sid, "label": sid.replace("-", " ").capitalize()} for sid in SECTION_IDS],
-        overview=_overview(context, segs), how_to_use=_how_to_use(context, segs), sizes=_sizes(segs), projection=_projection(context, names),
+        nav=[{"id": sid, "label": sid.replace("-", " ").capitalize()} for sid in ids],
+        overview=_overview(context, segs), changes=changes, how_to_use=_how_to_use(context, segs), sizes=_sizes(segs), projection=_projection(context, names),
         lifts=_lifts(context), k_selection=_k_selection(context), churn_value=_churn_value(segs),
         personas=[_card(s) for s in segs],
     )

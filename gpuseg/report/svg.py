@@ -8,7 +8,7 @@ from html import escape
 
 def small_multiples(panels: dict[str, tuple[Sequence[float], Sequence[float]]], *, title: str = "",
                     marker_x: float | None = None, columns: int = 3, width: int = 260,
-                    height: int = 170) -> str:
+                    height: int = 170, x_ticks: Sequence[float] | None = None) -> str:
     """One line chart per panel (name -> (xs, ys)), laid out in a grid, as an SVG document.
 
     Parameters
@@ -19,6 +19,9 @@ def small_multiples(panels: dict[str, tuple[Sequence[float], Sequence[float]]], 
         Caption above the grid.
     marker_x : float, optional
         Draws a vertical line at this x in every panel (e.g. the chosen k).
+    x_ticks : sequence of float, optional
+        Labels these x values under every panel (e.g. every candidate k); by default only the
+        first and last x are labelled.
     """
     rows = (len(panels) + columns - 1) // columns
     top = 28 if title else 4
@@ -30,12 +33,12 @@ def small_multiples(panels: dict[str, tuple[Sequence[float], Sequence[float]]], 
         parts.append(f'<text x="8" y="18" font-size="14" font-weight="bold">{escape(title)}</text>')
     for n, (name, (xs, ys)) in enumerate(panels.items()):
         ox, oy = (n % columns) * width, top + (n // columns) * height
-        parts.append(_panel(name, list(xs), list(ys), ox, oy, width, height, marker_x))
+        parts.append(_panel(name, list(xs), list(ys), ox, oy, width, height, marker_x, x_ticks))
     parts.append("</svg>")
     return "\n".join(parts)
 
 
-def _panel(name, xs, ys, ox, oy, width, height, marker_x) -> str:
+def _panel(name, xs, ys, ox, oy, width, height, marker_x, x_ticks=None) -> str:
     pad_l, pad_r, pad_t, pad_b = 46, 10, 20, 24
     points = [(x, y) for x, y in zip(xs, ys, strict=False) if y is not None and y == y and abs(y) != float("inf")]
     out = [f'<g transform="translate({ox},{oy})">',
@@ -58,8 +61,8 @@ def _panel(name, xs, ys, ox, oy, width, height, marker_x) -> str:
                f'height="{height - pad_t - pad_b}" fill="none" stroke="#ccc"/>')
     out.append(f'<text x="{pad_l - 4}" y="{sy(y1) + 4}" text-anchor="end">{y1:.3g}</text>')
     out.append(f'<text x="{pad_l - 4}" y="{sy(y0)}" text-anchor="end">{y0:.3g}</text>')
-    out.append(f'<text x="{sx(x0)}" y="{height - 8}" text-anchor="middle">{x0:g}</text>')
-    out.append(f'<text x="{sx(x1)}" y="{height - 8}" text-anchor="middle">{x1:g}</text>')
+    for tick in ([x0, x1] if x_ticks is None else [t for t in x_ticks if x0 <= t <= x1]):
+        out.append(f'<text x="{sx(tick)}" y="{height - 8}" text-anchor="middle">{tick:g}</text>')
     if marker_x is not None and x0 <= marker_x <= x1:
         out.append(f'<line x1="{sx(marker_x)}" x2="{sx(marker_x)}" y1="{pad_t}" y2="{height - pad_b}" '
                    'stroke="#d62728" stroke-dasharray="4 3"/>')
@@ -137,17 +140,27 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], *, title: str = ""
     return "\n".join(parts)
 
 
+_RED, _BLUE = (178, 24, 43), (33, 102, 172)
+
+
+def _from_white(rgb: tuple[int, int, int], t: float) -> str:
+    """The colour a fraction ``t`` in [0, 1] of the way from white to ``rgb``."""
+    return "#" + "".join(f"{int(round(255 + t * (c - 255))):02x}" for c in rgb)
+
+
 def diverging_color(z: float, limit: float = 2.0) -> str:
     """Blue (below average) - white - red (above average) for a z-score clipped to ``limit``."""
     if z != z:
         return "#eeeeee"
     t = max(-1.0, min(1.0, z / limit))
-    if t >= 0:  # white -> #b2182b
-        r, g, b = 255 + t * (178 - 255), 255 + t * (24 - 255), 255 + t * (43 - 255)
-    else:  # white -> #2166ac
-        t = -t
-        r, g, b = 255 + t * (33 - 255), 255 + t * (102 - 255), 255 + t * (172 - 255)
-    return f"#{int(round(r)):02x}{int(round(g)):02x}{int(round(b)):02x}"
+    return _from_white(_RED, t) if t >= 0 else _from_white(_BLUE, -t)
+
+
+def sequential_color(share: float) -> str:
+    """White (0) to blue (1) for a share in [0, 1] (clipped); grey for NaN."""
+    if share != share:
+        return "#eeeeee"
+    return _from_white(_BLUE, max(0.0, min(1.0, share)))
 
 
 def heatmap(row_labels: Sequence[str], col_labels: Sequence[str], values: Sequence[Sequence[float]],
