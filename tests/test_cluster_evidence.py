@@ -24,7 +24,7 @@ from gpuseg.cluster.metrics import (
     davies_bouldin,
     silhouette,
 )
-from gpuseg.cluster.selection import knee_point, select_k
+from gpuseg.cluster.selection import business_separation, knee_point, select_k
 from gpuseg.runtime.logistic import fit_logistic
 
 
@@ -135,3 +135,68 @@ def test_confidence_calibration_and_outliers():
     assert (distances > thr[labels]).sum() == 10
     ref = np.array([0, 0, 1, 1, 2])
     assert (match_labels(ref, np.array([2, 2, 0, 0, 1]), 3, 3) == ref).all()
+
+
+def _sk_fit(k, data, seed):
+    return torch.tensor(KMeans(k, n_init=1, random_state=seed).fit(data.numpy()).cluster_centers_,
+                        dtype=torch.float32)
+
+
+def test_business_separation_figures():
+    values = np.array([0, 0, 1, 1, 1, np.nan, 0, 1.0])
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    sep = business_separation(values, labels, 3)
+    np.testing.assert_allclose(sep["by_segment"], [1 / 3, 1.0, 0.5])
+    known = np.isfinite(values)
+    overall = values[known].mean()
+    counts = np.array([3, 2, 2])
+    spread = np.sqrt((counts * (np.array(sep["by_segment"]) - overall) ** 2).sum() / counts.sum())
+    assert sep["overall"] == pytest.approx(overall) and sep["spread"] == pytest.approx(spread)
+    assert sep["range"] == pytest.approx(2 / 3)
+    # eta is the correlation ratio: between-segment over total spread
+    assert sep["eta"] == pytest.approx(spread / values[known].std())
+    assert 0 <= sep["eta"] <= 1
+
+
+def test_prefer_rule_stays_in_the_range_and_ranks_business_separation(blobs):
+    x, y, _ = blobs
+    # a value that only differs between planted groups 0-1 and the rest: ranked with the indices
+    value = np.where(y < 2, 100.0, 10.0)
+    result = select_k(torch.tensor(x), range(3, 10), _sk_fit, n_bootstrap=2, prefer=(5, 8),
+                      business={"value": value})
+    assert result["rule"] == "prefer" and result["k"] == 5
+    assert "value" in result["rule_text"] and "k=5 won" in result["reason"]
+    assert result["criteria"]["davies_bouldin"] == "lower is better"
+    assert result["criteria"]["value_spread"] == "higher is better"
+    pool = [c for c in result["candidates"] if c["in_pool"]]
+    assert pool and all(5 <= c["k"] <= 8 and c["meets_min_stability"] for c in pool)
+    for c in result["candidates"]:
+        assert len(c["business"]["value"]["by_segment"]) == c["k"]
+        assert c["value_spread"] == c["business"]["value"]["spread"]
+    # the business spread is one of the ranked criteria: its ranks follow the spreads
+    spreads = {c["k"]: c["value_spread"] for c in pool}
+    ranks = {c["k"]: c["ranks"]["value_spread"] for c in pool}
+    assert sorted(spreads, key=lambda k: (-spreads[k], k)) == sorted(ranks, key=ranks.get)
+    winner = next(c for c in pool if c["k"] == result["k"])
+    assert winner["mean_rank"] == pytest.approx(np.mean(list(winner["ranks"].values())))
+
+
+def test_prefer_rule_leaves_the_range_for_clear_structure():
+    # three tight blobs: every split into 5-8 reproduces far worse than k=3 (stability 1.0)
+    x, _ = make_blobs(600, centers=3, n_features=4, cluster_std=1.0, random_state=5)
+    result = select_k(torch.tensor(x, dtype=torch.float32), range(2, 9), _sk_fit, n_bootstrap=2)
+    assert result["k"] == 3, result["reason"]
+    assert "outside the preferred range" in result["reason"]
+    assert result["stability_floor"] > 0.6
+    assert not any(c["meets_min_stability"] for c in result["candidates"] if c["in_prefer"])
+    assert result["business"] is None and "evidence alone" in result["rule_text"]
+
+
+def test_prefer_rule_without_a_stable_k_says_so():
+    # no structure and a floor nothing reaches: the range decides, and the reason says the split is weak
+    u = np.random.default_rng(0).random((500, 3)).astype(np.float32)
+    result = select_k(torch.tensor(u), range(3, 10), _sk_fit, n_bootstrap=2, min_stability=0.99)
+    assert 5 <= result["k"] <= 8
+    assert "no k reached the stability floor" in result["reason"]
+    with pytest.raises(ValueError, match="'prefer' parameter"):
+        select_k(torch.tensor(u), [3, 4], _sk_fit, prefer=(6, 4))

@@ -40,7 +40,21 @@ def test_auto_k_segments_every_customer(project):
     assert (seg["macro_segment"] == seg["segment"]).all()  # one level by default
     evidence = json.loads((work / "segment" / "k_selection.json").read_text())
     assert evidence["k"] == k and [c["k"] for c in evidence["candidates"]] == [3, 4, 5, 6]
-    assert (work / "segment" / "k_selection.svg").read_text().startswith("<svg")
+    # the rule, why k won, and the business separation from the churn label and the spend
+    assert evidence["rule"] == "prefer" and evidence["prefer"] == [5, 8] and f"k={k} " in evidence["reason"]
+    assert evidence["business_sources"]["churn"] == "customers.churned"
+    assert evidence["business_sources"]["value"] == "features.monetary_sum"
+    for c in evidence["candidates"]:
+        churn = c["business"]["churn"]
+        assert len(churn["by_segment"]) == c["k"] and all(0 <= r <= 1 for r in churn["by_segment"])
+        # every customer has a churn label: the spread is the share-weighted sd of the segment rates
+        rates, shares = np.array(churn["by_segment"]), np.array(c["shares"])
+        assert churn["spread"] == pytest.approx(np.sqrt((shares * (rates - churn["overall"]) ** 2).sum()))
+        assert c["churn_spread"] == churn["spread"] and c["value_spread"] == c["business"]["value"]["spread"]
+    chart = (work / "segment" / "k_selection.svg").read_text()
+    assert chart.startswith("<svg") and "Davies-Bouldin (lower is better)" in chart
+    assert "silhouette (higher is better)" in chart and "churn-rate spread across segments" in chart
+    assert all(f'text-anchor="middle">{k_}</text>' in chart for k_ in (3, 4, 5, 6))  # every k labelled
     # the saved model alone reproduces the segments
     _, x, _ = read_matrix(work / "features" / "matrix.parquet")
     model = MiniBatchKMeans.load(work / "segment" / "kmeans", device="cpu")
@@ -95,3 +109,26 @@ def test_bad_segment_config(project):
     with pytest.raises(UserInputError) as err:
         segment.run(cfg("segment", "device=cpu", "segment.input=/nope.parquet"))
     assert err.value.config_key == "segment.input"
+    with pytest.raises(ConfigError, match="monetary_total") as err:
+        segment.run(cfg("segment", "device=cpu", "segment.selection.business.value=monetary_total"))
+    assert err.value.config_key == "segment.selection.business.value" and "monetary_sum" in str(err.value)
+    for prefer, text in (("[8,5]", "two integers"), ("[20,30]", "outside the candidates")):
+        with pytest.raises(ConfigError, match=text) as err:
+            segment.run(cfg("segment", "device=cpu", f"segment.selection.prefer={prefer}"))
+        assert err.value.config_key == "segment.selection.prefer"
+    with pytest.raises(ConfigError) as err:
+        segment.run(cfg("segment", "device=cpu", "segment.selection.business.label=nope"))
+    assert err.value.config_key == "segment.selection.business.label"
+
+
+def test_auto_k_without_business_figures_says_so(project):
+    work, cfg = project
+    segment.run(cfg("segment", "device=cpu", "segment.k_min=4", "segment.k_max=6", "segment.selection.n_bootstrap=1",
+                    "segment.selection.business.label=null", "segment.selection.business.value=null",
+                    "segment.confidence.n_bootstrap=1"))
+    evidence = json.loads((work / "segment" / "k_selection.json").read_text())
+    assert evidence["business"] is None and "evidence alone" in evidence["rule_text"]
+    assert evidence["business_sources"]["churn"] is None and evidence["business_sources"]["value"] is None
+    assert [n.split(" is null")[0] for n in evidence["business_sources"]["notes"]] == [
+        "segment.selection.business.label", "segment.selection.business.value"]
+    assert all("business" not in c for c in evidence["candidates"])

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,14 +24,23 @@ from gpuseg.cluster.confidence import (
 from gpuseg.cluster.hierarchy import choose_n_macro, cut_tree, ward_linkage
 from gpuseg.cluster.matching import center_spread, match_centers, reorder_clusters
 from gpuseg.cluster.metrics import calinski_harabasz, davies_bouldin, silhouette
-from gpuseg.cluster.selection import select_k
-from gpuseg.jobs.common import finish, matrix_input, staged, start, work_dir
+from gpuseg.cluster.selection import LABELS, select_k
+from gpuseg.jobs.common import (
+    customer_label,
+    finish,
+    load_validated,
+    matrix_input,
+    staged,
+    start,
+    work_dir,
+)
 from gpuseg.report.svg import small_multiples
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import atomic_path, read_json, write_json, write_parquet
 from gpuseg.runtime.layout import ARTIFACTS, JOB_DIRS, artifact, job_dir
 from gpuseg.runtime.logistic import fit_logistic
 from gpuseg.runtime.matrix import read_matrix
+from gpuseg.runtime.tables import join_on_customer_id
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +60,107 @@ def _nearest_two(model: MiniBatchKMeans, x: torch.Tensor, chunk: int = 65536):
     return [torch.cat([p[i] for p in parts]).cpu().numpy() for i in range(4)]
 
 
-def _choose_k(cfg: DictConfig, x: torch.Tensor, seed: int, device, params, work: Path) -> tuple[int, dict | None]:
+#: the value proxy that ``segment.selection.business.value: auto`` takes when the features have it
+VALUE_AUTO = "monetary_sum"
+
+
+def _business(cfg: DictConfig, work: Path, ids: pa.Array) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Churn label and value per customer of ``ids`` for the business separation of each k.
+
+    The label is the validated customers' label column (``segment.selection.business.label``,
+    auto: the first label); the value a column of ``features/features.parquet``
+    (``segment.selection.business.value``, auto: monetary_sum). What is absent is said, and the
+    rule then decides on the evidence (and the figures it has) alone.
+    """
+    bcfg = cfg.segment.selection.get("business") or {}
+    label_setting, value_setting = bcfg.get("label", "auto"), bcfg.get("value", "auto")
+    figures: dict[str, np.ndarray] = {}
+    sources: dict[str, Any] = {"churn": None, "value": None, "notes": []}
+    base = pa.table({"customer_id": ids})
+    try:
+        schema, customers = load_validated(work)
+    except UserInputError:
+        schema = customers = None
+        if label_setting not in (None, "auto"):
+            raise
+        sources["notes"].append("no validated customers table: no churn label")
+    if customers is not None:
+        name, y = customer_label(label_setting, schema, customers, key="segment.selection.business.label")
+        if name is None:
+            sources["notes"].append("segment.selection.business.label is null: churn spread not used"
+                                    if label_setting is None else
+                                    "the customers table has no (known) label: churn spread not used")
+        else:
+            joined = _joined(base, pa.table({"customer_id": customers["customer_id"], "_y": y}), "customers")
+            if joined is not None:
+                figures["churn"] = joined
+                sources["churn"] = f"customers.{name}"
+            else:
+                sources["notes"].append("the segmented customers are not those of the validated customers "
+                                        "table: churn spread not used")
+    path = artifact(work, "features", "table")
+    if value_setting is None:
+        sources["notes"].append("segment.selection.business.value is null: value spread not used")
+        return figures, sources
+    columns = pq.read_schema(path).names if path.exists() else []
+    column = VALUE_AUTO if value_setting == "auto" else str(value_setting)
+    if column not in columns:
+        if value_setting != "auto":
+            raise ConfigError(f"segment.selection.business.value={column!r} is not a column of {path} "
+                              f"({'columns: ' + ', '.join(c for c in columns if c != 'customer_id') if columns else 'no such file'})",
+                              config_key="segment.selection.business.value")
+        sources["notes"].append(f"no {VALUE_AUTO} column in {path.name if columns else 'the work directory'}: "
+                                "value spread not used")
+        return figures, sources
+    table = pq.read_table(path, columns=["customer_id", column])
+    values = table[column].cast(pa.float64()).fill_null(np.nan)
+    joined = _joined(base, pa.table({"customer_id": table["customer_id"], "_y": values}), str(path))
+    if joined is None:
+        sources["notes"].append(f"{path.name} lacks some segmented customers: value spread not used")
+    else:
+        figures["value"] = joined
+        sources["value"] = f"features.{column}"
+    return figures, sources
+
+
+def _joined(base: pa.Table, other: pa.Table, name: str) -> np.ndarray | None:
+    """Column ``_y`` of ``other`` in ``base``'s customer order, or None when it lacks customers."""
+    try:
+        return join_on_customer_id(base, other, names=(name,))["_y"].to_numpy(zero_copy_only=False)
+    except UserInputError:
+        return None
+
+
+def _k_selection_chart(evidence: dict[str, Any]) -> str:
+    """``k_selection.svg``: one panel per criterion, its better direction and floor in the title."""
+    ks = [c["k"] for c in evidence["candidates"]]
+    lo, hi = evidence["prefer"]
+
+    def title(name: str) -> str:
+        better = "higher" if evidence["criteria"].get(name, "higher").startswith("higher") else "lower"
+        return f"{LABELS.get(name, name)} ({better} is better)"
+
+    panels = {title(name): (ks, [c[name] for c in evidence["candidates"]])
+              for name in ("silhouette", "calinski_harabasz", "davies_bouldin")}
+    panels[f"stability (higher; floor {evidence['stability_floor']:.2f})"] = (
+        ks, [c["stability"] for c in evidence["candidates"]])
+    panels[f"inertia (lower; knee at k={evidence['knee_k']})"] = (ks, [c["inertia"] for c in evidence["candidates"]])
+    panels[f"smallest segment share (floor {evidence['min_share']:.0%})"] = (
+        ks, [c["min_share"] for c in evidence["candidates"]])
+    for name in evidence["business"] or []:
+        seps = [c["business"][name] for c in evidence["candidates"]]
+        if name == "churn":  # a rate: its spread in rate units
+            panels["churn-rate spread across segments (higher)"] = (ks, [sep["spread"] for sep in seps])
+        else:  # money: relative to the average customer's, so the axis reads without units
+            panels[f"{name} spread / mean {name} (higher)"] = (
+                ks, [sep["spread"] / sep["overall"] if sep["overall"] > 0 else float("nan") for sep in seps])
+    rule = f"prefer {lo}-{hi}" if evidence["rule"] == "prefer" else evidence["rule"]
+    return small_multiples(panels, title=f"k selection: chosen k = {evidence['k']} (rule: {rule}; dashed line)",
+                           marker_x=evidence["k"], x_ticks=ks, width=320)
+
+
+def _choose_k(cfg: DictConfig, x: torch.Tensor, ids: pa.Array, seed: int, device, params,
+              work: Path) -> tuple[int, dict | None]:
     scfg = cfg.segment
     if scfg.n_clusters != "auto":
         k = scfg.n_clusters
@@ -59,13 +169,24 @@ def _choose_k(cfg: DictConfig, x: torch.Tensor, seed: int, device, params, work:
                               config_key="segment.n_clusters")
         return int(k), None
     sel = scfg.selection
-    idx = torch.as_tensor(_sample(x.shape[0], int(sel.sample_size), seed), device=x.device)
+    rows = _sample(x.shape[0], int(sel.sample_size), seed)
+    idx = torch.as_tensor(rows, device=x.device)
     sample = x[idx]
     k_max = min(int(scfg.k_max), sample.shape[0] - 1)
     ks = list(range(max(2, int(scfg.k_min)), k_max + 1))
     if not ks:
         raise ConfigError(f"no candidate k in [{scfg.k_min}, {scfg.k_max}] for {x.shape[0]} customers",
                           config_key="segment.k_min")
+    prefer = list(sel.get("prefer") or [scfg.k_min, scfg.k_max])
+    if len(prefer) != 2 or not all(isinstance(p, int) and not isinstance(p, bool) for p in prefer) \
+            or not 2 <= prefer[0] <= prefer[1]:
+        raise ConfigError(f"segment.selection.prefer must be two integers [low, high] with 2 <= low <= high, "
+                          f"got {prefer!r}", config_key="segment.selection.prefer")
+    if prefer[1] < int(scfg.k_min) or prefer[0] > int(scfg.k_max):
+        raise ConfigError(f"segment.selection.prefer {prefer} lies outside the candidates "
+                          f"[segment.k_min, segment.k_max] = [{scfg.k_min}, {scfg.k_max}]",
+                          config_key="segment.selection.prefer")
+    business, sources = _business(cfg, work, ids.take(pa.array(rows))) if sel.rule == "prefer" else ({}, None)
 
     # the search compares many fits: one seeding each keeps it cheap; the final fit uses n_init
     search_params = {**params, "n_init": 1}
@@ -75,15 +196,17 @@ def _choose_k(cfg: DictConfig, x: torch.Tensor, seed: int, device, params, work:
 
     evidence = select_k(sample, ks, fit, seed=seed, min_share=float(sel.min_share),
                         silhouette_sample=int(sel.silhouette_sample), n_bootstrap=int(sel.n_bootstrap),
-                        bootstrap_fraction=float(sel.bootstrap_fraction), rule=str(sel.rule))
+                        bootstrap_fraction=float(sel.bootstrap_fraction), rule=str(sel.rule), prefer=prefer,
+                        min_stability=float(sel.get("min_stability", 0.6)),
+                        stability_tolerance=float(sel.get("stability_tolerance", 0.2)), business=business)
+    evidence = {**evidence, "n_customers_searched": len(rows), "business_sources": sources}
     write_json(artifact(work, "segment", "k_selection"), evidence)
-    panels = {name: (ks, [c[name] for c in evidence["candidates"]])
-              for name in ("silhouette", "calinski_harabasz", "davies_bouldin", "stability", "inertia",
-                           "min_share")}
     with atomic_path(artifact(work, "segment", "k_selection_svg")) as tmp:
-        tmp.write_text(small_multiples(panels, title=f"k selection (chosen k = {evidence['k']}, rule: "
-                                       f"{evidence['rule']})", marker_x=evidence["k"]))
-    log.info("auto k: %d (%s); knee at %d", evidence["k"], evidence["rule"], evidence["knee_k"])
+        tmp.write_text(_k_selection_chart(evidence))
+    log.info("auto k: %d (%s); knee at %d. %s", evidence["k"], evidence["rule"], evidence["knee_k"],
+             evidence["reason"])
+    for note in (sources or {}).get("notes", []):
+        log.info("auto k: %s", note)
     return int(evidence["k"]), evidence
 
 
@@ -242,7 +365,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     params = OmegaConf.to_container(cfg.segment.kmeans, resolve=True)
     t0 = time.perf_counter()
     x = torch.from_numpy(matrix).to(device)
-    k, evidence = _choose_k(cfg, x, seed, device, params, work)
+    k, evidence = _choose_k(cfg, x, ids, seed, device, params, work)
     if k > n:
         raise ConfigError(f"n_clusters={k} is more than the {n} customers", config_key="segment.n_clusters")
     model = _kmeans(k, seed, device, params).fit(x)
