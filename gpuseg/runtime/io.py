@@ -49,10 +49,28 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 
 
 def write_json(path: PathLike, obj: Any) -> Path:
-    """Atomically write ``obj`` as indented JSON (numpy scalars and arrays are converted)."""
+    """Atomically write ``obj`` as indented JSON (numpy scalars and arrays are converted).
+
+    A NaN or infinity (a figure that is not defined) is written as ``null``: ``NaN`` is not JSON,
+    and the tools users read these files with (jq, JavaScript, strict parsers) refuse it.
+    """
+    text = json.dumps(_finite(obj), indent=2, default=_json_default, sort_keys=False, allow_nan=False)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=_json_default, sort_keys=False) + "\n")
+        tmp.write_text(text + "\n")
     return Path(path)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (also in numpy scalars and arrays) replaced by None."""
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _finite(value.tolist())
+    return value
 
 
 def read_json(path: PathLike) -> Any:
