@@ -34,3 +34,24 @@ def test_a_damaged_events_file_is_a_message_and_publishes_nothing(tmp_path, dama
     assert "Traceback" not in out.stderr
     assert "'events'" in out.stderr or str(events) in out.stderr
     assert not (tmp_path / "work" / "validated").exists()  # no half-validated set left behind
+
+
+def test_a_validate_that_fails_on_texts_leaves_the_previous_set_whole(tmp_path):
+    from gpuseg.runtime.publish import read_record, verify_folder
+
+    work = tmp_path / "work"
+    keys = (f"paths.work_dir={work}", "data.generator.n_customers=300", "progress=false")
+    for job in ("generate", "validate"):
+        out = _gpuseg(job, *keys, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+    before = read_record(work / "validated")
+    customers = (work / "validated" / "customers.parquet").read_bytes()
+    texts = work / "data" / "texts.parquet"
+    texts.write_bytes(texts.read_bytes()[:100])  # customers and events still fine: texts fail last
+    out = _gpuseg("validate", *keys, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "texts" in out.stderr
+    assert verify_folder(work / "validated", "validate")["id"] == before["id"]  # the old set, whole
+    assert (work / "validated" / "customers.parquet").read_bytes() == customers
+    out = _gpuseg("features", *keys, cwd=tmp_path)  # runs on the old, consistent set
+    assert out.returncode == 0, out.stderr[-2000:]
