@@ -541,6 +541,11 @@ def _event_types(rng: np.random.Generator, c: SimpleNamespace, ev: SimpleNamespa
     c.churned = np.bincount(ev.owner[ev.in_hold & (ev.etype == PURCHASE)], minlength=n) == 0
 
 
+def _kept(kept: np.ndarray | None, drawn: np.ndarray) -> np.ndarray:
+    """``kept`` where it is set (>= 0), else ``drawn``."""
+    return drawn if kept is None else np.where(kept >= 0, kept, drawn)
+
+
 def _event_details(rng: np.random.Generator, c: SimpleNamespace, ev: SimpleNamespace, tb: _Tables) -> None:
     """Amounts (returns refund the latest purchase), categories and channels of the events."""
     n, total, etype, owner = len(c.persona), ev.total, ev.etype, ev.owner
@@ -558,6 +563,9 @@ def _event_details(rng: np.random.Generator, c: SimpleNamespace, ev: SimpleNames
     ev.monetary = is_purchase | is_return
 
     favourite = _draw(tb.cum_categories[c.persona], rng.random(n))
+    # a later period of the same persona keeps the customer's tastes (drawn all the same, so that
+    # the random stream, and one-period data, do not change); -1 or absent: the new draw
+    favourite = c.favourite = _kept(getattr(c, "keep_favourite", None), favourite)
     category = np.where(
         rng.random(total) < 0.5,
         favourite[owner],
@@ -567,7 +575,7 @@ def _event_details(rng: np.random.Generator, c: SimpleNamespace, ev: SimpleNames
     ev.category = np.where(follows_buy, category[np.maximum(last_buy, 0)], category)
     ev.has_category = np.isin(etype, (VIEW, CART, PURCHASE, RETURN, REVIEW))
 
-    preferred = _draw(tb.cum_channels[c.persona], rng.random(n))
+    preferred = c.preferred = _kept(getattr(c, "keep_preferred", None), _draw(tb.cum_channels[c.persona], rng.random(n)))
     channel = np.where(
         rng.random(total) < 0.7,
         preferred[owner],

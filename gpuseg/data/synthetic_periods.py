@@ -11,7 +11,8 @@ activity declines before it, a dormant one stops), with these rules:
 - a customer is new only in the period it signs up: every ``new_customer`` moves at the first
   boundary, so ``new_customer`` must have a transition and can never be a target;
 - a dormant customer that was already dormant stays silent (no events);
-- each customer keeps its engagement level (how active it is relative to its persona);
+- each customer keeps its engagement level (how active it is relative to its persona), and while
+  it keeps its persona also its favourite category and preferred channel;
 - purchase amounts drift: period ``p`` pays ``(1 + amount_drift) ** (p - 1)`` times period 1.
 
 Every block of customers draws period 1 from the one-period stream ``SeedSequence(seed,
@@ -188,7 +189,11 @@ def periods_block(seed: int, block: int, first: int, n: int, plan: PeriodPlan, s
         np.add.at(moves[p - 2], (prev, persona), 1)
         tb = plan.tables[p - 1]
         st_p = replace(st, as_of_us=plan.ends_us[p - 1], history_days=plan.period_days)
+        c_prev = c
         c = _period_activity(rng_p, prev, persona, z, tb, plan, st.holdout_days, final=p == plan.periods)
+        # a customer who keeps its persona keeps its favourite category and channel too
+        c.keep_favourite = np.where(persona == prev, c_prev.favourite, -1)
+        c.keep_preferred = np.where(persona == prev, c_prev.preferred, -1)
         tables, _ = _events(rng_p, ids, c, tb, st_p)
         events.append(tables["events"])
         texts.append(tables["texts"])
