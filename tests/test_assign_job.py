@@ -140,6 +140,9 @@ def test_a_later_as_of_with_new_customers_hysteresis_and_an_input_folder(project
     later = assign.run(_cfg(project, "assign", "data.as_of=2025-03-20", f"assign.input={inbox}"))
     drift = json.loads((Path(later["output_dir"]) / "drift.json").read_text())
     assert drift["previous"]["source"] == "assign/2025-02-15" and drift["flip_flop_rate"] is not None
+    # tenure grows with the calendar: its PSI is reported, but is never a reason to refit
+    assert drift["psi_exempt"] == ["tenure_days"] and drift["psi"]["tenure_days"] > 0
+    assert not any("tenure_days" in reason for reason in drift["reasons"])
     seg3 = pq.read_table(Path(later["output_dir"]) / "segments.parquet")
     assert seg3["previous_segment"].to_pylist() == seg["segment"].to_pylist()
 

@@ -72,7 +72,12 @@ def _settings(acfg: DictConfig) -> dict[str, Any]:
     for key, value in thresholds.items():
         check_real("assign", f"thresholds.{key}", value, low=0.0, allow_none=True,
                    config_key=f"assign.thresholds.{key}")
-    return {"margin": float(m), "confirm_runs": int(confirm), "chunk_rows": int(acfg.chunk_rows),
+    exempt = acfg.get("psi_exempt") or []
+    if isinstance(exempt, str) or not all(isinstance(f, str) for f in exempt):
+        raise ConfigError(f"assign.psi_exempt must be a list of feature names, got {exempt!r}",
+                          config_key="assign.psi_exempt")
+    return {"psi_exempt": [str(f) for f in exempt],
+            "margin": float(m), "confirm_runs": int(confirm), "chunk_rows": int(acfg.chunk_rows),
             "psi_bins": int(acfg.psi_bins), "top": int(acfg.movers_top_features), "thresholds": thresholds}
 
 
@@ -259,8 +264,10 @@ def _drift(trained: Trained, tabular: np.ndarray, segment: np.ndarray, conf: np.
     train_matrix = pq.read_table(artifact(trained.work, "features", "matrix"))
     names = list(trained.transform.feature_names_out_)
     psi = psi_table(_columns(train_matrix, names), tabular, names, bins=settings["psi_bins"])
+    exempt = [f for f in settings["psi_exempt"] if f in psi]
     if thr.get("psi") is not None:
-        reasons += [f"feature {f} PSI {v:.3f} (threshold {thr['psi']})" for f, v in psi.items() if v > thr["psi"]]
+        reasons += [f"feature {f} PSI {v:.3f} (threshold {thr['psi']})" for f, v in psi.items()
+                    if v > thr["psi"] and f not in exempt]
     conf_train = float(seg_train["confidence"].to_numpy().mean()) if seg_train.num_rows else float("nan")
     out_train = float(seg_train["is_outlier"].to_numpy(zero_copy_only=False).mean()) if seg_train.num_rows else 0.0
     confidence = {"train": round(conf_train, 6), "now": round(float(conf.mean()), 6) if len(conf) else None}
@@ -276,6 +283,7 @@ def _drift(trained: Trained, tabular: np.ndarray, segment: np.ndarray, conf: np.
     for reason in reasons:
         log.warning("assign drift: %s", reason)
     return {"segment_share": shares, "psi": psi, "psi_max": max(psi.values()) if psi else None,
+            "psi_exempt": exempt,
             "mean_confidence": confidence, "outlier_share": outliers, "centre_shift": None,
             "thresholds": thr, "refit_recommended": bool(reasons), "reasons": reasons}
 
