@@ -226,10 +226,10 @@ def load_artifact(path: PathLike | ArtifactFiles, *, kind: str, version: int,
 # ---------------------------------------------------------------------------- internals
 
 def _plain(obj: Any) -> Any:
-    """``obj`` as the JSON parser gives it back (numpy values converted, tuples as lists)."""
-    from gpuseg.runtime.io import _json_default
+    """``obj`` as the JSON parser gives it back (numpy values converted, tuples as lists, NaN as None)."""
+    from gpuseg.runtime.io import _json_default, json_ready
 
-    return json.loads(json.dumps(obj, default=_json_default))
+    return json.loads(json.dumps(json_ready(obj), default=_json_default))
 
 
 def _canonical(doc: Mapping[str, Any]) -> bytes:

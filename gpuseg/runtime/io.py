@@ -54,22 +54,22 @@ def write_json(path: PathLike, obj: Any) -> Path:
     A NaN or infinity (a figure that is not defined) is written as ``null``: ``NaN`` is not JSON,
     and the tools users read these files with (jq, JavaScript, strict parsers) refuse it.
     """
-    text = json.dumps(_finite(obj), indent=2, default=_json_default, sort_keys=False, allow_nan=False)
+    text = json.dumps(json_ready(obj), indent=2, default=_json_default, sort_keys=False, allow_nan=False)
     with atomic_path(path) as tmp:
         tmp.write_text(text + "\n")
     return Path(path)
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every non-finite float (also in numpy scalars and arrays) replaced by None."""
+def json_ready(value: Any) -> Any:
+    """``value`` as JSON can hold it: every non-finite float (also in numpy scalars and arrays) replaced by None."""
     if isinstance(value, float | np.floating):
         return float(value) if np.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _finite(value.tolist())
+        return json_ready(value.tolist())
     return value
 
 
