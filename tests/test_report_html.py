@@ -11,7 +11,7 @@ from conftest import headless_chromium
 from markupsafe import Markup
 
 from gpuseg.report.html import SECTION_IDS, lift_matrix, pca_2d, render_report, write_report
-from gpuseg.report.svg import bar_chart, diverging_color, heatmap, scatter
+from gpuseg.report.svg import bar_chart, diverging_color, heatmap, scatter, small_multiples
 
 EVIL = "<script>alert('x')</script>"
 
@@ -159,9 +159,9 @@ def test_user_text_is_escaped_in_every_section():
     assert "<script" not in html and "<img" not in html
     assert not {"script", "img"} & set(parser.tags)
     assert not [k for k, _ in parser.attrs if k.startswith("on") or k == "src"]
-    assert {k for k, _ in parser.attrs} <= {"lang", "charset", "name", "content", "href", "id", "class",
+    assert {k for k, _ in parser.attrs} <= {"lang", "charset", "http-equiv", "name", "content", "href", "id", "class",
                                              "style", "width", "height", "viewbox", "font-family",
-                                             "font-size", "font-weight", "role", "x", "y", "x1", "x2",
+                                             "font-size", "font-weight", "font-style", "role", "x", "y", "x1", "x2",
                                              "y1", "y2", "cx", "cy", "r", "fill", "fill-opacity",
                                              "stroke", "stroke-width", "stroke-dasharray", "points",
                                              "text-anchor", "transform"}
@@ -272,3 +272,183 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert shot.returncode == 0, shot.stderr[-2000:]
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+# --------------------------------------------------------------------- layout in headless Chromium
+#: Walks the laid-out page and writes what overflows into <pre id="overflow-report"> as JSON:
+#: HTML boxes whose content is wider or taller than the box (scrollWidth > clientWidth) and SVG
+#: <text> whose box, in the svg's own coordinates, reaches past the svg's viewBox. Only added to
+#: a test copy of the report: the shipped one has no script (its content policy forbids it).
+_OVERFLOW_PROBE = """<script>
+(function () {
+  const out = {width: window.innerWidth, boxes: [], texts: [], svgs: 0};
+  const name = (el) => el.tagName.toLowerCase() + (el.id ? "#" + el.id : "")
+                       + (el.className && typeof el.className === "string" ? "." + el.className : "");
+  for (const el of document.body.querySelectorAll("*")) {
+    if (!(el instanceof HTMLElement) || el.tagName === "SCRIPT" || el.id === "overflow-report") continue;
+    const style = getComputedStyle(el);
+    if (style.display === "inline" || style.display === "contents" || style.display === "none") continue;
+    const wide = el.scrollWidth - el.clientWidth, tall = el.scrollHeight - el.clientHeight;
+    if ((wide > 1 || tall > 1) && el.clientWidth > 0) {
+      out.boxes.push({el: name(el), wide: wide, tall: tall, overflow: style.overflowX,
+                      text: el.textContent.slice(0, 80)});
+    }
+  }
+  for (const svg of document.querySelectorAll("svg")) {
+    out.svgs += 1;
+    const vb = svg.viewBox.baseVal, toSvg = svg.getScreenCTM().inverse();
+    for (const t of svg.querySelectorAll("text")) {
+      if (!t.textContent.trim()) continue;
+      const b = t.getBBox(), m = toSvg.multiply(t.getScreenCTM());
+      const pts = [[b.x, b.y], [b.x + b.width, b.y], [b.x, b.y + b.height], [b.x + b.width, b.y + b.height]]
+        .map(([x, y]) => new DOMPoint(x, y).matrixTransform(m));
+      const xs = pts.map((p) => p.x), ys = pts.map((p) => p.y);
+      const past = {left: vb.x - Math.min(...xs), right: Math.max(...xs) - (vb.x + vb.width),
+                    top: vb.y - Math.min(...ys), bottom: Math.max(...ys) - (vb.y + vb.height)};
+      if (Object.values(past).some((d) => d > 0.5)) {
+        const sec = svg.closest("section");
+        out.texts.push({section: sec ? sec.id : "", text: t.textContent.slice(0, 80), past: past});
+      }
+    }
+  }
+  const pre = document.createElement("pre");
+  pre.id = "overflow-report";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+})();
+</script>"""
+
+LONG_NAMES = [f"Segment {s} persona: " + "frequent weekend electronics buyers via the mobile app"
+              if s % 3 else f"{s}_Unbroken_identifier_that_has_no_spaces_at_all_for_a_browser_to_wrap_on"
+              for s in range(12)]
+LONG_FEATURES = [f"share_of_spend_in_category_{c}_during_the_last_ninety_days_before_as_of" for c in "abcdefgh"]
+
+
+def _crowded_context() -> dict:
+    """12 segments with 60+ character names, long feature names and every chart present."""
+    rng = np.random.default_rng(3)
+    segs, lifts = [], {}
+    for s, name in enumerate(LONG_NAMES):
+        assert len(name) >= 60
+        lifts[s] = {f: float(rng.normal(scale=1.5)) for f in LONG_FEATURES}
+        segs.append({"segment": s, "name": name, "size": 100 + 37 * s, "share": 1 / 12,
+                     "action": "Win back with a personalised offer on their favourite category " * 2,
+                     "action_kind": "win-back", "action_evidence": [f"{LONG_FEATURES[0]} 2.1 sd above average"],
+                     "name_evidence": [LONG_FEATURES[1]], "top_lifts": list(lifts[s].items())[:5],
+                     "words": {"review": [(LONG_FEATURES[2], 0.3), ("great", 0.2)]},
+                     "top_events": [(LONG_FEATURES[3], 0.4, 1.1)],
+                     "ngrams": [(("view", LONG_FEATURES[4], "buy"), 12, 2.5)],
+                     "churn_rate": 0.05 * (s % 7), "churn_score": 0.1 + 0.05 * s,
+                     "expected_value": 12345.6 * (1 + s), "value_share": (1 + s) / 78,
+                     "value_at_stake": 1e6 * (1 + s),
+                     "representatives": [{"customer_id": f"C{s}" * 30, "snippet": LONG_FEATURES[5] * 3}]})
+    ks = list(range(2, 16))
+    panels = {f"{LONG_FEATURES[i]} (lower is better)": (ks, [12345.6 / k for k in ks]) for i in range(4)}
+    return {"title": "A report title that is quite long too, " * 3, "subtitle": LONG_NAMES[0],
+            "overview": {LONG_FEATURES[0]: LONG_NAMES[0], "Customers": 12_345_678},
+            "notes": [LONG_FEATURES[6] * 2], "segments": segs,
+            "projection": {"xy": rng.normal(size=(300, 2)), "segments": np.arange(300) % 12},
+            "lift_matrix": lift_matrix(lifts, dict(enumerate(LONG_NAMES)), top_features=8),
+            "k_selection": {"panels": panels, "chosen_k": 5}}
+
+
+def _overflow(tmp_path, html: str, name: str) -> tuple[dict, list[str]]:
+    """The overflow probe's findings for ``html`` laid out 1400 px wide, and the page's console lines."""
+    import json
+    import re
+    from html import unescape
+
+    probe_page = html.replace('<meta http-equiv="Content-Security-Policy"', '<meta name="csp-off"', 1)
+    probe_page = probe_page.replace("</body>", _OVERFLOW_PROBE + "\n</body>", 1)
+    page = tmp_path / f"{name}-probe.html"
+    page.write_text(probe_page, encoding="utf-8")
+    dom, lines = headless_chromium(tmp_path / f"profile-{name}", "--window-size=1400,1000", "--dump-dom",
+                                   page.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = re.search(r'<pre id="overflow-report">(.*?)</pre>', dom.stdout, re.DOTALL)
+    assert found, dom.stdout[-2000:]
+    return json.loads(unescape(found.group(1))), lines
+
+
+@pytest.mark.skipif(_CHROMIUM is None, reason="needs Debian's chromium package (installed by .ci/run)")
+def test_no_text_overflows_its_box_at_1400px(tmp_path):
+    html = render_report(_crowded_context())
+    assert "<script" not in html and "Content-Security-Policy" in html and "script-src" not in html
+    found, lines = _overflow(tmp_path, html, "crowded")
+    assert lines == []  # no console errors, the probe included
+    assert found["width"] == 1400 and found["svgs"] == 8  # laid out as asked, every chart measured
+    assert found["boxes"] == [] and found["texts"] == [], (found["boxes"][:5], found["texts"][:5])
+    # the probe can fail: a label drawn past its chart and a long word in a fixed box are both caught
+    bad = html.replace("</body>", '<div style="width:100px;overflow-wrap:normal">' + "x" * 80 + "</div>"
+                       '<svg viewBox="0 0 50 20" width="50" height="20"><text x="40" y="12">'
+                       f"{LONG_NAMES[1]}</text></svg></body>")
+    caught, _ = _overflow(tmp_path, bad, "bad")
+    assert [b["wide"] > 300 for b in caught["boxes"] if b["el"] == "div"] == [True]
+    assert [t["text"] for t in caught["texts"]] == [LONG_NAMES[1]] and caught["texts"][0]["past"]["right"] > 100
+    # the page as a user sees it, 1400 px wide
+    report = write_report(tmp_path / "report.html", html)
+    png = tmp_path / "report-1400.png"
+    shot, shot_lines = headless_chromium(tmp_path / "profile-shot", "--hide-scrollbars", "--window-size=1400,3000",
+                                         f"--screenshot={png}", report.as_uri())
+    assert shot.returncode == 0 and shot_lines == [], shot.stderr[-2000:]
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(data[16:20], "big") == 1400 and len(data) > 50_000
+
+
+@pytest.mark.skipif(_CHROMIUM is None, reason="needs Debian's chromium package (installed by .ci/run)")
+def test_content_policy_refuses_an_injected_script(tmp_path):
+    html = render_report(_context()).replace("</body>", "<script>document.title = 'ran';</script></body>")
+    page = tmp_path / "injected.html"
+    page.write_text(html, encoding="utf-8")
+    dom, lines = headless_chromium(tmp_path / "profile", "--dump-dom", page.as_uri())
+    assert dom.returncode == 0 and "<title>ran</title>" not in dom.stdout
+    assert any("Refused to execute" in line or "Content Security Policy" in line for line in lines), lines
+
+
+def test_churn_and_value_bars_show_the_all_customer_base_rate():
+    import re
+
+    ctx = _context()  # sizes 60 and 100, churn 10% and 80%: 60*0.1 + 100*0.8 over 160 customers
+    html = render_report(ctx)
+    churn = html[html.index('id="churn-value"'):html.index('id="personas"')]
+    assert "all customers: 53.8%" in churn
+    assert churn.count("all customers:") == 1  # value share has no base rate; the others are absent
+    # the line sits where a bar of that value would end
+    svg = churn[churn.index("<svg"):churn.index("</svg>")]
+    bars = [(float(x), float(w)) for x, w in re.findall(r'<rect x="([\d.]+)" y="[\d.]+" width="([\d.]+)"', svg)]
+    line_x = float(re.search(r'<line x1="([\d.]+)"', svg).group(1))
+    (x0, w_low), (_, w_high) = bars
+    assert line_x - x0 == pytest.approx(w_high * 0.5375 / 0.8, abs=0.2) and w_low < line_x - x0 < w_high
+    # a base rate the caller knows wins over the size-weighted mean
+    assert "all customers: 25.0%" in render_report({**ctx, "base_rates": {"churn_rate": 0.25}})
+    # a label near the right edge is pulled inside the chart
+    svg = bar_chart(["a", "b"], [1.0, 2.0], reference=2.0, reference_label="all customers")
+    width = float(re.search(r'width="([\d.]+)"', svg).group(1))
+    tx = float(re.search(r'<text x="([\d.]+)" y="[\d.]+" text-anchor="middle" font-style="italic">', svg).group(1))
+    assert tx + 0.31 * 12 * len("all customers: 2") <= width
+    assert "<line" not in bar_chart(["a"], [1.0], reference=float("nan"))
+
+
+def test_chart_geometry_leaves_room_for_long_labels():
+    import re
+
+    long = LONG_FEATURES[0]
+    hm = heatmap(["0: a", "1: b"], ["short", long], [[1.0, 2.0], [0.0, -1.0]])
+    width, height = (float(v) for v in re.search(r'viewBox="0 0 ([\d.]+) ([\d.]+)"', hm).groups())
+    heads = re.findall(r'translate\(([\d.]+),([\d.]+)\) rotate\(55\)" text-anchor="end">([^<]*)<', hm)
+    for x, y, label in heads:  # a label ending at (x, y) reaches 0.82 of its length up, 0.57 left
+        assert float(y) >= 0.82 * 6.2 * len(label) and float(x) >= 0.57 * 6.2 * len(label), label
+        assert float(x) <= width
+    assert len(heads) == 2
+    # a legend of 30 segments makes the map taller instead of running off its bottom
+    sc = scatter([[0, 0]] * 30, list(range(30)))
+    sc_height = float(re.search(r'height="([\d.]+)"', sc).group(1))
+    last_y = max(float(y) for y in re.findall(r'<text x="[\d.]+" y="([\d.]+)">Segment', sc))
+    assert last_y + 4 <= sc_height
+    # k-selection: every k labelled, wide y labels and a long panel title inside the panel
+    ks = list(range(2, 13))
+    sm = small_multiples({f"{long} (lower is better)": (ks, [123456.0 / k for k in ks])}, x_ticks=ks)
+    assert all(f'text-anchor="middle">{k}</text>' in sm for k in ks)
+    y_label_x = float(re.search(r'<text x="([\d.]+)" y="[\d.]+" text-anchor="end">6\.17e\+04', sm).group(1))
+    assert y_label_x >= 6.2 * len("6.17e+04")
+    assert float(re.search(r'width="([\d.]+)"', sm).group(1)) >= y_label_x + 6.2 * len(long)

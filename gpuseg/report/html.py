@@ -1,5 +1,9 @@
 """One self-contained ``report.html``: inline CSS and inline SVG, no script, no network.
 
+The page's content security policy (a ``<meta>`` in ``templates/base.html.j2``) forbids scripts and
+fetches outright, so even an injected tag would not run. The churn and value charts draw the
+all-customer base rate as a dashed "all customers" line.
+
 :func:`render_report` takes a plain ``context`` dict (built by the profile job from its artifacts)
 and returns the HTML string. The page itself is the jinja2 template ``templates/report.html.j2``
 (on ``templates/base.html.j2``), rendered with autoescaping on: this module only turns the context
@@ -22,7 +26,10 @@ the segment job's ``k_selection.svg``) or ``k_selection`` (dict ``panels``: name
 optional ``chosen_k``), ``notes`` (list of str: what could not be estimated and why, shown in the
 overview so a reader never mistakes a missing figure for a result), ``value_note`` (str: why the
 expected value at stake is not estimated, shown in the "How to use these segments" table),
-``matching`` (the ``matching`` entry of ``segment/segmentation.json``, written when
+``base_rates`` (dict measure -> the all-customer value of ``churn_rate``, ``churn_score`` or
+``expected_value``, drawn as the "all customers" line of its bar chart; by default the segment
+values weighted by segment size, which is the all-customer mean when they are means over each
+segment's customers), ``matching`` (the ``matching`` entry of ``segment/segmentation.json``, written when
 ``segment.previous`` was used: ``previous``, ``max_distance``, ``spread``, ``matched`` (list of
 dicts ``segment``, ``previous_segment``, ``distance``), ``births``, ``deaths``, ``renumbered``).
 
@@ -242,24 +249,39 @@ def _k_selection(ctx: Mapping[str, Any]) -> dict[str, Any] | None:
     if ctx.get("k_selection_svg"):  # an artifact read from disk: checked whole
         chart = _inline_svg(str(ctx["k_selection_svg"]))
     elif ks.get("panels"):
+        every_k = sorted({float(x) for xs, _ys in ks["panels"].values() for x in xs})  # label every k
         chart = _inline_svg(small_multiples({str(k): v for k, v in ks["panels"].items()},
-                                            marker_x=ks.get("chosen_k")), ours=True)
+                                            marker_x=ks.get("chosen_k"), x_ticks=every_k), ours=True)
     else:
         return None
     chosen = ks.get("chosen_k")
     return {"chart": chart, "chosen_k": None if chosen is None else _text(_fmt(chosen))}
 
 
-def _churn_value(segs: Sequence[Mapping[str, Any]]) -> list[Markup]:
+def _base_rate(segs: Sequence[Mapping[str, Any]], key: str) -> float:
+    """The all-customer mean of a per-segment mean: the segment means weighted by segment size.
+
+    NaN when no segment has both a size and the value.
+    """
+    pairs = [(_num(s.get("size")), _num(s.get(key))) for s in segs]
+    pairs = [(n, v) for n, v in pairs if n == n and v == v and n > 0]
+    total = sum(n for n, _ in pairs)
+    return sum(n * v for n, v in pairs) / total if total > 0 else float("nan")
+
+
+def _churn_value(ctx: Mapping[str, Any], segs: Sequence[Mapping[str, Any]]) -> list[Markup]:
+    """One bar chart per measure; a mean (not a share) shows the all-customer base rate as a line."""
+    given = ctx.get("base_rates") or {}
     charts = []
-    for key, label, fmt in (("churn_rate", "Churn rate (observed)", "{:.1%}"),
-                            ("churn_score", "Mean predicted churn score", "{:.2f}"),
-                            ("expected_value", "Mean expected value", "{:,.2f}"),
-                            ("value_share", "Share of total value", "{:.1%}")):
+    for key, label, fmt, has_base in (("churn_rate", "Churn rate (observed)", "{:.1%}", True),
+                                      ("churn_score", "Mean predicted churn score", "{:.2f}", True),
+                                      ("expected_value", "Mean expected value", "{:,.2f}", True),
+                                      ("value_share", "Share of total value", "{:.1%}", False)):
         vals = [_num(s.get(key)) for s in segs]
         if any(v == v for v in vals):
+            base = (_num(given[key]) if key in given else _base_rate(segs, key)) if has_base else None
             svg = bar_chart([_label(s) for s in segs], vals, title=label, value_format=fmt,
-                            colors=_colors(segs))
+                            colors=_colors(segs), reference=base)
             charts.append(_inline_svg(svg, ours=True))
     return charts
 
@@ -364,7 +386,7 @@ def render_report(context: Mapping[str, Any]) -> str:
         subtitle=_text(subtitle) if subtitle else None,
         nav=[{"id": sid, "label": sid.replace("-", " ").capitalize()} for sid in ids],
         overview=_overview(context, segs), changes=changes, how_to_use=_how_to_use(context, segs), sizes=_sizes(segs), projection=_projection(context, names),
-        lifts=_lifts(context), k_selection=_k_selection(context), churn_value=_churn_value(segs),
+        lifts=_lifts(context), k_selection=_k_selection(context), churn_value=_churn_value(context, segs),
         personas=[_card(s) for s in segs],
     )
 

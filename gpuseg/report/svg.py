@@ -8,7 +8,8 @@ from html import escape
 
 def small_multiples(panels: dict[str, tuple[Sequence[float], Sequence[float]]], *, title: str = "",
                     marker_x: float | None = None, columns: int = 3, width: int = 260,
-                    height: int = 170, x_ticks: Sequence[float] | None = None) -> str:
+                    height: int = 170, x_ticks: Sequence[float] | None = None,
+                    max_width: int = 1100) -> str:
     """One line chart per panel (name -> (xs, ys)), laid out in a grid, as an SVG document.
 
     Parameters
@@ -22,10 +23,16 @@ def small_multiples(panels: dict[str, tuple[Sequence[float], Sequence[float]]], 
     x_ticks : sequence of float, optional
         Labels these x values under every panel (e.g. every candidate k); by default only the
         first and last x are labelled.
+    max_width : int, default 1100
+        Fewer columns when ``columns`` panels would be wider than this (a panel widens to fit its
+        title, so a long title never runs past its panel or the chart's edge).
     """
+    pad_l = max(46, max((_y_label_width(ys) for _xs, ys in panels.values()), default=0))
+    width = max(width, pad_l + max((_text_width([name], 11) for name in panels), default=0))
+    columns = max(1, min(columns, len(panels) or 1, max_width // width))
     rows = (len(panels) + columns - 1) // columns
     top = 28 if title else 4
-    total_w, total_h = columns * width, rows * height + top
+    total_w, total_h = max(columns * width, _text_width([title], 14) if title else 0), rows * height + top
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{total_h}" '
              f'viewBox="0 0 {total_w} {total_h}" font-family="sans-serif" font-size="11">',
              '<rect width="100%" height="100%" fill="white"/>']
@@ -33,14 +40,24 @@ def small_multiples(panels: dict[str, tuple[Sequence[float], Sequence[float]]], 
         parts.append(f'<text x="8" y="18" font-size="14" font-weight="bold">{escape(title)}</text>')
     for n, (name, (xs, ys)) in enumerate(panels.items()):
         ox, oy = (n % columns) * width, top + (n // columns) * height
-        parts.append(_panel(name, list(xs), list(ys), ox, oy, width, height, marker_x, x_ticks))
+        parts.append(_panel(name, list(xs), list(ys), ox, oy, width, height, marker_x, x_ticks, pad_l))
     parts.append("</svg>")
     return "\n".join(parts)
 
 
-def _panel(name, xs, ys, ox, oy, width, height, marker_x, x_ticks=None) -> str:
-    pad_l, pad_r, pad_t, pad_b = 46, 10, 20, 24
-    points = [(x, y) for x, y in zip(xs, ys, strict=False) if y is not None and y == y and abs(y) != float("inf")]
+def _finite_points(xs, ys) -> list[tuple[float, float]]:
+    return [(x, y) for x, y in zip(xs, ys, strict=False) if y is not None and y == y and abs(y) != float("inf")]
+
+
+def _y_label_width(ys) -> int:
+    """Room left of a panel's plot for its y labels (the min and max, right-aligned)."""
+    finite = [y for _, y in _finite_points(range(len(ys)), ys)]
+    return _text_width([f"{min(finite):.3g}", f"{max(finite):.3g}"], 11) if finite else 0
+
+
+def _panel(name, xs, ys, ox, oy, width, height, marker_x, x_ticks=None, pad_l=46) -> str:
+    pad_r, pad_t, pad_b = 10, 20, 24
+    points = _finite_points(xs, ys)
     out = [f'<g transform="translate({ox},{oy})">',
            f'<text x="{pad_l}" y="13" font-weight="bold">{escape(name)}</text>']
     if not points:
@@ -99,7 +116,8 @@ def _fmt(v: float) -> str:
 
 def bar_chart(labels: Sequence[str], values: Sequence[float], *, title: str = "",
               value_format: str = "{:.3g}", colors: Sequence[str] | None = None,
-              width: int = 560, bar_height: int = 20) -> str:
+              width: int = 560, bar_height: int = 20, reference: float | None = None,
+              reference_label: str = "all customers") -> str:
     """Horizontal bar chart as an SVG document (one bar per label; NaN bars are drawn empty).
 
     Parameters
@@ -112,14 +130,20 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], *, title: str = ""
         Format of the value printed after each bar.
     colors : sequence of str, optional
         Bar colours (default: the segment palette by position).
+    reference : float, optional
+        A base rate drawn as a dashed line across the bars, labelled under them with
+        ``reference_label`` and its value (in ``value_format``); left out when NaN.
+    reference_label : str, default "all customers"
     """
     labels, values = [str(x) for x in labels], [float(v) for v in values]
+    ref = float(reference) if reference is not None else float("nan")
     top = 26 if title else 6
     # labels are right-aligned at label_w: room for the longest one, the chart widens instead of clipping
     label_w = _text_width(labels, 12)
     width = max(width, label_w + 300)
-    height = top + len(labels) * (bar_height + 6) + 6
-    finite = [v for v in values if v == v and v > 0]
+    bars_end = top + len(labels) * (bar_height + 6)
+    height = bars_end + (24 if ref == ref else 6)
+    finite = [v for v in values if v == v and v > 0] + ([ref] if ref == ref and ref > 0 else [])
     vmax = max(finite, default=1.0)
     span = width - label_w - 70
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -136,6 +160,16 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], *, title: str = ""
         parts.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_height}" fill="{fill}">'
                      f'<title>{escape(lab)}: {escape(text)}</title></rect>')
         parts.append(f'<text x="{label_w + w + 4:.1f}" y="{y + bar_height * 0.7:.1f}">{escape(text)}</text>')
+    if ref == ref:
+        x = label_w + span * max(ref, 0.0) / vmax
+        note = f"{reference_label}: {value_format.format(ref)}"
+        # centred under the line, pulled in from the edges so the label stays inside the chart
+        half = _text_width([note], 12) / 2
+        tx = min(max(x, half), width - half)
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top - 3}" y2="{bars_end + 2}" stroke="#222" '
+                     'stroke-width="1.5" stroke-dasharray="5 3"/>')
+        parts.append(f'<text x="{tx:.1f}" y="{bars_end + 16}" text-anchor="middle" font-style="italic">'
+                     f'{escape(note)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -176,8 +210,13 @@ def heatmap(row_labels: Sequence[str], col_labels: Sequence[str], values: Sequen
         |z| at which the colour saturates.
     """
     rows, cols = [str(x) for x in row_labels], [str(x) for x in col_labels]
-    label_w = _text_width(rows, 11)
-    top = (26 if title else 4) + 110  # room for rotated column labels
+    # column labels end above their cell and run up and to the left at 55 degrees, over the row
+    # labels' column: the chart grows above the cells by sin(55) of the longest label, and to the
+    # left only where a label is longer than the room there (never to the right, past the cells)
+    sin, cos = 0.82, 0.58
+    label_w = max([_text_width(rows, 11)]
+                  + [int(cos * _text_width([c], 11) - (j + 0.5) * cell_w) + 4 for j, c in enumerate(cols)])
+    top = (26 if title else 4) + int(sin * _text_width(cols, 11)) + 12
     width, height = label_w + cell_w * len(cols) + 8, top + cell_h * len(rows) + 8
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11" role="img">']
@@ -185,7 +224,8 @@ def heatmap(row_labels: Sequence[str], col_labels: Sequence[str], values: Sequen
         parts.append(f'<text x="4" y="17" font-size="14" font-weight="bold">{escape(title)}</text>')
     for j, lab in enumerate(cols):
         x = label_w + j * cell_w + cell_w / 2
-        parts.append(f'<text transform="translate({x:.1f},{top - 6}) rotate(-55)">{escape(lab)}</text>')
+        parts.append(f'<text transform="translate({x:.1f},{top - 6}) rotate(55)" text-anchor="end">'
+                     f'{escape(lab)}</text>')
     for i, lab in enumerate(rows):
         y = top + i * cell_h
         parts.append(f'<text x="{label_w - 6}" y="{y + cell_h * 0.68:.1f}" text-anchor="end">'
@@ -223,6 +263,7 @@ def scatter(xy: Sequence[Sequence[float]], groups: Sequence[int], *, title: str 
     legend_w = 18 + _text_width(names.values(), 11)
     width = max(width, legend_w + 420)  # a long legend widens the chart, never runs off its edge
     top = 26 if title else 6
+    height = max(height, top + 8 + 16 * len(present) + 10)  # and a long one makes it taller
     plot_w, plot_h = width - legend_w - 10, height - top - 10
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11" role="img">',
