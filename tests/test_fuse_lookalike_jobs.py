@@ -270,3 +270,29 @@ def test_included_seeds_and_degenerate_cases_are_said(project, tmp_path, caplog)
     assert pq.read_table(alone["audience_path"])["why_similar"].null_count == 5
     off = lookalike.run(cfg("lookalike", *args, "lookalike.size=5", "lookalike.explain.top_n=0"))
     assert "why_similar" not in pq.read_table(off["audience_path"]).column_names
+
+
+def test_lookalike_page_shows_the_reach_the_seed_features_and_why_members_are_similar(project, tmp_path):
+    import html as html_lib
+    import re
+
+    from conftest import headless_chromium
+
+    work, cfg, _ = project
+    truth = pq.read_table(work / "data" / "ground_truth.parquet").to_pandas().set_index("customer_id")
+    seeds = truth.index[truth["persona"] == "deal_hunter"][:10].tolist()
+    res = lookalike.run(cfg("lookalike", f"lookalike.seeds=[{','.join(seeds)}]", "lookalike.expansion=narrow"))
+    page = (work / "lookalike" / "report.html").read_text()
+    assert res["report_path"] == str(work / "lookalike" / "report.html")
+    assert "<script" not in page and "<svg" in page
+    text = html_lib.unescape(re.sub(r"<[^>]+>", " ", page))
+    metrics = json.loads((work / "lookalike" / "metrics.json").read_text())
+    query = metrics["queries"]["audience"]
+    for name, point in query["reach"]["presets"].items():  # every preset's size in the reach table
+        assert re.search(rf"{name}\s+{point['size']:,}\s+{point['reached']:,}", text)
+    for feature in query["seed_vs_base"]:
+        assert feature["feature"] in text
+    first = pq.read_table(res["audience_path"]).slice(0, 1).to_pylist()[0]
+    assert first["customer_id"] in text and first["why_similar"][0]["feature"] in text
+    _, page_lines = headless_chromium(tmp_path / "profile", "--dump-dom", (work / "lookalike" / "report.html").as_uri())
+    assert page_lines == []

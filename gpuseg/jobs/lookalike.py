@@ -39,6 +39,7 @@ from gpuseg.lookalike.explain import (
     seeds_identical,
     why_similar,
 )
+from gpuseg.report.lookalike import render_lookalike
 from gpuseg.report.svg import small_multiples
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import atomic_path, read_json, write_json, write_parquet
@@ -342,9 +343,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                           "curves": curves})
     panels = {f"{q}: min score": (c["size"], c["min_score"]) for q, c in curves.items()}
     marks = ", ".join(f"{k} {v}" for k, v in presets.items())
+    reach_svg = small_multiples(panels, title=f"reach vs similarity ({lcfg.mode}, {index.metric}; presets: {marks})",
+                                marker_x=size)
     with atomic_path(artifact(work, "lookalike", "reach_curve_svg")) as tmp:
-        tmp.write_text(small_multiples(panels, title=f"reach vs similarity ({lcfg.mode}, {index.metric}; "
-                                                     f"presets: {marks})", marker_x=size))
+        tmp.write_text(reach_svg)
     metrics = {
         "n_customers": index.ntotal,
         "n_queries": len(seeds),
@@ -367,7 +369,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "seconds": {"index": round(t_index, 3), "expand": round(t_expand, 3)},
     }
     write_json(artifact(work, "lookalike", "metrics"), metrics)
+    with atomic_path(artifact(work, "lookalike", "report")) as tmp:
+        tmp.write_text(render_lookalike(metrics, reach_svg, audience), encoding="utf-8")
     result = {**metrics, "output_dir": str(out), "audience_path": str(artifact(work, "lookalike", "audience")),
               "reach_curve_path": str(artifact(work, "lookalike", "reach_curve")),
+              "report_path": str(artifact(work, "lookalike", "report")),
               "index_dir": str(artifact(work, "lookalike", "index"))}
     return finish(cfg, "lookalike", ctx["manifest"], result)

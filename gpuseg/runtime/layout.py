@@ -34,7 +34,8 @@ ARTIFACTS: dict[str, dict[str, str]] = {
     "profile": {"scores": "customer_scores.parquet", "profiles": "profiles.json", "profiles_table": "profiles.parquet",
                 "lifts": "lifts.parquet", "report": "report.html", "metrics": "metrics.json"},
     "lookalike": {"audience": "audience.parquet", "reach_curve": "reach_curve.json",
-                  "reach_curve_svg": "reach_curve.svg", "index": "index", "metrics": "metrics.json"},
+                  "reach_curve_svg": "reach_curve.svg", "index": "index", "metrics": "metrics.json",
+                  "report": "report.html"},
     "assign": {"ledger": "ledger.json", "increments": "increments"},
     "audience": {"table": "{name}.parquet", "summary": "{name}.json"},  # one pair per audience.name
     "export": {"table": "{name}.{format}", "summary": "{name}.json"},  # one pair per export.name
