@@ -173,3 +173,26 @@ def test_errors_name_the_problem():
         SequenceBuilder(as_of=AS_OF_US).fit(events_table(), ["c4"])
     with pytest.raises(UserInputError, match="duplicated ids"):
         SequenceBuilder(as_of=AS_OF_US).fit(events_table()).transform(events_table(), ["c1", "c1"])
+
+
+def test_prefix_fields_and_identifier_columns():
+    """``stock_code[:3]`` is a product-group field; a per-customer invoice id is dropped."""
+    rows = []
+    for i in range(12):
+        for j in range(4):
+            rows.append((f"c{i}", t(1 + j), "purchase", f"inv{i}-{j // 2}", ["85099B", "85123A", "22423", "POST"][j]))
+    table = pa.table({"customer_id": [r[0] for r in rows], "timestamp": pa.array([r[1] for r in rows], pa.timestamp("us")),
+                      "event_type": [r[2] for r in rows], "invoice": [r[3] for r in rows],
+                      "stock_code": [r[4] for r in rows]})
+    builder = SequenceBuilder(max_len=4, as_of=AS_OF_US, extra_columns=["invoice", "stock_code[:3]"])
+    builder.fit(table, [f"c{i}" for i in range(8)])
+    assert builder.fields_ == ["event_type", "stock_code[:3]"] and builder.dropped_fields_ == ["invoice"]
+    assert sorted(builder.vocabularies_["stock_code[:3]"].tokens) == ["224", "850", "851", "POS"]
+    seqs = builder.transform(table, ["c9", "c0"])
+    decoded = builder.vocabularies_["stock_code[:3]"].decode(seqs.categorical[1, :, 1])
+    assert decoded == ["850", "851", "224", "POS"]
+    again = SequenceBuilder.from_dict(builder.to_dict()).transform(table, ["c9", "c0"])
+    assert np.array_equal(again.categorical, seqs.categorical)
+    # kept on request: drop_identifiers=False
+    keep = SequenceBuilder(max_len=4, as_of=AS_OF_US, extra_columns=["invoice"], drop_identifiers=False)
+    assert "invoice" in keep.fit(table, ["c0", "c1"]).fields_

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO
 
 from gpuseg.jobs import features, generate, journeys, validate
 from gpuseg.journey import JourneyEncoder, SequenceBuilder
@@ -69,6 +70,10 @@ def test_metrics_show_the_model_beats_baselines_and_separates_order(project):
     nea = metrics["next_event_accuracy"]
     assert nea["n_steps"] > 1000
     assert nea["model"] > nea["markov"] > nea["unigram"] + 0.2
+    # log-loss on the same test steps; the Markov chain is smoothed, so its log-loss is finite
+    ll = metrics["next_event_log_loss"]
+    assert ll["n_steps"] == nea["n_steps"] and not ll["too_short"]
+    assert ll["model"] < ll["markov"] < ll["unigram"] and ll["model_beats_both"]
     auc = metrics["label_auc"]
     assert auc["label"] == "churned" and auc["n_test"] == metrics["split"]["test"]
     assert auc["journey_head_auc"] > 0.65 and auc["rfm_logistic_auc"] > 0.65  # both reported
@@ -136,3 +141,18 @@ def test_profile_reads_the_journeys_sequence_settings(project):
     # another as_of: the encoder does not apply, and the profile's own setting is used
     codes, _ = _journey_codes(work, events, ids, "2024-12-01", max_len=7)
     assert codes.shape == (len(ids), 7)
+
+
+def test_a_data_source_names_its_own_journey_fields():
+    """journey.extra_columns=auto takes data.journey.extra_columns when the source sets it."""
+    from omegaconf import OmegaConf
+
+    from gpuseg.jobs.journeys import _extra_columns
+
+    schema = {"events": {"extra_columns": ["invoice", "stock_code", "description"]}}
+    auto = OmegaConf.create({"extra_columns": "auto"})
+    assert _extra_columns(auto, schema, OmegaConf.create({})) == ["invoice", "stock_code", "description"]
+    retail = OmegaConf.load(REPO / "gpuseg" / "conf" / "data" / "online_retail.yaml")
+    assert _extra_columns(auto, schema, retail) == ["stock_code[:3]"]
+    listed = OmegaConf.create({"extra_columns": ["description"]})
+    assert _extra_columns(listed, schema, retail) == ["description"]

@@ -161,7 +161,8 @@ class DataMapping:
             ``query``, no events and no customers) or a value out of range, naming the key.
         """
         _known(d, {"dir", "as_of", "sources", "customers", "events", "texts", "policy", "roles", "batch_size",
-                   "generate_if_missing", "name", "description", "generator"}, prefix)
+                   "generate_if_missing", "name", "description", "generator",
+                   "journey"}, prefix)  # journey: the source's journey fields, read by `gpuseg journeys`
         customers = d.get("customers") or {}
         events = d.get("events") or {}
         texts = d.get("texts") or {}

@@ -32,11 +32,7 @@ from gpuseg.jobs.common import (
     start,
     work_dir,
 )
-from gpuseg.journey.baselines import (
-    MarkovBaseline,
-    UnigramBaseline,
-    accuracy,
-)
+from gpuseg.journey.baselines import next_event_scores
 from gpuseg.journey.model import JourneyEncoder
 from gpuseg.journey.sequences import SequenceBuilder, Sequences
 from gpuseg.runtime.distributed import init_from_env
@@ -89,13 +85,18 @@ def _rfm_matrix(work: Path, ids: pa.Array) -> np.ndarray | None:
     return np.nan_to_num(X[index.to_numpy(zero_copy_only=False)], nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _next_event_metrics(encoder: JourneyEncoder, train: Sequences, test: Sequences) -> dict[str, Any]:
-    model = accuracy(*encoder.predict_next(test))
-    unigram = accuracy(*UnigramBaseline().fit(train).predict_next(test))
-    markov = accuracy(*MarkovBaseline().fit(train).predict_next(test))
-    _, actual = UnigramBaseline().fit(train).predict_next(test)
-    return {"model": model, "unigram": unigram, "markov": markov, "n_steps": int(len(actual)),
-            "model_beats_both": bool(model > max(unigram, markov))}
+def _next_event_metrics(encoder: JourneyEncoder, train: Sequences, test: Sequences,
+                        validation: Sequences) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Next-event accuracy and log-loss of the encoder and its baselines, on the same test steps."""
+    scores = next_event_scores(encoder, train, test, validation)
+    acc, ll = scores["accuracy"], scores["log_loss"]
+    accuracy = {**acc, "n_steps": scores["n_steps"], "model_beats_both": bool(acc["model"] > max(acc["unigram"],
+                                                                                                 acc["markov"]))}
+    log_loss = {**ll, "n_steps": scores["n_steps"], "markov_prior": scores["markov_prior"],
+                "model_beats_both": bool(ll["model"] < min(ll["unigram"], ll["markov"])),
+                "too_short": scores["too_short"], "versus_markov": scores["versus_markov"],
+                **({"note": scores["note"]} if "note" in scores else {})}
+    return accuracy, log_loss
 
 
 def _label_metrics(work: Path, encoder: JourneyEncoder, seqs: Sequences, y: np.ndarray, label: str,
@@ -128,9 +129,15 @@ def _embedding_table(ids: pa.Array, seqs: Sequences, emb: np.ndarray) -> pa.Tabl
     })
 
 
-def _extra_columns(jcfg: DictConfig, schema: dict[str, Any]) -> list[str]:
-    """The extra event columns used as fields: none, the validated ones (auto), or a list."""
+def _extra_columns(jcfg: DictConfig, schema: dict[str, Any], data_cfg: DictConfig) -> list[str]:
+    """The extra event columns used as fields: none, the validated ones (auto), or a list.
+
+    With ``auto``, a data source's own ``data.journey.extra_columns`` (which of its columns make
+    useful fields) comes first.
+    """
     extra = jcfg.extra_columns
+    if str(extra) == "auto" and (data_cfg.get("journey") or {}).get("extra_columns") is not None:
+        extra = data_cfg.journey.extra_columns
     if extra is None:
         return []
     if str(extra) == "auto":
@@ -144,7 +151,7 @@ def _sequences(cfg: DictConfig, work: Path, schema: dict[str, Any], ids: pa.Arra
     events = artifact(work, "validate", "events")
     train_rows, val_rows, test_rows = _split(len(ids), float(jcfg.val_fraction), float(jcfg.test_fraction), seed)
     builder = SequenceBuilder(
-        max_len=int(jcfg.max_len), as_of=to_microseconds(as_of), extra_columns=_extra_columns(jcfg, schema),
+        max_len=int(jcfg.max_len), as_of=to_microseconds(as_of), extra_columns=_extra_columns(jcfg, schema, cfg.data),
         min_count=int(jcfg.min_count), max_vocab=None if jcfg.max_vocab is None else int(jcfg.max_vocab),
         progress=bool(cfg.progress),
     ).fit(events, ids.take(pa.array(train_rows)))
@@ -193,8 +200,9 @@ def _metrics(cfg: DictConfig, work: Path, encoder: JourneyEncoder, seqs: Sequenc
         "training": dict(encoder.train_info_.items()),
         "history": encoder.history_,
     }
-    metrics["next_event_accuracy"] = (_next_event_metrics(encoder, seqs.subset(train_rows), seqs.subset(test_rows))
-                                      if len(test_rows) else None)
+    metrics["next_event_accuracy"], metrics["next_event_log_loss"] = (
+        _next_event_metrics(encoder, seqs.subset(train_rows), seqs.subset(test_rows), seqs.subset(val_rows))
+        if len(test_rows) else (None, None))
     if label is not None and len(test_rows):
         metrics["label_auc"] = _label_metrics(work, encoder, seqs, y, label, train_rows, test_rows)
     return metrics

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from gpuseg.journey.baselines import MarkovBaseline
 from gpuseg.journey.sequences import GAP, Sequences
 from gpuseg.journey.train import (
     TrainSettings,
@@ -72,6 +73,11 @@ class JourneyNet(nn.Module):
                             dropout=dropout if num_layers > 1 else 0.0)
         self.dropout = nn.Dropout(dropout)
         self.next_type = nn.Linear(hidden_size, int(vocab_sizes[0]))
+        # a transition table added to the next-type logits: the first-order Markov chain is then
+        # one table away (zero at the start, learned quickly), and the LSTM only has to learn
+        # what the longer history, the gaps and the amounts add to it
+        self.bigram = nn.Embedding(int(vocab_sizes[0]), int(vocab_sizes[0]))
+        nn.init.zeros_(self.bigram.weight)
         self.next_gap = nn.Linear(hidden_size, 1)
         self.project = nn.Linear(2 * hidden_size, out_dim)
         # sequence-level self-supervision: the customer vector predicts the sequence's own
@@ -79,6 +85,16 @@ class JourneyNet(nn.Module):
         self.transitions = nn.Linear(out_dim, int(vocab_sizes[0]) ** 2)
         self.aux = nn.Linear(out_dim, 1) if aux else None
         self.gap_index = gap_index
+
+    def start_from_markov(self, log_proba: torch.Tensor) -> None:
+        """Start the next-type head at a Markov chain: the table holds its log-probabilities and
+        the LSTM's share of the logits is zero, so training begins from the baseline's
+        predictions and learns only what the history adds (a short CPU run then never starts
+        below the baseline it is measured against)."""
+        with torch.no_grad():
+            self.bigram.weight.copy_(log_proba.to(self.bigram.weight))
+            nn.init.zeros_(self.next_type.weight)
+            nn.init.zeros_(self.next_type.bias)
 
     def normalise(self, continuous: torch.Tensor) -> torch.Tensor:
         """Standardised continuous values (padding steps are masked by the caller)."""
@@ -117,7 +133,7 @@ class JourneyNet(nn.Module):
         vector = self.project(self.dropout(torch.cat([h[-1].to(out.dtype), mean], dim=-1)))
         result = {"vector": vector}
         if heads:
-            result["type_logits"] = self.next_type(out)
+            result["type_logits"] = self.next_type(out) + self.bigram(categorical[..., 0]).to(out.dtype)
             result["gap"] = self.next_gap(out).squeeze(-1)
             result["transition_logits"] = self.transitions(vector)
         if self.aux is not None:
@@ -127,7 +143,9 @@ class JourneyNet(nn.Module):
 
 # ------------------------------------------------------------------------------------ estimator
 
-_FORMAT_VERSION = 1
+# 2: the next-type head has a transition table (``bigram.weight``); version-1 files are refused
+# with a message to re-run `gpuseg journeys`
+_FORMAT_VERSION = 2
 _KIND = "gpuseg.JourneyEncoder"
 _NAME = "JourneyEncoder"
 _DEFAULT_EMBED = {"event_type": 16}
@@ -181,6 +199,10 @@ class JourneyEncoder:
         torch CPU threads while fitting and encoding (restored afterwards). A small LSTM gains
         little from intra-op threads and loses a lot when the cores are busy, so 1 is often
         fastest; None keeps torch's setting.
+    markov_init : bool, default True
+        Start the next-type head at the smoothed first-order Markov chain of the training
+        sequences (its log-probabilities as a learned transition table; the LSTM's part of the
+        logits starts at zero).
     seed : int, default 0
         Initial weights, validation split, batch order and dropout derive from it.
     checkpoint_dir : path-like, optional
@@ -207,7 +229,7 @@ class JourneyEncoder:
                  epochs: int = 8, lr: float = 2e-3, weight_decay: float = 0.01, patience: int = 2,
                  val_fraction: float = 0.1, grad_clip: float = 1.0, aux_weight: float = 0.5,
                  gap_weight: float = 0.5, mix_weight: float = 0.5, precision: str = "auto", device: str | torch.device = "cpu",
-                 encode_batch_size: int = 4096, num_threads: int | None = None, seed: int = 0, checkpoint_dir: str | Path | None = None,
+                 encode_batch_size: int = 4096, num_threads: int | None = None, markov_init: bool = True, seed: int = 0, checkpoint_dir: str | Path | None = None,
                  progress: bool = False):
         self.embed_dims = embed_dims
         self.hidden_size = hidden_size
@@ -228,6 +250,7 @@ class JourneyEncoder:
         self.device = device
         self.encode_batch_size = encode_batch_size
         self.num_threads = num_threads
+        self.markov_init = markov_init
         self.seed = seed
         self.checkpoint_dir = checkpoint_dir
         self.progress = progress
@@ -346,6 +369,10 @@ class JourneyEncoder:
         mean, std = _continuous_stats(sequences, train_rows)
         net.cont_mean.copy_(torch.from_numpy(mean))
         net.cont_std.copy_(torch.from_numpy(std))
+        if self.markov_init and (sequences.lengths[train_rows] > 1).any():
+            markov = MarkovBaseline().fit(sequences.subset(train_rows),
+                                          sequences.subset(validation_rows) if len(validation_rows) else None)
+            net.start_from_markov(torch.from_numpy(np.log(np.clip(markov.table_proba_, 1e-9, 1.0))).float())
         net.to(device)
         fp = fingerprint(
             {k: v for k, v in self.get_params().items() if k not in ("checkpoint_dir", "progress", "device")},
@@ -418,27 +445,46 @@ class JourneyEncoder:
         self._run(sequences, keep, heads=False, desc="journeys label")
         return out
 
-    def predict_next(self, sequences: Sequences) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted and true next event-type codes at every step that has a next step.
+    def predict_proba_next(self, sequences: Sequences) -> tuple[np.ndarray, np.ndarray]:
+        """Next event-type probabilities and true next codes at every step that has a next step.
 
         Returns
         -------
-        predicted, actual : ndarray of int64
-            Flat over customers and steps (step t predicts the event at t + 1).
+        proba : ndarray of float32, shape (n_steps, n_types)
+        actual : ndarray of int64, shape (n_steps,)
+            Flat over customers (in row order) and steps (step t predicts the event at t + 1):
+            the order of :func:`gpuseg.journey.baselines.step_pairs`, so the baselines' scores
+            line up entry by entry.
         """
-        predicted, actual = [], []
+        steps = np.maximum(sequences.lengths - 1, 0)
+        offsets = np.concatenate([[0], np.cumsum(steps)])
+        n_types = int(sequences.vocab_sizes[0])
+        proba = np.zeros((int(offsets[-1]), n_types), dtype=np.float32)
+        actual = np.zeros(int(offsets[-1]), dtype=np.int64)
 
         def keep(rows, batch, result):
             cat, lengths = batch["categorical"], batch["lengths"].to(batch["categorical"].device)
             T = cat.shape[1]
             valid = torch.arange(T - 1, device=cat.device)[None, :] < (lengths - 1)[:, None]
-            predicted.append(result["type_logits"][:, :-1].argmax(-1)[valid].cpu().numpy())
-            actual.append(cat[:, 1:, 0][valid].cpu().numpy())
+            p = torch.softmax(result["type_logits"][:, :-1].float(), dim=-1)[valid].cpu().numpy()
+            # flat position of each (row, step) in row-major order over the whole input
+            where = (offsets[rows][:, None] + np.arange(T - 1)[None, :])[valid.cpu().numpy()]
+            proba[where] = p
+            actual[where] = cat[:, 1:, 0][valid].cpu().numpy()
 
         self._run(sequences, keep, heads=True, desc="journeys next")
-        if not predicted:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        return np.concatenate(predicted).astype(np.int64), np.concatenate(actual).astype(np.int64)
+        return proba, actual
+
+    def predict_next(self, sequences: Sequences) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted (most probable) and true next event-type codes at every step with a next step.
+
+        Returns
+        -------
+        predicted, actual : ndarray of int64
+            In the order of :meth:`predict_proba_next`.
+        """
+        proba, actual = self.predict_proba_next(sequences)
+        return proba.argmax(axis=1).astype(np.int64), actual
 
     # ------------------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:

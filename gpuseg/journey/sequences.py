@@ -11,6 +11,7 @@ their position from the end of each customer's history; no per-customer Python l
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,6 +37,26 @@ DEFAULT_CATEGORICAL = ("event_type", "category", "channel")
 CONTINUOUS = ("log_amount", "log_gap_hours", "log_hours_to_as_of")
 GAP = CONTINUOUS.index("log_gap_hours")
 _US_PER_HOUR = 3.6e9
+_PREFIX = re.compile(r"^(?P<column>.+)\[:(?P<n>[1-9][0-9]*)\]$")
+#: an extra column whose values each belong to one customer for this share of the events is an
+#: identifier (an invoice or order id): new customers never share its values, so it is dropped
+IDENTIFIER_SHARE = 0.9
+
+
+def field_source(name: str) -> tuple[str, int | None]:
+    """Column and prefix length of a field name: ``"stock_code[:3]"`` -> ``("stock_code", 3)``.
+
+    A field written ``column[:n]`` uses the first ``n`` characters of the column's values, e.g.
+    a product group from the leading digits of a stock code.
+    """
+    m = _PREFIX.match(name)
+    return (m.group("column"), int(m.group("n"))) if m else (name, None)
+
+
+def _field_values(batch: pa.RecordBatch, name: str) -> pa.Array:
+    column, n = field_source(name)
+    values = _as_string(batch.column(column))
+    return values if n is None else pc.utf8_slice_codeunits(values, 0, n)
 
 
 def _check_int(name: str, value: Any, low: int, owner: str) -> int:
@@ -226,7 +247,12 @@ class SequenceBuilder:
     categorical : sequence of str
         Categorical event columns; those absent from the table are skipped at fit.
     extra_columns : sequence of str
-        Further string columns of the events table to use as categorical fields when present.
+        Further string columns of the events table to use as categorical fields when present;
+        ``column[:n]`` uses the first ``n`` characters of the column (e.g. ``stock_code[:3]``).
+    drop_identifiers : bool, default True
+        Skip extra columns whose values are per-customer identifiers (each value seen for one
+        training customer only, for at least 90% of the events): an invoice id teaches nothing
+        about new customers.
     min_count : int, default 1
         Values seen fewer times among the training customers' events map to ``<unk>``.
     max_vocab : int or None
@@ -246,12 +272,13 @@ class SequenceBuilder:
 
     def __init__(self, *, max_len: int = 100, as_of: int | None = None,
                  categorical: Sequence[str] = DEFAULT_CATEGORICAL, extra_columns: Sequence[str] = (),
-                 min_count: int = 1, max_vocab: int | None = None, batch_size: int = 1 << 20,
+                 drop_identifiers: bool = True, min_count: int = 1, max_vocab: int | None = None, batch_size: int = 1 << 20,
                  progress: bool = False):
         self.max_len = max_len
         self.as_of = as_of
         self.categorical = categorical
         self.extra_columns = extra_columns
+        self.drop_identifiers = drop_identifiers
         self.min_count = min_count
         self.max_vocab = max_vocab
         self.batch_size = batch_size
@@ -290,11 +317,14 @@ class SequenceBuilder:
         for col in ("customer_id", "timestamp", "event_type"):
             if col not in present:
                 raise UserInputError(f"the events table has no '{col}' column", table="events", column=col)
-        fields = [c for c in dict.fromkeys([*self.categorical, *self.extra_columns]) if c in present]
+        fields = [c for c in dict.fromkeys([*self.categorical, *self.extra_columns]) if field_source(c)[0] in present]
+        extras = [c for c in fields if c not in self.categorical] if self.drop_identifiers else []
+        sources = list(dict.fromkeys(field_source(c)[0] for c in fields))
         ids = as_customer_ids(customer_ids) if customer_ids is not None else None
         counts = {name: Counter() for name in fields}
+        owners: dict[str, list[pa.Table]] = {name: [] for name in extras}
         last = np.iinfo(np.int64).min
-        for batch in _iter_batches(events, ["customer_id", "timestamp", *fields], self.batch_size):
+        for batch in _iter_batches(events, ["customer_id", "timestamp", *sources], self.batch_size):
             ts = _timestamps_us(batch.column("timestamp"))
             keep = ts < (self.as_of if self.as_of is not None else np.iinfo(np.int64).max)
             if ids is not None:
@@ -304,12 +334,20 @@ class SequenceBuilder:
             last = max(last, int(ts[keep].max()))
             mask = pa.array(keep)
             for name in fields:
-                values = _as_string(batch.column(name)).filter(mask)
+                values = _field_values(batch, name).filter(mask)
                 for row in pc.value_counts(values.drop_null()).to_pylist():
                     counts[name][row["values"]] += row["counts"]
+                if name in owners:
+                    pairs = pa.table({"v": values, "c": _as_string(batch.column("customer_id")).filter(mask)})
+                    owners[name].append(pairs.group_by(["v", "c"]).aggregate([]))
         if last == np.iinfo(np.int64).min:
             raise UserInputError("no events of the training customers before as_of: nothing to learn "
                                  "journeys from", table="events", column="timestamp")
+        self.dropped_fields_ = [name for name in extras if _identifier_share(owners[name], counts[name])
+                                >= IDENTIFIER_SHARE]
+        if self.dropped_fields_:
+            log.info("sequence fields %s dropped: their values are per-customer identifiers", self.dropped_fields_)
+        fields = [f for f in fields if f not in self.dropped_fields_]
         self.fields_ = fields
         self.vocabularies_ = {name: Vocabulary.from_counts(counts[name], min_count=self.min_count,
                                                            max_size=self.max_vocab) for name in fields}
@@ -340,7 +378,7 @@ class SequenceBuilder:
         self._check_fitted()
         ids = as_customer_ids(customer_ids)
         present = _event_columns(events)
-        missing = [c for c in self.fields_ if c not in present]
+        missing = [c for c in self.fields_ if field_source(c)[0] not in present]
         if missing:
             raise UserInputError(f"the events table lacks the columns {missing} that the sequence "
                                  "vocabularies were fitted on", table="events", column=missing[0])
@@ -354,7 +392,7 @@ class SequenceBuilder:
 
     def _encode(self, events, ids: pa.Array):
         """Compact columns of the usable events: customer row, time, codes, signed log amount."""
-        cols = ["customer_id", "timestamp", *self.fields_]
+        cols = ["customer_id", "timestamp", *dict.fromkeys(field_source(c)[0] for c in self.fields_)]
         has_amount = "amount" in _event_columns(events)
         if has_amount:
             cols.append("amount")
@@ -369,7 +407,7 @@ class SequenceBuilder:
                 continue
             mask = pa.array(keep)
             cust = row.filter(mask).to_numpy(zero_copy_only=False).astype(np.int32)
-            codes = np.stack([self.vocabularies_[name].encode(batch.column(name).filter(mask))
+            codes = np.stack([self.vocabularies_[name].encode(_field_values(batch, name).filter(mask))
                               for name in self.fields_], axis=1).astype(self._code_dtype())
             if has_amount:
                 a = batch.column("amount").filter(mask).cast(pa.float64()).fill_null(0.0)
@@ -442,6 +480,7 @@ class SequenceBuilder:
             "format_version": FORMAT_VERSION,
             "params": {"max_len": int(self.max_len), "as_of": self.as_of,
                        "categorical": list(self.categorical), "extra_columns": list(self.extra_columns),
+                       "drop_identifiers": bool(self.drop_identifiers),
                        "min_count": int(self.min_count), "max_vocab": self.max_vocab,
                        "batch_size": int(self.batch_size)},
             "fields": list(self.fields_),
@@ -471,6 +510,17 @@ class SequenceBuilder:
     def load(cls, path) -> SequenceBuilder:
         """Read a builder saved with :meth:`save`."""
         return cls.from_dict(read_json(path))
+
+
+def _identifier_share(pairs: list[pa.Table], counts: Counter) -> float:
+    """Share of a field's events whose value belongs to a single customer (0 when no events)."""
+    total = sum(counts.values())
+    if not pairs or total == 0:
+        return 0.0
+    distinct = pa.concat_tables(pairs).group_by(["v", "c"]).aggregate([])
+    per_value = distinct.group_by("v").aggregate([("c", "count")])
+    single = pc.filter(per_value["v"], pc.equal(per_value["c_count"], 1)).to_pylist()
+    return sum(counts[v] for v in single if v is not None) / total
 
 
 def load_builder(state: Mapping[str, Any], as_of_us: int | None = None) -> SequenceBuilder:

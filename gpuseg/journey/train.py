@@ -404,6 +404,10 @@ def fit_network(net: nn.Module, seqs: Sequences, labels: np.ndarray | None, trai
     if folder is not None:
         state = _resume(folder, module, optimizer, scheduler, run_fingerprint, device, rank, state)
 
+    if state.epoch == 0 and not state.history and len(val_rows):
+        # the starting point (e.g. a head set to the Markov chain) is a candidate too: training
+        # that only makes it worse on validation keeps the start
+        state.best_val = evaluate_loss(module, seqs, val_rows, labels, settings, device, gap_index, rank, world)
     model: nn.Module = module
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
