@@ -25,6 +25,7 @@ python3 -m pytest -q -k cuda tests/ || status=1
 python3 benchmarks/bench_kmeans.py --device cuda --n 10000000 --d 256 --k 1000 || status=1
 python3 benchmarks/bench_lookalike.py --device cuda --n 10000000 --d 256 --queries 10000 || status=1
 python3 benchmarks/bench_journey.py --device cuda --n 200000 --max-len 100 --hidden 256 || status=1
+python3 benchmarks/bench_assign.py --device cuda --n 10000000 --d 64 --k 100 --e2e-customers 0 || status=1
 # the real MiniLM weights may not be on the machine: same-config random weights, recorded as such
 model=(); [ -d .minilm-config ] && model=(--model .minilm-config)
 python3 benchmarks/bench_text.py --device cuda --random-weights "${model[@]}" || status=1
