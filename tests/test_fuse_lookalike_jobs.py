@@ -14,6 +14,7 @@ import pytest
 
 from gpuseg.fusion import BlockFuser, block_from_table
 from gpuseg.jobs import features, fuse, generate, journeys, lookalike, segment, text, validate
+from gpuseg.lookalike.explain import explainable_features
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.text.model_path import default_model_dir
 
@@ -203,7 +204,9 @@ def test_expansion_preset_explains_the_audience(project):
     metrics = json.loads((work / "lookalike" / "metrics.json").read_text())
     top = metrics["queries"]["audience"]["seed_vs_base"]
     assert len(top) == 3 and abs(top[0]["seed_z"]) >= abs(top[1]["seed_z"]) >= abs(top[2]["seed_z"])
-    features = pq.read_table(work / "features" / "features.parquet").to_pandas().set_index("customer_id")
+    # the explained features: the features table and the profile's 0/1 indicators ("plan=basic")
+    features = explainable_features(pq.read_table(work / "features" / "features.parquet")).to_pandas()
+    features = features.set_index("customer_id")
     for entry in top:
         x = features[entry["feature"]]
         assert entry["seed_z"] == pytest.approx((x.loc[seeds].mean() - x.mean()) / x.std(ddof=0), abs=1e-3)
