@@ -295,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     def task(cfg: DictConfig) -> None:
         quiet_console(bool(cfg.get("progress", True)))  # again, now that Hydra has set up logging
         try:
+            from gpuseg.runtime.distributed import export_slurm_environment
+
+            export_slurm_environment()  # a Slurm task started without torchrun (srun, submitit)
             outcome["result"] = module.run(cfg)
         except GpusegError as exc:
             # a user's mistake: a message on stderr (and in the run's log file), never a traceback

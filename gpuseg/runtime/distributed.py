@@ -1,4 +1,9 @@
-"""torch.distributed set-up and collectives, for jobs launched with torchrun (or Slurm's srun + torchrun).
+"""torch.distributed set-up and collectives, for jobs launched with torchrun or by Slurm.
+
+Under torchrun the process group is described by its variables (``WORLD_SIZE``, ``RANK``, ...).
+Under Slurm without torchrun (``srun -n 4 gpuseg ...``, or Hydra's submitit launcher,
+``hydra/launcher=submitit_slurm``), :func:`export_slurm_environment` sets the same variables from
+Slurm's, through submitit's own helper: gpuseg carries no cluster code of its own.
 
 The one home of the process-group set-up (:func:`init_from_env`) and of the collectives the
 data-parallel estimators use (k-means statistics, journey losses). Collectives run on the
@@ -15,7 +20,43 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from gpuseg.runtime.errors import ConfigError
+
 log = logging.getLogger(__name__)
+
+
+def export_slurm_environment() -> bool:
+    """Give each task of a multi-task Slurm job step torchrun's variables, when torchrun did not.
+
+    A step of several tasks (``SLURM_STEP_NUM_TASKS`` > 1) started without torchrun gets
+    ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and
+    ``LOCAL_WORLD_SIZE`` from submitit's ``TorchDistributedEnvironment`` (the optional extra
+    ``gpuseg[slurm]``), so the tasks form one data-parallel job. Without submitit that is an error:
+    the tasks would otherwise each run the whole job and write the same outputs.
+
+    Returns
+    -------
+    bool
+        True when the variables were set here.
+    """
+    if "WORLD_SIZE" in os.environ or "SLURM_JOB_ID" not in os.environ:
+        return False
+    if int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) <= 1:
+        return False
+    try:
+        from submitit.helpers import TorchDistributedEnvironment
+    except ImportError:
+        raise ConfigError(f"this process is one of {os.environ['SLURM_STEP_NUM_TASKS']} tasks of a Slurm job step, "
+                          "started without torchrun: install gpuseg[slurm] (submitit) to run them as one "
+                          "data-parallel job, start gpuseg with torchrun inside srun, or set WORLD_SIZE=1 to "
+                          "run each task on its own", config_key="hydra/launcher") from None
+    # submitit reads Slurm's variables once told it runs under Slurm: its own jobs say so, a plain
+    # srun step does not
+    os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")
+    env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    log.info("Slurm task %d of %d (local rank %d, master %s:%d)", env.rank, env.world_size, env.local_rank,
+             env.master_addr, env.master_port)
+    return True
 
 
 @dataclass(frozen=True)
