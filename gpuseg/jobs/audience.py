@@ -59,8 +59,7 @@ def load_fields(work: Path) -> FieldSet:
 
 def audience_paths(work: Path, name: str) -> tuple[Path, Path]:
     """``audiences/<name>.parquet`` and ``audiences/<name>.json`` (in the staging folder while running)."""
-    return (Path(str(artifact(work, "audience", "table")).replace("{name}", name)),
-            Path(str(artifact(work, "audience", "summary")).replace("{name}", name)))
+    return artifact(work, "audience", "table", name=name), artifact(work, "audience", "summary", name=name)
 
 
 def query_compiler(cfg: DictConfig, fields: FieldSet, device) -> QueryCompiler:

@@ -76,7 +76,7 @@ def _source(ecfg: DictConfig) -> tuple[str, Any]:
 def _read_list(work: Path, kind: str, spec: Any) -> pa.Table:
     """customer_id (+ segment) of the list, one row per customer, in the list's order."""
     if kind == "audience":
-        path = _named(artifact(work, "audience", "table"), name=spec)
+        path = artifact(work, "audience", "table", name=spec)
         hint = f"run `gpuseg audience` to make audience '{spec}' first"
         key = "export.audience"
     elif kind == "segment":
@@ -116,14 +116,6 @@ def _first_occurrences(ids: pa.ChunkedArray) -> list[int]:
             seen.add(value)
             rows.append(i)
     return rows
-
-
-def _named(path: Path, **fields: str) -> Path:
-    """An artifact path of one named list: ``{name}`` (and ``{format}``) filled in."""
-    text = str(path)
-    for key, value in fields.items():
-        text = text.replace("{" + key + "}", value)
-    return Path(text)
 
 
 def _default_name(kind: str, spec: Any) -> str:
@@ -206,8 +198,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     out = job_dir(work, "export")
     out.mkdir(parents=True, exist_ok=True)
-    path = _named(artifact(work, "export", "table"), name=name, format=fmt)
-    summary_path = _named(artifact(work, "export", "summary"), name=name)
+    path = artifact(work, "export", "table", name=name, format=fmt)
+    summary_path = artifact(work, "export", "summary", name=name)
     digest = write_export(path, table, fmt)
     unusable = {col: r["unusable"] for col, r in report["columns"].items()}
     summary = {

@@ -75,12 +75,19 @@ def read_checked(work: str | os.PathLike, path: str | os.PathLike) -> Path:
     return path
 
 
-def artifact(work: str | os.PathLike, job: str, name: str) -> Path:
-    """Path of artifact ``name`` of ``job`` in the work directory ``work``."""
+def artifact(work: str | os.PathLike, job: str, name: str, /, **fields: str) -> Path:
+    """Path of artifact ``name`` of ``job`` in the work directory ``work``.
+
+    A job writing one file per named list spells it as a template (``"{name}.parquet"``): its
+    ``fields`` fill it in, e.g. ``artifact(work, "audience", "table", name="at_risk_vip")``.
+    """
     names = ARTIFACTS[job] if job in ARTIFACTS else {}
     if name not in names:
         raise KeyError(f"job {job!r} has no artifact {name!r}; its artifacts: {sorted(names)}")
-    return job_dir(work, job) / names[name]
+    file = names[name]
+    for key, value in fields.items():
+        file = file.replace("{" + key + "}", str(value))
+    return job_dir(work, job) / file
 
 
 def manifest_path(work: str | os.PathLike, job: str) -> Path:
