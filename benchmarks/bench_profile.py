@@ -15,6 +15,7 @@ against actual purchases. Writes ``benchmarks/results/profile_<date>[_quick].jso
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -48,10 +49,10 @@ def main() -> None:
     segments = pq.read_table(work / "segment" / "segments.parquet")
     truth = pq.read_table(work / "data" / "ground_truth.parquet")
     assert segments["customer_id"].equals(truth["customer_id"])
-    metrics = __import__("json").loads((work / "profile" / "metrics.json").read_text())
+    metrics = json.loads((work / "profile" / "metrics.json").read_text())
     # the persona rule each name is built on ("Steady regulars" in "Steady regulars, books"); a
     # name described from features, or given by the user, stands for no planted persona
-    profiles = __import__("json").loads((work / "profile" / "profiles.json").read_text())["segments"]
+    profiles = json.loads((work / "profile" / "profiles.json").read_text())["segments"]
     names = {int(p["segment"]): p["rule"] or p["name"] for p in profiles}
     report = match_report(names, segments["segment"].to_numpy(), truth["persona"].to_numpy(zero_copy_only=False),
                           EXPECTED_PERSONA_NAMES)

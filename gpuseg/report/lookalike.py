@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gpuseg.report.html import _environment, _fmt, _fmt_int, _inline_svg, _text
 from gpuseg.runtime.errors import UserInputError
@@ -35,10 +36,11 @@ def _seed_rows(seed_vs_base: list[Mapping[str, Any]]) -> list[dict[str, str]]:
 
 
 def _member_rows(audience: pa.Table, query: str | None, top: int) -> list[dict[str, Any]]:
-    rows = audience.to_pylist() if "query" not in audience.column_names else \
-        [r for r in audience.to_pylist() if (r.get("query") or "audience") == (query or "audience")]
+    if "query" in audience.column_names:  # several seed lists: this one's rows (a null query is "audience")
+        own = pc.equal(pc.coalesce(audience["query"].cast(pa.string()), "audience"), query or "audience")
+        audience = audience.filter(own)
     out = []
-    for r in rows[:top]:
+    for r in audience.slice(0, top).to_pylist():  # only the rows listed become Python objects
         why = r.get("why_similar") or []
         out.append({"rank": _fmt_int(r.get("rank")), "customer_id": _text(r.get("customer_id")),
                     "score": _fmt(r.get("score")),
