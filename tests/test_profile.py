@@ -346,6 +346,9 @@ def test_every_segment_gets_an_action_with_its_evidence():
     for lifts, figures, kind, evidence in cases:
         action = next_best_action(lifts, **figures)
         assert action.kind == kind and evidence in action.evidence, (lifts, action)
+    # long gaps of a segment that kept buying (churn 0% of a 22% base, as on Chinook) are no lapse
+    regular = next_best_action({"recency_days": 1.8, "frequency": -1.7}, churn_rate=0.0, overall_churn=0.22)
+    assert regular.kind != "win-back", regular
     quiet = next_best_action({"x": 0.3}, churn_rate=0.3, overall_churn=0.3)
     assert quiet.kind == "nurture" and quiet.text
     assert quiet.evidence == ["no play fits: its strongest difference is x 0.3 sd above average",

@@ -95,7 +95,10 @@ def _service(x: _Facts, t: Mapping[str, float]) -> list[str] | None:
 def _win_back(x: _Facts, t: Mapping[str, float]) -> list[str] | None:
     recency = x.lift("recency_days", "days_since_last_event")
     ratio = x.churn_ratio()
-    lapsed = recency[1] > t["lapsed"]
+    # long gaps alone are no lapse when the segment's customers were seen buying again in the
+    # hold-out (churn far below the base, e.g. a store whose customers buy every few months)
+    staying = np.isfinite(ratio) and ratio <= 1 / t["churn_high"]
+    lapsed = recency[1] > t["lapsed"] and not staying
     leaving = np.isfinite(ratio) and ratio >= t["churn_high"] and recency[1] > 0
     if lapsed or leaving:
         return _evidence(recency, x.lift("frequency", "n_events")) + ([x.churn_text()] if np.isfinite(ratio) else [])
