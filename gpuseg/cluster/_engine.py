@@ -22,6 +22,7 @@ from gpuseg.cluster._assign import (
 )
 from gpuseg.cluster._init import kmeans_plusplus, random_rows
 from gpuseg.cluster._source import ResidentSource, Source
+from gpuseg.cluster._threads import phase_threads
 from gpuseg.runtime import distributed as ddp
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,15 @@ class Settings:
     reassignment_ratio: float
     max_no_improvement: int | None
     tol: float
+    n_threads: int | str | None = None  # None: chosen per phase (see _threads)
+
+    def threads(self, device: torch.device, rows: int, cols: int, d: int):
+        """Thread limit for a phase whose largest region is a ``rows x cols x d`` GEMM."""
+        return phase_threads(device, float(rows) * cols * d, self.n_threads)
+
+    def chunk_threads(self, device: torch.device, n_rows: int, d: int):
+        """Thread limit for chunked assignment of ``n_rows`` rows to the K centres."""
+        return self.threads(device, min(self.chunk_rows, max(n_rows, 1)), self.n_clusters, d)
 
 
 # ----------------------------------------------------------------------------- initialisation
@@ -109,6 +119,11 @@ def choose_initial_centers(
     device = init_x.device
     centers = torch.empty(k, init_x.shape[1], dtype=torch.float32, device=device)
     seeds = shared_rng.integers(0, 2**62, size=n_init)
+    n, d = init_x.shape
+    # k-means++ runs ~10 regions per centre on a (2 + ln k) x n block: one thread unless the
+    # sample is huge; the polishing Lloyd iterations are chunk-sized GEMMs
+    kpp_threads = settings.threads(device, n, 2 + int(math.log(k)), d)
+    lloyd_threads = settings.chunk_threads(device, n, d)
     if ddp.rank_and_world()[0] == 0:
         if not isinstance(init, str):
             centers.copy_(torch.as_tensor(np.asarray(init), dtype=torch.float32))
@@ -116,14 +131,16 @@ def choose_initial_centers(
             best = math.inf
             for i, seed in enumerate(seeds):
                 gen = torch.Generator(device=device).manual_seed(int(seed))
-                if init == "k-means++":
-                    cand = kmeans_plusplus(init_x, k, gen)
-                else:
-                    cand = random_rows(init_x, k, gen)
+                with kpp_threads:
+                    if init == "k-means++":
+                        cand = kmeans_plusplus(init_x, k, gen)
+                    else:
+                        cand = random_rows(init_x, k, gen)
                 # raw seeds say little about where Lloyd ends (an outlier seed can cost a
                 # whole blob); polish each candidate on the sample before judging it
-                cand = sample_lloyd(init_x, cand, settings, SAMPLE_LLOYD_ITERS)
-                score = _inertia_of(valid_x, cand, settings)
+                with lloyd_threads:
+                    cand = sample_lloyd(init_x, cand, settings, SAMPLE_LLOYD_ITERS)
+                    score = _inertia_of(valid_x, cand, settings)
                 log.debug("init candidate %d: validation inertia %.6g", i, score)
                 if score < best:
                     best, centers = score, cand
@@ -306,13 +323,16 @@ def minibatch_epoch(
     b = settings.batch_size
     rows = b * max(1, settings.chunk_rows // b)
     batches = _rebatch(src.chunks(rows, rng=rng), b)
-    while True:
-        xb = next(batches, None)
-        active, converged = minibatch_step(xb, state, settings, n_total, rng)
-        if converged:  # decided from all-reduced numbers: every rank stops at the same step
-            return True
-        if not active:
-            return False
+    k, d = state.centers.shape
+    # one batch per step: a few small regions each (one thread at the default 4096 rows)
+    with settings.threads(state.centers.device, min(b, settings.chunk_rows), k, d):
+        while True:
+            xb = next(batches, None)
+            active, converged = minibatch_step(xb, state, settings, n_total, rng)
+            if converged:  # decided from all-reduced numbers: every rank stops at the same step
+                return True
+            if not active:
+                return False
 
 
 def _rebatch(chunks, b):
@@ -337,13 +357,20 @@ def _assigned_chunks(src: Source, centers: torch.Tensor, settings: Settings):
             yield x, labels, d2
 
 
+def _rows_hint(src: Source, settings: Settings) -> int:
+    """This rank's row count when known (streams: assume full chunks)."""
+    n = src.n_samples
+    return settings.chunk_rows if n is None else int(n)
+
+
 def lloyd_pass(src: Source, centers: torch.Tensor, settings: Settings) -> LloydAccumulator:
     """Assign every row to its nearest centre and accumulate sums, counts and inertia."""
     k, d = centers.shape
     device = centers.device
     acc = LloydAccumulator(k, d, device)
-    for x, labels, d2 in _assigned_chunks(src, centers, settings):
-        acc.add(x, labels, d2)
+    with settings.chunk_threads(device, _rows_hint(src, settings), d):
+        for x, labels, d2 in _assigned_chunks(src, centers, settings):
+            acc.add(x, labels, d2)
     if ddp.is_distributed():
         packed = torch.cat([acc.sums.flatten(), acc.counts, acc.inertia.view(1)])
         ddp.all_reduce_(packed)
@@ -376,10 +403,11 @@ def assign_all(src: Source, centers: torch.Tensor, settings: Settings, *, want_l
     """Labels of this rank's rows (int32, on CPU) and the global inertia."""
     total = torch.zeros((), dtype=torch.float64, device=centers.device)
     parts = []
-    for _, labels, d2 in _assigned_chunks(src, centers, settings):
-        total += d2.sum(dtype=torch.float64)
-        if want_labels:
-            parts.append(labels.to(torch.int32))
+    with settings.chunk_threads(centers.device, _rows_hint(src, settings), centers.shape[1]):
+        for _, labels, d2 in _assigned_chunks(src, centers, settings):
+            total += d2.sum(dtype=torch.float64)
+            if want_labels:
+                parts.append(labels.to(torch.int32))
     ddp.all_reduce_(total.view(1))
     labels = torch.cat(parts).cpu() if want_labels and parts else None
     return labels, float(total)

@@ -42,6 +42,7 @@ from gpuseg.cluster._assign import (
     matmul_precision,
 )
 from gpuseg.cluster._source import ResidentSource, Source, _is_batch_iterable, make_source
+from gpuseg.cluster._threads import TORCH
 from gpuseg.runtime import distributed as ddp
 from gpuseg.runtime.artifacts import load_artifact, save_artifact
 from gpuseg.runtime.device import resolve_device
@@ -55,9 +56,12 @@ from gpuseg.runtime.validation import (
     check_fitted,
     check_int,
     check_options,
+    check_param,
     check_param_names,
     check_random_state,
     check_real,
+    int_range,
+    is_int,
 )
 
 log = logging.getLogger(__name__)
@@ -112,7 +116,16 @@ class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
         Compute device.
     random_state : int, numpy.random.Generator or None, default=None
-        Seed; the same int gives the same result on CPU.
+        Seed; the same int gives the same result on CPU (whatever ``n_threads``).
+    n_threads : int, "torch" or None, default=None
+        CPU threads for torch's intra-op pool, set per phase and restored afterwards. None
+        chooses per phase: one thread for small parallel regions (k-means++ seeding, the
+        default mini-batch steps), and for the chunked passes up to
+        ``min(free cores, torch.get_num_threads())``, free cores being the process's CPU
+        affinity minus what other processes keep busy when the phase starts. An int uses that
+        many threads everywhere; ``"torch"`` leaves ``torch.get_num_threads()`` alone (the
+        behaviour before this parameter existed). On a busy machine torch's spinning OpenMP
+        threads otherwise stall each other (see ``gpuseg.cluster._threads``). Ignored on CUDA.
     verbose : int, default=0
         Log progress at INFO level (and show a progress bar on a terminal) when > 0.
 
@@ -178,6 +191,7 @@ class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         chunk_size=None,
         device="auto",
         random_state=None,
+        n_threads=None,
         verbose=0,
     ):
         self.n_clusters = n_clusters
@@ -195,6 +209,7 @@ class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         self.chunk_size = chunk_size
         self.device = device
         self.random_state = random_state
+        self.n_threads = n_threads
         self.verbose = verbose
 
     # ------------------------------------------------------------------ scikit-learn plumbing
@@ -276,6 +291,11 @@ class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         check_int(_NAME, "chunk_size", self.chunk_size, low=1, allow_none=True)
         check_device(_NAME, self.device)
         check_random_state(_NAME, self.random_state)
+        check_param(_NAME, "n_threads", self.n_threads,
+                    self.n_threads is None or (isinstance(self.n_threads, str)
+                                               and self.n_threads == TORCH)
+                    or (is_int(self.n_threads) and self.n_threads >= 1),
+                    f"{int_range(1)}, {TORCH!r} or None")
         check_int(_NAME, "verbose", self.verbose, low=0)
 
     def _n_init(self) -> int:
@@ -293,6 +313,7 @@ class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             reassignment_ratio=float(self.reassignment_ratio),
             max_no_improvement=self.max_no_improvement,
             tol=float(self.tol),
+            n_threads=self.n_threads,
         )
 
     def _seed(self) -> int:
@@ -479,7 +500,8 @@ class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         n_rows = 0 if xb is None else xb.shape[0]
         n_total = torch.tensor([float(n_rows)], dtype=torch.float64)
         ddp.all_reduce_(n_total)
-        eng.minibatch_step(xb, state, settings, max(int(n_total), 1), self._rng)
+        with settings.chunk_threads(state.centers.device, n_rows, self.n_features_in_):
+            eng.minibatch_step(xb, state, settings, max(int(n_total), 1), self._rng)
         self.n_steps_ = state.n_steps
         self.cluster_centers_ = state.centers.cpu().numpy().copy()
         return self
@@ -494,6 +516,14 @@ class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         if state is not None:
             return state.centers
         return torch.as_tensor(self.cluster_centers_, dtype=torch.float32, device=self._device)
+
+    def _threads(self, X):
+        """Thread limit for one inference call over ``X`` (see ``n_threads``)."""
+        self._check_fitted()
+        shape = getattr(X, "shape", None)
+        settings = self._settings(self.n_features_in_)
+        rows = int(shape[0]) if shape is not None and len(shape) == 2 else settings.chunk_rows
+        return settings.chunk_threads(self._device, rows, self.n_features_in_)
 
     def _passes(self, X):
         """Yield ``(chunk, labels, sqdist)`` for every chunk of ``X`` with the fitted centres."""
@@ -524,7 +554,8 @@ class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         labels : ndarray of int32, or torch.Tensor (int64, on ``X``'s device) when ``X`` is a
             torch tensor.
         """
-        parts = [labels for _, _, labels, _ in self._passes(X)]
+        with self._threads(X):
+            parts = [labels for _, _, labels, _ in self._passes(X)]
         out = torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
         if isinstance(X, torch.Tensor):
             return out.to(X.device)
@@ -535,7 +566,8 @@ class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
 
         Returns a torch tensor on ``X``'s device when ``X`` is a tensor, else an ndarray.
         """
-        parts = [all_distances_chunk(x, prep) for x, prep, _, _ in self._passes(X)]
+        with self._threads(X):
+            parts = [all_distances_chunk(x, prep) for x, prep, _, _ in self._passes(X)]
         out = torch.cat(parts)
         if isinstance(X, torch.Tensor):
             return out.to(X.device)
@@ -554,8 +586,9 @@ class MiniBatchKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
     def score(self, X, y=None) -> float:
         """Opposite of the inertia of ``X`` (higher is better, as in scikit-learn)."""
         total = 0.0
-        for _, _, _, d2 in self._passes(X):
-            total += float(d2.sum(dtype=torch.float64))
+        with self._threads(X):
+            for _, _, _, d2 in self._passes(X):
+                total += float(d2.sum(dtype=torch.float64))
         return -total
 
     # ------------------------------------------------------------------------------ save/load
