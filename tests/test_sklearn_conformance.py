@@ -197,7 +197,7 @@ def test_block_fuser_params_clone_and_set_params():
     assert isinstance(f, sklearn.base.BaseEstimator)
     params = f.get_params()
     assert params == {"weights": {"a": 2.0, "b": 1.0}, "pca_components": 3, "l2_normalize": False,
-                      "standardize": True, "device": "cpu"}
+                      "standardize": True, "device": "cpu", "chunk_rows": 65536}
     c = clone(f)
     assert c is not f and c.get_params() == params and c.weights is not f.weights
     assert f.set_params(**params) is f and f.get_params() == params

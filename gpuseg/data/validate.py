@@ -317,51 +317,83 @@ def _validate_customers(spec: CustomersSpec, batch_size: int, out: Path, rejects
     private = [*spec.pii, *([spec.consent] if spec.consent else [])]
     source = list(dict.fromkeys([spec.customer_id] + attrs + ([spec.order_by] if spec.order_by else []) + private))
     report = TableReport()
-    parts, rows, order = [], [], []
+    id_parts, rows, order = [], [], []
     # the raw batches are kept only when duplicates may be dropped: their rows go to the rejects
     kept: list[tuple[_Batch, pa.Array]] = []
     order_kinds: set[str] = set()
     bar = progress_bar(show, desc="validate customers", unit="rows")
-    for batch in _open(spec.file, "customers", source, batch_size, key, db, hidden=frozenset(spec.pii)):
-        raw = batch.raw
-        report.rows_read += raw.num_rows
-        ids = convert.to_customer_id(raw.column(spec.customer_id))
-        keep = _apply_policy(policy.missing_customer_id, _null_mask(ids), batch, "missing customer_id",
-                             spec.customer_id, "data.policy.missing_customer_id", rejects, ids, report)
-        columns = {"customer_id": ids}
-        for name in spec.numeric:
-            values, bad = convert.to_float(raw.column(name))
-            _fail_on(bad, batch, "expected a number", name, f"{key}.numeric")
-            columns[name] = values
-        for name in spec.categorical:
-            values, repaired = convert.to_string(raw.column(name))
-            report.repaired_utf8 += repaired
-            columns[name] = values
-        for name in spec.labels:
-            values, bad = _to_label(raw.column(name))
-            _fail_on(bad, batch, "expected a label such as 0/1, true/false or yes/no", name, f"{key}.labels")
-            columns[name] = values
-        columns.update(_private_columns(spec, raw, batch, report))
-        parts.append(pa.table(columns).filter(pa.array(keep)))
-        rows.append(batch.offset + np.flatnonzero(keep))
-        if spec.order_by:
-            order.append(_order_key(raw.column(spec.order_by), batch, spec.order_by, order_kinds)[keep])
-        if policy.duplicate_customer != "error":
-            kept.append((batch, ids))
-        bar.update(raw.num_rows)
+    # pass 1 streams the converted rows to a scratch file: only the ids (for the duplicate check)
+    # stay in memory, not the table
+    pass1 = out / ".customers.pass1.parquet"
+    writer = None
+    with contextlib.ExitStack() as stack:  # the scratch file goes if a row stops validation
+        for batch in _open(spec.file, "customers", source, batch_size, key, db, hidden=frozenset(spec.pii)):
+            raw = batch.raw
+            report.rows_read += raw.num_rows
+            ids = convert.to_customer_id(raw.column(spec.customer_id))
+            keep = _apply_policy(policy.missing_customer_id, _null_mask(ids), batch, "missing customer_id",
+                                 spec.customer_id, "data.policy.missing_customer_id", rejects, ids, report)
+            columns = {"customer_id": ids}
+            for name in spec.numeric:
+                values, bad = convert.to_float(raw.column(name))
+                _fail_on(bad, batch, "expected a number", name, f"{key}.numeric")
+                columns[name] = values
+            for name in spec.categorical:
+                values, repaired = convert.to_string(raw.column(name))
+                report.repaired_utf8 += repaired
+                columns[name] = values
+            for name in spec.labels:
+                values, bad = _to_label(raw.column(name))
+                _fail_on(bad, batch, "expected a label such as 0/1, true/false or yes/no", name, f"{key}.labels")
+                columns[name] = values
+            columns.update(_private_columns(spec, raw, batch, report))
+            part = pa.table(columns).filter(pa.array(keep))
+            if writer is None:
+                writer = stack.enter_context(ParquetStreamWriter(pass1, part.schema))
+            writer.write(part)
+            id_parts.append(part["customer_id"].combine_chunks())
+            rows.append(batch.offset + np.flatnonzero(keep))
+            if spec.order_by:
+                order.append(_order_key(raw.column(spec.order_by), batch, spec.order_by, order_kinds)[keep])
+            if policy.duplicate_customer != "error":
+                kept.append((batch, ids))
+            bar.update(raw.num_rows)
     bar.close()
-    table = pa.concat_tables(parts) if parts else pa.table({"customer_id": pa.array([], pa.string())})
-    if table.num_rows == 0:
-        raise UserInputError(f"no customers with an id in {_where(spec.file)} (the table is empty)",
-                             table="customers", config_key=_input_key(spec.file, key))
-    table = _duplicate_customers(table, np.concatenate(rows), np.concatenate(order) if order else None,
-                                 spec, policy.duplicate_customer, kept, rejects, report)
-    report.rows_kept = table.num_rows
-    _write_private(out, table, private)
-    write_parquet(out / "customers.parquet", table.drop_columns(private))
+    try:
+        ids = pa.concat_arrays(id_parts) if id_parts else pa.array([], pa.string())
+        if len(ids) == 0:
+            raise UserInputError(f"no customers with an id in {_where(spec.file)} (the table is empty)",
+                                 table="customers", config_key=_input_key(spec.file, key))
+        keep = _duplicate_customers(ids, np.concatenate(rows), np.concatenate(order) if order else None,
+                                    spec, policy.duplicate_customer, kept, rejects, report)
+        report.rows_kept = int(keep.sum())
+        _write_customers(out, pass1, keep, private, batch_size)
+    finally:
+        pass1.unlink(missing_ok=True)
     meta = {"numeric": spec.numeric, "categorical": spec.categorical, "labels": spec.labels,
             "pii": dict(spec.pii), "consent": spec.consent}
-    return table["customer_id"].combine_chunks(), report, meta
+    return ids.filter(pa.array(keep)), report, meta
+
+
+def _write_customers(out: Path, pass1: Path, keep: np.ndarray, private: list[str], batch_size: int) -> None:
+    """``customers.parquet`` (and ``pii.parquet``) from the pass-1 rows kept, batch by batch."""
+    source = pq.ParquetFile(pass1)
+    schema = source.schema_arrow
+    public = pa.schema([f for f in schema if f.name not in private])
+    pii = out / "pii.parquet"
+    if not private:
+        pii.unlink(missing_ok=True)  # a previous run's personal data must not outlive its declaration
+    with contextlib.ExitStack() as stack:
+        main = stack.enter_context(ParquetStreamWriter(out / "customers.parquet", public))
+        personal = stack.enter_context(ParquetStreamWriter(pii, schema.select(["customer_id", *private]))) \
+            if private else None
+        start = 0
+        for batch in source.iter_batches(batch_size=batch_size):
+            table = pa.Table.from_batches([batch]).filter(pa.array(keep[start:start + batch.num_rows]))
+            start += batch.num_rows
+            main.write(table.drop_columns(private))
+            if personal is not None:
+                personal.write(table.select(["customer_id", *private]))
 
 
 def _private_columns(spec: CustomersSpec, raw: pa.RecordBatch, batch: _Batch,
@@ -378,15 +410,6 @@ def _private_columns(spec: CustomersSpec, raw: pa.RecordBatch, batch: _Batch,
                  spec.consent, "data.customers.consent")
         columns[spec.consent] = pc.fill_null(pc.equal(values, 1.0), False)
     return columns
-
-
-def _write_private(out: Path, table: pa.Table, private: list[str]) -> None:
-    """``pii.parquet``: customer_id + personal data + consent, the only file that holds them."""
-    path = out / "pii.parquet"
-    if not private:
-        path.unlink(missing_ok=True)  # a previous run's personal data must not outlive its declaration
-        return
-    write_parquet(path, table.select(["customer_id", *private]))
 
 
 def _order_key(arr: pa.Array, batch: _Batch, column: str, kinds: set[str]) -> np.ndarray:
@@ -408,21 +431,24 @@ def _order_key(arr: pa.Array, batch: _Batch, column: str, kinds: set[str]) -> np
     return values.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
 
 
-def _duplicate_customers(table: pa.Table, rows: np.ndarray, order: np.ndarray | None, spec: CustomersSpec,
+def _duplicate_customers(ids: pa.Array, rows: np.ndarray, order: np.ndarray | None, spec: CustomersSpec,
                          policy: str, kept: list[tuple[_Batch, pa.Array]], rejects: _Rejects,
-                         report: TableReport) -> pa.Table:
-    """Stop on duplicate customer ids, or keep one row each (``first``/``last``) and reject the others."""
-    counts = pc.value_counts(table["customer_id"])
+                         report: TableReport) -> np.ndarray:
+    """Stop on duplicate customer ids, or keep one row each (``first``/``last``) and reject the others.
+
+    Returns the mask of the rows kept.
+    """
+    counts = pc.value_counts(ids)
     dup = counts.filter(pc.greater(counts.field("counts"), 1))
     if not len(dup):
-        return table
+        return np.ones(len(ids), dtype=bool)
     if policy == "error":
         shown = [f"customer_id={v['values']!r} appears {v['counts']} times" for v in dup.to_pylist()[:MAX_ROWS_SHOWN]]
         raise UserInputError(f"{len(dup)} duplicate customer id(s): each customer must have one row (or set "
                              "data.policy.duplicate_customer to first or last to keep one row each)",
                              table="customers", column=spec.customer_id, rows=shown,
                              config_key="data.customers.columns.customer_id")
-    keep = _keep_one(table["customer_id"].combine_chunks(), rows, order, last=policy == "last")
+    keep = _keep_one(ids, rows, order, last=policy == "last")
     by = f"by {spec.order_by}" if spec.order_by else "in row order"
     reason = f"duplicate customer: kept the {policy} {by}"
     dropped = rows[~keep]
@@ -431,7 +457,7 @@ def _duplicate_customers(table: pa.Table, rows: np.ndarray, order: np.ndarray | 
         report.rejected[reason] += rejects.add(batch, in_batch, reason, ids)
     log.info("customers: %d rows of %d duplicated ids set aside, %s", len(dropped), len(dup),
              reason.removeprefix("duplicate customer: "))
-    return table.filter(pa.array(keep))
+    return keep
 
 
 def _keep_one(ids: pa.Array, rows: np.ndarray, order: np.ndarray | None, *, last: bool) -> np.ndarray:
@@ -891,14 +917,25 @@ def _check_as_of(as_of: str | None, summary: dict[str, Any], warnings: list[str]
         warnings.append(message)
 
 
+def _add_counts(counts: Counter, values: pa.Array) -> None:
+    for d in pc.value_counts(values).to_pylist():
+        counts[d["values"]] += d["counts"]
+
+
 def _events_summary(path: Path) -> dict[str, Any]:
-    t = pq.read_table(path, columns=["timestamp", "event_type"])
-    types = pc.value_counts(t["event_type"]).to_pylist()
-    mm = pc.min_max(t["timestamp"]).as_py()
-    return {"event_types": {d["values"]: d["counts"] for d in sorted(types, key=lambda d: -d["counts"])},
-            "first": str(mm["min"]), "last": str(mm["max"])}
+    # batch by batch: the events table can be far larger than memory
+    counts: Counter = Counter()
+    bounds: list[Any] = []
+    for batch in pq.ParquetFile(path).iter_batches(columns=["timestamp", "event_type"]):
+        _add_counts(counts, batch.column("event_type"))
+        mm = pc.min_max(batch.column("timestamp")).as_py()
+        bounds.extend(v for v in (mm["min"], mm["max"]) if v is not None)
+    return {"event_types": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
+            "first": str(min(bounds)) if bounds else "None", "last": str(max(bounds)) if bounds else "None"}
 
 
 def _texts_summary(path: Path) -> dict[str, Any]:
-    t = pq.read_table(path, columns=["source"])
-    return {"sources": {d["values"]: d["counts"] for d in pc.value_counts(t["source"]).to_pylist()}}
+    counts: Counter = Counter()
+    for batch in pq.ParquetFile(path).iter_batches(columns=["source"]):
+        _add_counts(counts, batch.column("source"))
+    return {"sources": dict(counts)}

@@ -13,6 +13,13 @@ unchanged to new data:
    the weight in every distance); a dict gives each block's *share* of the total variance;
 4. optional PCA (eigendecomposition of the covariance, on the device) and L2 normalisation.
 
+Everything runs in streamed passes over ``chunk_rows`` customers at a time: one pass for the
+per-column moments (merged in float64; the block variances follow from them), one more for the
+PCA covariance when asked, and one that yields the fused rows. The working chunks are float32,
+so with blocks given as :class:`~gpuseg.runtime.matrix.BlockFile` (read in row batches) and
+:meth:`BlockFuser.fit_transform_chunks`, memory is bounded by ``chunk_rows``, not by the number
+of customers.
+
 The fitted state is saved as safetensors (numbers) + JSON (block order, column order per
 block, weights, flags); nothing is pickled.
 
@@ -24,7 +31,8 @@ block, weights, flags); nothing is pickled.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +47,7 @@ from gpuseg.runtime import pca
 from gpuseg.runtime.artifacts import load_artifact, save_artifact
 from gpuseg.runtime.device import resolve_device
 from gpuseg.runtime.errors import UserInputError
+from gpuseg.runtime.matrix import BlockFile, select_columns, table_matrix
 from gpuseg.runtime.validation import (
     InputDataError,
     InvalidParameterError,
@@ -61,10 +70,7 @@ KIND = "gpuseg.BlockFuser"
 _NAME = "BlockFuser"
 _REMEDY = "re-run `gpuseg fuse` (or fit and save the BlockFuser again)"
 _WEIGHTS = ("equal_variance", "none")
-#: rows per device chunk in transform and in the PCA covariance
-_CHUNK = 65536
-
-BlockInput = tuple  # (ids, X) or (ids, X, columns)
+BlockInput = tuple | BlockFile  # (ids, X), (ids, X, columns) or a block file read in row batches
 
 
 def _as_ids(ids: Any, where: str) -> pa.Array:
@@ -77,7 +83,7 @@ def _as_ids(ids: Any, where: str) -> pa.Array:
 
 def _unpack(name: str, value: Any) -> tuple[pa.Array, np.ndarray, list[str]]:
     if not isinstance(value, (tuple, list)) or len(value) not in (2, 3):
-        raise InputDataError(f"block {name!r} must be a tuple (ids, X) or (ids, X, columns), "
+        raise InputDataError(f"block {name!r} must be a tuple (ids, X) or (ids, X, columns) or a BlockFile, "
                              f"got {type(value).__name__}")
     ids = _as_ids(value[0], f"block {name!r}")
     X = np.asarray(value[1])
@@ -87,7 +93,6 @@ def _unpack(name: str, value: Any) -> tuple[pa.Array, np.ndarray, list[str]]:
         raise InputDataError(f"block {name!r}: {len(ids)} ids but {X.shape[0]} rows in X")
     if not np.issubdtype(X.dtype, np.number) and X.dtype != bool:
         raise InputDataError(f"block {name!r}: X must be numeric, got dtype {X.dtype}")
-    X = X.astype(np.float64, copy=False)
     if not np.isfinite(X).all():
         bad = np.flatnonzero(~np.isfinite(X).all(1))[:5].tolist()
         raise InputDataError(f"block {name!r}: rows {bad} hold NaN or infinity; impute them upstream")
@@ -98,23 +103,206 @@ def _unpack(name: str, value: Any) -> tuple[pa.Array, np.ndarray, list[str]]:
     return ids, X, columns
 
 
-def _reference_ids(parsed: dict[str, tuple[pa.Array, np.ndarray, list[str]]], ids: Any) -> pa.Array:
+def _open_sources(blocks: Mapping[str, Any], ids: Any, batch_rows: int, scratch_dir: Any) -> tuple[pa.Array, list]:
+    """The reference ids and one aligned row source per block (in the blocks' order)."""
+    opened = {}
+    for name, value in blocks.items():
+        if isinstance(value, BlockFile):
+            opened[name] = (_as_ids(value.ids(), f"block {name!r}"), value)
+        else:
+            bids, X, columns = _unpack(name, value)
+            opened[name] = (bids, (X, columns))
     if ids is not None:
-        return _as_ids(ids, "the reference ids")
-    # the union of the blocks' ids, in first-seen order
-    ref = pa.concat_arrays([p[0] for p in parsed.values()])
-    return ref.unique() if len(ref) else ref
+        ref = _as_ids(ids, "the reference ids")
+    else:  # the union of the blocks' ids, in first-seen order
+        ref = pa.concat_arrays([o[0] for o in opened.values()])
+        ref = ref.unique() if len(ref) else ref
+    scratch = _Scratch(scratch_dir)
+    sources = []
+    for name, (bids, payload) in opened.items():
+        if isinstance(payload, BlockFile):
+            sources.append(_FileSource(name, ref, bids, payload, batch_rows, scratch))
+        else:
+            sources.append(_ArraySource(name, ref, bids, *payload))
+    return ref, sources
 
 
-def _align(name: str, ref: pa.Array, ids: pa.Array, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``X`` in ``ref`` order (zeros where missing) and the presence mask."""
+def _positions(ref: pa.Array, ids: pa.Array) -> np.ndarray:
+    """Row of each reference customer in the block (-1 where the block does not cover it)."""
     index = pc.index_in(ref, value_set=ids)
-    present = index.is_valid().to_numpy(zero_copy_only=False)
-    out = np.zeros((len(ref), X.shape[1]), dtype=np.float64)
-    if present.any():
-        rows = index.drop_null().to_numpy(zero_copy_only=False).astype(np.int64)
-        out[present] = X[rows]
-    return out, present
+    return index.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _spans(n: int, rows: int) -> Iterator[tuple[int, int]]:
+    for s in range(0, n, rows):
+        yield s, min(n, s + rows)
+
+
+class _ArraySource:
+    """An in-memory block, aligned to the reference ids by row lookup."""
+
+    def __init__(self, name: str, ref: pa.Array, ids: pa.Array, X: np.ndarray, columns: list[str]):
+        self.name, self.columns, self._X = name, columns, X
+        self.n_columns = X.shape[1]
+        self.pos = _positions(ref, ids)
+        self.present = self.pos >= 0
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """float32 rows ``start:stop`` of the reference order (zeros where missing)."""
+        p = self.pos[start:stop]
+        out = np.zeros((len(p), self.n_columns), dtype=np.float32)
+        m = p >= 0
+        out[m] = self._X[p[m]]
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class _Scratch:
+    """A temporary folder, made on first use (only a realigned block needs one)."""
+
+    def __init__(self, parent: Any):
+        self.parent = None if parent is None else Path(parent)
+        self._dir: tempfile.TemporaryDirectory | None = None
+
+    def path(self) -> Path:
+        if self._dir is None:
+            if self.parent is not None:
+                self.parent.mkdir(parents=True, exist_ok=True)
+            self._dir = tempfile.TemporaryDirectory(prefix=".fuse-scratch-", dir=self.parent)
+        return Path(self._dir.name)
+
+    def close(self) -> None:
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+
+class _FileSource:
+    """A block file read in row batches and aligned to the reference ids as it streams.
+
+    When the file's covered rows come in reference order (what the upstream jobs write), each pass
+    reads the file once, front to back, holding one batch. Otherwise the rows are first scattered
+    into a reference-ordered scratch ``.npy`` (mapped only while one batch is written or read).
+    """
+
+    def __init__(self, name: str, ref: pa.Array, ids: pa.Array, block: BlockFile, batch_rows: int,
+                 scratch: _Scratch):
+        self.name, self.columns, self.n_columns = name, list(block.names), len(block.names)
+        self._block, self._batch_rows, self._scratch = block, batch_rows, scratch
+        self.pos = _positions(ref, ids)
+        self.present = self.pos >= 0
+        found = self.pos[self.present]
+        self._aligned = self._realign(len(ids)) if np.any(np.diff(found) <= 0) else None
+        self._reset()
+
+    def _realign(self, n_block: int) -> Path:
+        log.info("block %r: rows in another order than the customers; realigning through a scratch file",
+                 self.name)
+        path = self._scratch.path() / f"{self.name}.aligned.npy"
+        target = np.full(n_block, -1, dtype=np.int64)
+        target[self.pos[self.present]] = np.flatnonzero(self.present)
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(self.pos), self.n_columns)).flush()
+        start = 0
+        for x in self._block.batches(self._batch_rows):
+            t = target[start:start + len(x)]
+            keep = t >= 0
+            mm = np.load(path, mmap_mode="r+")
+            mm[t[keep]] = x[keep]
+            mm.flush()
+            del mm  # unmapped: the written pages leave this process's memory
+            start += len(x)
+        return path
+
+    def _reset(self) -> None:
+        self._close_reader()
+        self._it = None if self._aligned is not None else self._block.batches(self._batch_rows)
+        self._buf = np.zeros((0, self.n_columns), dtype=np.float32)
+        self._buf_start = 0
+        self._next = 0
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """float32 rows ``start:stop`` of the reference order (zeros where missing); passes go front to back."""
+        if start < self._next:  # a new pass
+            self._reset()
+        self._next = stop
+        if self._aligned is not None:
+            mm = np.load(self._aligned, mmap_mode="r")
+            out = np.array(mm[start:stop])
+            del mm
+            return out
+        p = self.pos[start:stop]
+        m = p >= 0
+        out = np.zeros((len(p), self.n_columns), dtype=np.float32)
+        out[m] = self._take(p[m])
+        return out
+
+    def _take(self, idx: np.ndarray) -> np.ndarray:
+        """File rows ``idx`` (increasing, at or after the current batch)."""
+        out = np.empty((len(idx), self.n_columns), dtype=np.float32)
+        k = 0
+        while k < len(idx):
+            end = self._buf_start + len(self._buf)
+            if idx[k] >= end:
+                self._buf_start, self._buf = end, next(self._it)
+                continue
+            j = int(np.searchsorted(idx, end))
+            out[k:j] = self._buf[idx[k:j] - self._buf_start]
+            k = j
+        return out
+
+    def _close_reader(self) -> None:
+        # a pass that ends before the file does leaves a reader holding a row group: free it now
+        if getattr(self, "_it", None) is not None:
+            self._it.close()
+        self._it = None
+
+    def close(self) -> None:
+        self._close_reader()
+        self._scratch.close()
+
+
+class _Moments:
+    """Count, mean and sum of squared deviations per column, merged chunk by chunk (Chan et al.) in float64."""
+
+    def __init__(self, d: int):
+        self.count = 0
+        self.mean = np.zeros(d)
+        self.m2 = np.zeros(d)
+
+    def update(self, x: np.ndarray) -> None:
+        k = len(x)
+        if not k:
+            return
+        mean = x.mean(0, dtype=np.float64)
+        dev = x - mean.astype(x.dtype)
+        m2 = np.einsum("ij,ij->j", dev, dev, dtype=np.float64)
+        n = self.count + k
+        delta = mean - self.mean
+        self.mean += delta * (k / n)
+        self.m2 += m2 + delta**2 * (self.count * k / n)
+        self.count = n
+
+
+def _standardised_moments(mom: _Moments, mean: np.ndarray, scale: np.ndarray, n: int,
+                          flagged: bool) -> tuple[float, np.ndarray]:
+    """Total variance and column means, over all ``n`` customers, of a standardised block.
+
+    A covered customer's column is ``(x - mean) / scale``, a missing one's 0; the flag column is
+    ``(present - mean) / scale``. Sums follow from the block's moments, no pass over the data.
+    """
+    d, m = len(mom.mean), mom.count
+    shift = mom.mean - mean[:d]
+    s1 = m * shift / scale[:d]
+    s2 = (mom.m2 + m * shift**2) / scale[:d] ** 2
+    if flagged:
+        mu, sc = mean[d], scale[d]
+        s1 = np.append(s1, (m - n * mu) / sc)
+        s2 = np.append(s2, (m * (1 - mu) ** 2 + (n - m) * mu**2) / sc**2)
+    centre = s1 / n
+    return float(np.sum(s2 / n - centre**2)), centre
+
 
 
 class BlockFuser(TransformerMixin, BaseEstimator):
@@ -136,6 +324,9 @@ class BlockFuser(TransformerMixin, BaseEstimator):
         Per-column z-score within each block before weighting.
     device : str or torch.device, default="auto"
         Where the PCA and the transform run.
+    chunk_rows : int, default=65536
+        Customers per streamed chunk. Peak memory is about ``chunk_rows * width * 12`` bytes
+        (``width``: the fused columns), beside the output when it is collected in memory.
 
     Attributes
     ----------
@@ -159,12 +350,13 @@ class BlockFuser(TransformerMixin, BaseEstimator):
 
     def __init__(self, *, weights: str | Mapping[str, float] = "equal_variance",
                  pca_components: int | float | None = None, l2_normalize: bool = False,
-                 standardize: bool = True, device: str | torch.device = "auto"):
+                 standardize: bool = True, device: str | torch.device = "auto", chunk_rows: int = 65536):
         self.weights = weights
         self.pca_components = pca_components
         self.l2_normalize = l2_normalize
         self.standardize = standardize
         self.device = device
+        self.chunk_rows = chunk_rows
 
     # ------------------------------------------------------------------ scikit-learn plumbing
     def set_params(self, **params) -> BlockFuser:
@@ -192,6 +384,8 @@ class BlockFuser(TransformerMixin, BaseEstimator):
         check_bool(_NAME, "l2_normalize", self.l2_normalize)
         check_bool(_NAME, "standardize", self.standardize)
         check_device(_NAME, self.device)
+        check_param(_NAME, "chunk_rows", self.chunk_rows, is_int(self.chunk_rows) and self.chunk_rows >= 1,
+                    int_range(1))
 
     def _check_fitted(self) -> None:
         check_fitted(_NAME, hasattr(self, "blocks_"))
@@ -203,8 +397,9 @@ class BlockFuser(TransformerMixin, BaseEstimator):
         Parameters
         ----------
         blocks : dict
-            Block name -> ``(ids, X)`` or ``(ids, X, column_names)``; ``X`` of shape
-            ``(n_block_customers, n_columns)``, finite.
+            Block name -> ``(ids, X)`` or ``(ids, X, column_names)`` (``X`` of shape
+            ``(n_block_customers, n_columns)``, finite), or a
+            :class:`~gpuseg.runtime.matrix.BlockFile` read in row batches.
         ids : array-like of str, optional
             The customers of the output, in order. Default: the union of the blocks' ids in
             first-seen order.
@@ -213,11 +408,74 @@ class BlockFuser(TransformerMixin, BaseEstimator):
         -------
         self
         """
-        self.fit_transform(blocks, ids)
+        _, sources = self._fit_sources(blocks, ids, scratch_dir=None)
+        for src in sources:
+            src.close()
         return self
 
     def fit_transform(self, blocks: Mapping[str, BlockInput], ids: Any = None) -> tuple[pa.Array, np.ndarray]:
-        """Fit on ``blocks`` and return ``(ids, fused)`` for the same customers."""
+        """Fit on ``blocks`` and return ``(ids, fused float32)`` for the same customers."""
+        ref, chunks = self.fit_transform_chunks(blocks, ids)
+        return ref, self._collect(len(ref), chunks)
+
+    def fit_transform_chunks(self, blocks: Mapping[str, BlockInput], ids: Any = None, *,
+                             scratch_dir: str | Path | None = None) -> tuple[pa.Array, Iterator[np.ndarray]]:
+        """Fit on ``blocks``, then give the fused rows chunk by chunk (bounded memory).
+
+        The statistics come from streamed passes over ``chunk_rows`` customers at a time
+        (moments and the PCA covariance accumulated in float64, the chunks float32), so with
+        :class:`~gpuseg.runtime.matrix.BlockFile` blocks peak memory is set by ``chunk_rows``,
+        not by the number of customers.
+
+        Parameters
+        ----------
+        blocks, ids
+            As for :meth:`fit`.
+        scratch_dir : path-like, optional
+            Where a block file whose rows are in another order than ``ids`` is realigned (a
+            temporary ``.npy``, removed when the chunks are exhausted); default: the system's.
+
+        Returns
+        -------
+        ids : pyarrow.Array
+            The output customers, in order.
+        chunks : iterator of ndarray
+            float32 ``(rows, n_features_out_)`` chunks, in ``ids`` order.
+        """
+        ref, sources = self._fit_sources(blocks, ids, scratch_dir=scratch_dir)
+        return ref, self._chunks(sources, len(ref), resolve_device(self.device, key="device"))
+
+    def transform(self, blocks: Mapping[str, BlockInput], ids: Any = None) -> tuple[pa.Array, np.ndarray]:
+        """Apply the fitted transform to (new) blocks; returns ``(ids, fused float32)``.
+
+        Every fitted block must be given, with the same columns; ``ids`` defaults to the union
+        of the blocks' ids. Customers a block does not cover get its mean (and flag 0).
+        """
+        ref, chunks = self.transform_chunks(blocks, ids)
+        return ref, self._collect(len(ref), chunks)
+
+    def transform_chunks(self, blocks: Mapping[str, BlockInput], ids: Any = None, *,
+                         scratch_dir: str | Path | None = None) -> tuple[pa.Array, Iterator[np.ndarray]]:
+        """:meth:`transform`, chunk by chunk: ``(ids, iterator of float32 chunks)`` (see :meth:`fit_transform_chunks`)."""
+        self._check_fitted()
+        device = resolve_device(self.device, key="device")
+        missing = [n for n in self.blocks_ if n not in blocks]
+        extra = sorted(set(blocks) - set(self.blocks_))
+        if missing or extra:
+            raise InputDataError(f"{_NAME}.transform needs exactly the fitted blocks {self.blocks_}; "
+                                 f"missing {missing}, unexpected {extra}")
+        ref, sources = _open_sources({n: blocks[n] for n in self.blocks_}, ids, self._batch_rows(), scratch_dir)
+        for src in sources:
+            if src.n_columns != self.n_features_in_[src.name]:
+                raise InputDataError(f"block {src.name!r} has {src.n_columns} columns, but {_NAME} was fitted "
+                                     f"with {self.n_features_in_[src.name]}")
+        return ref, self._chunks(sources, len(ref), device)
+
+    # ------------------------------------------------------------------ streamed passes
+    def _batch_rows(self) -> int:
+        return int(self.chunk_rows)
+
+    def _fit_sources(self, blocks: Mapping[str, BlockInput], ids: Any, scratch_dir: Any) -> tuple[pa.Array, list]:
         self._check_params()
         if not isinstance(blocks, Mapping) or not blocks:
             raise InputDataError(f"{_NAME}.fit needs a non-empty dict of blocks, got {blocks!r:.80}")
@@ -227,100 +485,67 @@ class BlockFuser(TransformerMixin, BaseEstimator):
                 raise InvalidParameterError(f"The 'weights' parameter of {_NAME} names blocks {unknown} that are "
                                             f"not among the blocks given to fit: {sorted(blocks)}.")
         device = resolve_device(self.device, key="device")
-        parsed = {name: _unpack(name, value) for name, value in blocks.items()}
-        ref = _reference_ids(parsed, ids)
-        if len(ref) < 2:
-            raise InputDataError(f"{_NAME}.fit needs at least 2 customers, got {len(ref)}")
+        ref, sources = _open_sources(blocks, ids, self._batch_rows(), scratch_dir)
+        n = len(ref)
+        if n < 2:
+            raise InputDataError(f"{_NAME}.fit needs at least 2 customers, got {n}")
+        # pass 1: per-column moments of every block over the customers it covers
+        moments = {src.name: _Moments(src.n_columns) for src in sources}
+        for s, e in _spans(n, self._batch_rows()):
+            for src in sources:
+                moments[src.name].update(src.rows(s, e)[src.present[s:e]])
         self.blocks_, self.block_columns_, self.flagged_ = [], {}, {}
         self.means_, self.scales_, self.block_weights_, self.coverage_ = {}, {}, {}, {}
-        standardised = []
-        for name, (bids, X, columns) in parsed.items():
-            aligned, present = _align(name, ref, bids, X)
-            if not present.any():
-                raise InputDataError(f"block {name!r} covers none of the {len(ref)} customers")
-            flagged = bool(not present.all())
-            mean = aligned[present].mean(0) if self.standardize else np.zeros(X.shape[1])
-            std = aligned[present].std(0) if self.standardize else np.ones(X.shape[1])
+        total_var, centre = {}, {}
+        for src in sources:
+            name, mom = src.name, moments[src.name]
+            if mom.count == 0:
+                raise InputDataError(f"block {name!r} covers none of the {n} customers")
+            flagged = mom.count < n
+            d = src.n_columns
+            mean = mom.mean.copy() if self.standardize else np.zeros(d)
+            std = np.sqrt(mom.m2 / mom.count) if self.standardize else np.ones(d)
+            columns = list(src.columns)
             if flagged:
-                columns = [*columns, f"{name}__present"]
-                flag = present.astype(np.float64)
-                mean = np.append(mean, flag.mean() if self.standardize else 0.0)
-                std = np.append(std, flag.std() if self.standardize else 1.0)
+                columns.append(f"{name}__present")
+                p = mom.count / n
+                mean = np.append(mean, p if self.standardize else 0.0)
+                std = np.append(std, np.sqrt(p * (1 - p)) if self.standardize else 1.0)
             std = np.where(std > 1e-12, std, 1.0)
             self.blocks_.append(name)
             self.block_columns_[name] = columns
             self.flagged_[name] = flagged
             self.means_[name], self.scales_[name] = mean, std
-            self.coverage_[name] = float(present.mean())
-            standardised.append(self._standardise(name, aligned, present))
-        # weights from the standardised blocks' total variance over all output customers
-        total_var = {name: float(Z.var(0).sum()) for name, Z in zip(self.blocks_, standardised, strict=True)}
+            self.coverage_[name] = mom.count / n
+            # mean and variance over all customers of the standardised columns (missing rows at 0)
+            total_var[name], centre[name] = _standardised_moments(mom, mean, std, n, flagged)
         for name in self.blocks_:
             self.block_weights_[name] = self._weight(name, total_var[name])
-        fused = np.hstack([Z * self.block_weights_[n] for n, Z in zip(self.blocks_, standardised, strict=True)])
-        del standardised
-        weighted = {n: total_var[n] * self.block_weights_[n] ** 2 for n in self.blocks_}
+        weighted = {n_: total_var[n_] * self.block_weights_[n_] ** 2 for n_ in self.blocks_}
         grand = sum(weighted.values()) or 1.0
-        self.variance_shares_ = {n: v / grand for n, v in weighted.items()}
-        self.n_features_in_ = {n: len(self.block_columns_[n]) - int(self.flagged_[n]) for n in self.blocks_}
-        self._fit_pca(fused, device)
-        out = self._finish(fused, device)
+        self.variance_shares_ = {n_: v / grand for n_, v in weighted.items()}
+        self.n_features_in_ = {n_: len(self.block_columns_[n_]) - int(self.flagged_[n_]) for n_ in self.blocks_}
+        self.n_features_out_ = self._width()
+        fused_mean = np.concatenate([centre[b] * self.block_weights_[b] for b in self.blocks_])
+        self._fit_pca(sources, n, fused_mean, device)
         log.info("BlockFuser fitted: %s -> %d columns (variance shares %s)",
-                 {n: len(c) for n, c in self.block_columns_.items()}, self.n_features_out_,
-                 {n: round(s, 3) for n, s in self.variance_shares_.items()})
-        return ref, out
+                 {b: len(c) for b, c in self.block_columns_.items()}, self.n_features_out_,
+                 {b: round(s, 3) for b, s in self.variance_shares_.items()})
+        return ref, sources
 
-    def transform(self, blocks: Mapping[str, BlockInput], ids: Any = None) -> tuple[pa.Array, np.ndarray]:
-        """Apply the fitted transform to (new) blocks; returns ``(ids, fused float32)``.
-
-        Every fitted block must be given, with the same columns; ``ids`` defaults to the union
-        of the blocks' ids. Customers a block does not cover get its mean (and flag 0).
-        """
-        self._check_fitted()
-        device = resolve_device(self.device, key="device")
-        missing = [n for n in self.blocks_ if n not in blocks]
-        extra = sorted(set(blocks) - set(self.blocks_))
-        if missing or extra:
-            raise InputDataError(f"{_NAME}.transform needs exactly the fitted blocks {self.blocks_}; "
-                                 f"missing {missing}, unexpected {extra}")
-        parsed = {name: _unpack(name, blocks[name]) for name in self.blocks_}
-        ref = _reference_ids(parsed, ids)
-        parts = []
-        for name in self.blocks_:
-            bids, X, _ = parsed[name]
-            if X.shape[1] != self.n_features_in_[name]:
-                raise InputDataError(f"block {name!r} has {X.shape[1]} columns, but {_NAME} was fitted with "
-                                     f"{self.n_features_in_[name]}")
-            aligned, present = _align(name, ref, bids, X)
-            parts.append(self._standardise(name, aligned, present) * self.block_weights_[name])
-        return ref, self._finish(np.hstack(parts), device)
-
-    def _standardise(self, name: str, aligned: np.ndarray, present: np.ndarray) -> np.ndarray:
-        d = aligned.shape[1]
-        mean, scale = self.means_[name], self.scales_[name]
-        Z = (aligned - mean[:d]) / scale[:d]
-        Z[~present] = 0.0  # a missing block sits at the block mean
-        if self.flagged_[name]:
-            flag = (present.astype(np.float64) - mean[d]) / scale[d]
-            Z = np.hstack([Z, flag[:, None]])
-        return Z
-
-    def _weight(self, name: str, total_var: float) -> float:
-        if self.weights == "none":
-            return 1.0
-        share = 1.0 if self.weights == "equal_variance" else float(self.weights.get(name, 1.0))
-        if total_var <= 1e-12:
-            log.warning("block %r is constant over the customers: it carries no information", name)
-            return 0.0
-        return float(np.sqrt(share / total_var))
-
-    def _fit_pca(self, fused: np.ndarray, device: torch.device) -> None:
+    def _fit_pca(self, sources: list, n: int, mean: np.ndarray, device: torch.device) -> None:
         self.components_ = self.pca_mean_ = self.explained_variance_ratio_ = None
         p = self.pca_components
         if p is None:
             return
-        n, d = fused.shape
-        mean, cov = pca.streamed_covariance(fused, device, _CHUNK)
+        d = len(mean)
+        # pass 2: the covariance of the fused rows, accumulated in float64 on the device
+        centre = torch.as_tensor(mean, dtype=torch.float64, device=device)
+        cov = torch.zeros(d, d, dtype=torch.float64, device=device)
+        for s, e in _spans(n, self._batch_rows()):
+            x = torch.as_tensor(self._fused_chunk(sources, s, e), device=device).double() - centre
+            cov += x.T @ x
+        cov /= max(n - 1, 1)
         axes = pca.from_covariance(cov)
         ratio = axes.explained_variance_ratio.cpu().numpy()
         if isinstance(p, float):
@@ -333,29 +558,67 @@ class BlockFuser(TransformerMixin, BaseEstimator):
         self.components_ = axes.components[:r].cpu().numpy()
         self.pca_mean_ = mean
         self.explained_variance_ratio_ = ratio[:r]
+        self.n_features_out_ = r
 
-    def _finish(self, fused: np.ndarray, device: torch.device) -> np.ndarray:
-        if self.components_ is None and not self.l2_normalize:
-            out = fused.astype(np.float32)
-        else:
-            comps = None if self.components_ is None else torch.as_tensor(self.components_, device=device)
-            mean = None if self.pca_mean_ is None else torch.as_tensor(self.pca_mean_, device=device)
-            chunks = []
-            for s in range(0, fused.shape[0], _CHUNK):
-                x = torch.as_tensor(fused[s:s + _CHUNK], device=device)
+    def _width(self) -> int:
+        return sum(len(c) for c in self.block_columns_.values())
+
+    def _fused_chunk(self, sources: list, start: int, stop: int) -> np.ndarray:
+        """Standardised, weighted rows ``start:stop`` of every block side by side (float32)."""
+        out = np.empty((stop - start, self._width()), dtype=np.float32)
+        j = 0
+        for src in sources:
+            name = src.name
+            x, present = src.rows(start, stop), src.present[start:stop]
+            d = x.shape[1]
+            mean, scale, w = self.means_[name], self.scales_[name], self.block_weights_[name]
+            z = out[:, j:j + d]
+            np.subtract(x, mean[:d].astype(np.float32), out=z)
+            z *= (w / scale[:d]).astype(np.float32)
+            z[~present] = 0.0  # a missing block sits at the block mean
+            j += d
+            if self.flagged_[name]:
+                out[:, j] = (present.astype(np.float32) - np.float32(mean[d])) * np.float32(w / scale[d])
+                j += 1
+        return out
+
+    def _chunks(self, sources: list, n: int, device: torch.device) -> Iterator[np.ndarray]:
+        """Pass 3: fused chunks through the PCA and the L2 normalisation, in row order."""
+        comps = None if self.components_ is None else torch.as_tensor(self.components_, dtype=torch.float32,
+                                                                      device=device)
+        mean = None if comps is None else torch.as_tensor(self.pca_mean_, dtype=torch.float32, device=device)
+        try:
+            for s, e in _spans(n, self._batch_rows()):
+                fused = self._fused_chunk(sources, s, e)
+                if comps is None and not self.l2_normalize:
+                    yield fused
+                    continue
+                x = torch.as_tensor(fused, device=device)
                 if comps is not None:
                     x = (x - mean) @ comps.T
                 if self.l2_normalize:
                     x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-                chunks.append(x.float().cpu().numpy())
-            out = np.concatenate(chunks) if chunks else np.zeros((0, self._out_width()), np.float32)
-        self.n_features_out_ = out.shape[1]
-        return np.ascontiguousarray(out, dtype=np.float32)
+                yield np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)
+        finally:
+            for src in sources:
+                src.close()
 
-    def _out_width(self) -> int:
-        if self.components_ is not None:
-            return self.components_.shape[0]
-        return sum(len(c) for c in self.block_columns_.values())
+    def _collect(self, n: int, chunks: Iterator[np.ndarray]) -> np.ndarray:
+        out = np.empty((n, self.n_features_out_), dtype=np.float32)
+        s = 0
+        for x in chunks:
+            out[s:s + len(x)] = x
+            s += len(x)
+        return out
+
+    def _weight(self, name: str, total_var: float) -> float:
+        if self.weights == "none":
+            return 1.0
+        share = 1.0 if self.weights == "equal_variance" else float(self.weights.get(name, 1.0))
+        if total_var <= 1e-12:
+            log.warning("block %r is constant over the customers: it carries no information", name)
+            return 0.0
+        return float(np.sqrt(share / total_var))
 
     @property
     def feature_names_out_(self) -> list[str]:
@@ -442,7 +705,9 @@ def block_from_table(table: pa.Table, columns: Sequence[str] | None = None, *,
     """``(ids, X, column_names)`` of a block table keyed by ``customer_id``.
 
     Numeric and boolean columns give one column each, ``fixed_size_list`` vectors ``dim``
-    columns named ``<name>[i]`` (as :func:`gpuseg.runtime.matrix.read_matrix`).
+    columns named ``<name>[i]`` (as :func:`gpuseg.runtime.matrix.read_matrix`); nulls become
+    NaN (an error at fit or transform). For a block file too large to hold, pass a
+    :class:`~gpuseg.runtime.matrix.BlockFile` to the fuser instead.
 
     Parameters
     ----------
@@ -453,31 +718,5 @@ def block_from_table(table: pa.Table, columns: Sequence[str] | None = None, *,
     block : str
         Block name used in error messages.
     """
-    if "customer_id" not in table.column_names:
-        raise UserInputError(f"block {block!r} has no customer_id column")
-    available = [c for c in table.column_names if c != "customer_id"]
-    if columns is None:
-        columns = [c for c in available if _usable(table.schema.field(c).type)]
-    unknown = [c for c in columns if c not in available]
-    if unknown:
-        raise UserInputError(f"block {block!r} has no column(s) {unknown}; its columns are {available}")
-    parts, names = [], []
-    for name in columns:
-        col = table[name].combine_chunks()
-        if pa.types.is_fixed_size_list(col.type):
-            dim = col.type.list_size
-            parts.append(col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim))
-            names += [f"{name}[{i}]" for i in range(dim)]
-        elif _usable(col.type):
-            parts.append(col.cast(pa.float32()).fill_null(np.nan).to_numpy(zero_copy_only=False).reshape(-1, 1))
-            names.append(name)
-        else:
-            raise UserInputError(f"block {block!r}: column {name!r} of type {col.type} is not numeric")
-    if not parts:
-        raise UserInputError(f"block {block!r} has no numeric columns")
-    return table["customer_id"].combine_chunks(), np.hstack(parts), names
-
-
-def _usable(t: pa.DataType) -> bool:
-    return (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)
-            or pa.types.is_fixed_size_list(t))
+    columns, names = select_columns(table.schema, columns, f"block {block!r}")
+    return table["customer_id"].combine_chunks(), table_matrix(table, columns), names

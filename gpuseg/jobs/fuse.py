@@ -5,11 +5,16 @@ on every validated customer and writes ``fuse/fused.parquet`` (customer_id + a `
 vector column, what ``gpuseg segment`` and ``gpuseg lookalike`` read), ``fuse/fused.npy`` (the
 same float32 matrix, memory-mappable, same row order), the fitted transform
 (``transform.json`` + ``transform.safetensors``) and ``metrics.json``.
+
+The blocks are read in row batches and the fused rows written chunk by chunk
+(``fuse.chunk_rows`` customers at a time), so the job's memory does not grow with the number of
+customers beyond their ids.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +24,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from gpuseg.fusion import BlockFuser, block_from_table
+from gpuseg.fusion import BlockFuser
 from gpuseg.jobs.common import finish, staged, start, work_dir
 from gpuseg.runtime.errors import ConfigError, UserInputError
-from gpuseg.runtime.io import write_json, write_numpy, write_parquet
+from gpuseg.runtime.io import ParquetStreamWriter, write_json
 from gpuseg.runtime.layout import artifact, job_dir, read_checked
+from gpuseg.runtime.matrix import BlockFile, NpyStreamWriter
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +39,7 @@ def fuse_dir(work: Path) -> Path:
     return job_dir(work, "fuse")
 
 
-def _read_blocks(cfg: DictConfig, work: Path) -> tuple[dict[str, tuple], dict[str, str]]:
+def _read_blocks(cfg: DictConfig, work: Path) -> tuple[dict[str, BlockFile], dict[str, str]]:
     blocks, paths = {}, {}
     for name, bcfg in cfg.fuse.blocks.items():
         if bcfg is None or not bool(bcfg.get("enabled", True)):
@@ -51,7 +57,7 @@ def _read_blocks(cfg: DictConfig, work: Path) -> tuple[dict[str, tuple], dict[st
         columns = bcfg.get("columns")
         columns = None if columns is None else [str(c) for c in OmegaConf.to_container(columns, resolve=True)]
         try:
-            blocks[name] = block_from_table(pq.read_table(path), columns, block=name)
+            blocks[name] = BlockFile(path, columns, where=f"block {name!r}")
         except UserInputError as exc:
             raise UserInputError(str(exc.args[0]), config_key=f"fuse.blocks.{name}.columns") from None
         paths[name] = str(path)
@@ -77,6 +83,19 @@ def _customers(work: Path) -> pa.Array | None:
     return pq.read_table(path, columns=["customer_id"])["customer_id"].combine_chunks()
 
 
+def _write_fused(work: Path, ids: pa.Array, chunks, dim: int) -> None:
+    """``fused.parquet`` (one row group per chunk) and ``fused.npy``, written side by side chunk by chunk."""
+    schema = pa.schema([("customer_id", pa.string()), ("fused", pa.list_(pa.float32(), dim))])
+    with ParquetStreamWriter(artifact(work, "fuse", "fused"), schema) as table, \
+            NpyStreamWriter(artifact(work, "fuse", "matrix"), len(ids), dim) as matrix:
+        start = 0
+        for x in chunks:
+            vectors = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), dim)
+            table.write(pa.table({"customer_id": ids.slice(start, len(x)), "fused": vectors}))
+            matrix.write(x)
+            start += len(x)
+
+
 @staged("fuse")
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit the fusion transform on every customer and write the fused matrix."""
@@ -89,20 +108,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     fcfg = cfg.fuse
     pca = fcfg.pca_components
     fuser = BlockFuser(weights=_weights(cfg, list(blocks)), pca_components=None if pca is None else pca,
-                       l2_normalize=bool(fcfg.l2_normalize), standardize=bool(fcfg.standardize), device=device)
+                       l2_normalize=bool(fcfg.l2_normalize), standardize=bool(fcfg.standardize), device=device,
+                       chunk_rows=int(fcfg.get("chunk_rows", 65536)))
+    for stale in out.glob(".fuse-scratch-*"):  # a killed run's realigned blocks
+        shutil.rmtree(stale, ignore_errors=True)
     try:
-        ids, fused = fuser.fit_transform(blocks, ids=_customers(work))
+        ids, chunks = fuser.fit_transform_chunks(blocks, ids=_customers(work), scratch_dir=out)
     except UserInputError as exc:
         if exc.config_key is None and "parameter" in str(exc):
-            exc.config_key = "fuse"
+            exc.config_key = "fuse.chunk_rows" if "chunk_rows" in str(exc) else "fuse"
         raise
+    dim = fuser.n_features_out_
+    _write_fused(work, ids, chunks, dim)
     seconds = time.perf_counter() - t0
-
-    dim = fused.shape[1]
-    table = pa.table({"customer_id": ids,
-                      "fused": pa.FixedSizeListArray.from_arrays(pa.array(fused.reshape(-1), pa.float32()), dim)})
-    write_parquet(artifact(work, "fuse", "fused"), table)
-    write_numpy(artifact(work, "fuse", "matrix"), fused)
     fuser.save(artifact(work, "fuse", "transform"))
     metrics = {
         "n_customers": len(ids),

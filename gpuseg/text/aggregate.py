@@ -9,13 +9,16 @@ together, each customer gets
 
 plus ``has_text``. Customers with no text get zeros and ``has_text = False``: nobody is dropped,
 so the block aligns row for row with the customers table. Sums are vectorised scatter-adds
-(``torch.Tensor.index_add_``), one pass per block.
+(``torch.Tensor.index_add_``). :func:`aggregate_parts` streams: the texts come as parts (one
+embedding part file at a time) and the customers in ranges sized by a memory budget, so neither
+the texts nor every customer's blocks are held at once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +32,21 @@ log = logging.getLogger(__name__)
 
 
 ALL = "all"
+_NO_TIME = np.iinfo(np.int64).min
+
+
+@dataclass(frozen=True)
+class TextPart:
+    """One part of the texts: embeddings with each text's customer row, time and source.
+
+    The fields take what :func:`aggregate_by_customer` takes for the whole set (``embeddings``
+    may be a memory-mapped ``.npy``: only the rows in use are copied).
+    """
+
+    embeddings: np.ndarray
+    customer_index: np.ndarray
+    timestamps: Any
+    sources: Any = None
 
 
 def aggregate_by_customer(
@@ -77,50 +95,126 @@ def aggregate_by_customer(
         ``has_text`` (bool, n_customers) and, for ``s`` in ``["all", *sources_order]``:
         ``<s>_mean`` and ``<s>_recency_mean`` (float32, (n_customers, dim)) and ``<s>_count``
         (int64, n_customers). Means are not re-normalised.
+
+    See Also
+    --------
+    aggregate_parts : the same, streamed over parts and customer ranges (bounded memory).
     """
     emb = np.asarray(embeddings)
     if emb.ndim != 2:
         raise UserInputError(f"embeddings must be a 2-d array (n_texts, dim), got shape {emb.shape}")
-    emb = emb.astype(np.float32, copy=False)
-    n = emb.shape[0]
     n_customers = _check_n_customers(n_customers)
-    cust = _check_index(customer_index, n, n_customers)
-    ts = _to_microseconds(timestamps, n)
+    part = TextPart(emb, customer_index, timestamps, sources)
+    ((_, out),) = aggregate_parts(lambda: [part], n_customers, emb.shape[1], as_of=as_of,
+                                  half_life_days=half_life_days, sources_order=sources_order,
+                                  skip_zero_rows=skip_zero_rows, customer_rows=max(n_customers, 1))
+    return out
+
+
+def aggregate_parts(
+    parts: Callable[[], Iterable[TextPart]],
+    n_customers: int,
+    dim: int,
+    *,
+    as_of: Any = None,
+    half_life_days: float = 90.0,
+    sources_order: Sequence[str] | None = None,
+    skip_zero_rows: bool = True,
+    customer_rows: int | None = None,
+    memory_mb: float = 1024.0,
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """:func:`aggregate_by_customer` streamed: parts read one at a time, customers in ranges.
+
+    The sums of one range of customers are accumulated over every part, then that range's
+    aggregates are given and the next range starts over the parts; no part is kept and the
+    texts are never concatenated, so memory is one part plus one range's arrays, whatever the
+    number of texts and customers. Results equal :func:`aggregate_by_customer` on the
+    concatenated parts (up to float32 summation order).
+
+    Parameters
+    ----------
+    parts : callable
+        Returns a fresh iterable of :class:`TextPart` each call (it is called once per range,
+        once more first when ``as_of`` or ``sources_order`` must be read from the data).
+    n_customers : int
+        Number of customers.
+    dim : int
+        Embedding width.
+    as_of, half_life_days, sources_order, skip_zero_rows
+        As for :func:`aggregate_by_customer`.
+    customer_rows : int, optional
+        Customers per range; None: as many as ``memory_mb`` holds.
+    memory_mb : float, default=1024
+        Memory for one range's sums and aggregates (about ``16 * dim`` bytes per customer and
+        block), when ``customer_rows`` is None.
+
+    Yields
+    ------
+    start : int
+        Row of the range's first customer.
+    aggregates : dict of str to ndarray
+        The :func:`aggregate_by_customer` output for customers ``start:start + len``.
+    """
+    n_customers = _check_n_customers(n_customers)
+    dim = int(dim)
     half_life = float(half_life_days)
     if not np.isfinite(half_life) or half_life <= 0:
         raise ConfigError(
             f"half_life_days must be a positive number of days, got {half_life_days!r}",
             config_key="text.half_life_days",
         )
+    as_of_us, order = _scan(parts, n_customers, dim, as_of, sources_order)
+    blocks = [ALL, *order]
+    if customer_rows is None:
+        customer_rows = int(memory_mb * 2**20 // (16 * dim * len(blocks) + 64))
+    customer_rows = max(1, int(customer_rows))
+    n_texts = n_kept = n_with_text = 0
+    for c0 in range(0, max(n_customers, 1), customer_rows):
+        c1 = min(n_customers, c0 + customer_rows)
+        acc = {b: _Sums(c1 - c0, dim) for b in blocks}
+        n_texts = 0
+        for part in parts():
+            emb, cust, ts, src = _part_arrays(part, n_customers, dim)
+            n_texts += len(cust)
+            valid = ts != _NO_TIME
+            rows = np.flatnonzero(~(valid & (ts > as_of_us)) & (cust >= c0) & (cust < c1))
+            x = np.ascontiguousarray(emb[rows], dtype=np.float32)
+            if skip_zero_rows:
+                nonzero = np.any(x != 0, axis=1)
+                rows, x = rows[nonzero], x[nonzero]
+            n_kept += len(rows)
+            age_days = (as_of_us - ts[rows]) / US_PER_DAY
+            w = np.where(valid[rows], np.exp2(-np.maximum(age_days, 0.0) / half_life), 0.0)
+            idx = cust[rows] - c0
+            acc[ALL].add(idx, x, w)
+            for s in order if src is not None else ():
+                m = src[rows] == s
+                acc[s].add(idx[m], x[m], w[m])
+            del part, emb, x  # the part (maybe a mapped file) goes before the next one is read
+        out: dict[str, np.ndarray] = {}
+        for b in blocks:
+            out[f"{b}_mean"], out[f"{b}_count"], out[f"{b}_recency_mean"] = acc[b].means()
+        out["has_text"] = out[f"{ALL}_count"] > 0
+        n_with_text += int(out["has_text"].sum())
+        yield c0, out
+    log.info("aggregated %d texts (%d kept at as_of) into %d customers, %d with text, blocks %s",
+             n_texts, n_kept, n_customers, n_with_text, blocks)
 
-    valid_ts = ts != np.iinfo(np.int64).min
-    as_of_us = _as_of_microseconds(as_of, ts[valid_ts])
-    keep = ~(valid_ts & (ts > as_of_us))
-    if skip_zero_rows:
-        keep &= np.any(emb != 0, axis=1)
-    age_days = np.where(valid_ts, (as_of_us - ts) / US_PER_DAY, np.inf)
-    weights = np.where(valid_ts, np.exp2(-np.maximum(age_days, 0.0) / half_life), 0.0)
 
-    src, order = _sources(sources, n, sources_order)
-    out: dict[str, np.ndarray] = {}
-    blocks = [(ALL, keep)] + [(s, keep & (src == s)) for s in order]
-    emb_t = torch.from_numpy(np.ascontiguousarray(emb))
-    for name, rows in blocks:
-        sel = np.flatnonzero(rows)
-        mean, count, recency = _block(emb_t, cust, weights, sel, n_customers)
-        out[f"{name}_mean"] = mean
-        out[f"{name}_count"] = count
-        out[f"{name}_recency_mean"] = recency
-    out["has_text"] = out[f"{ALL}_count"] > 0
-    log.info(
-        "aggregated %d texts (%d kept at as_of) into %d customers, %d with text, blocks %s",
-        n,
-        int(keep.sum()),
-        n_customers,
-        int(out["has_text"].sum()),
-        [b for b, _ in blocks],
-    )
-    return out
+def customer_text_tables(
+    parts: Callable[[], Iterable[TextPart]],
+    customer_ids: Sequence[str] | np.ndarray | pa.Array,
+    dim: int,
+    **options: Any,
+) -> Iterator[pa.Table]:
+    """:func:`customer_text_table` of each range of :func:`aggregate_parts` (``options``), in customer order.
+
+    At least one table is given (empty when there are no customers), so the first one's schema
+    can open a streamed Parquet writer.
+    """
+    ids = _ids_array(customer_ids)
+    for start, aggregates in aggregate_parts(parts, len(ids), dim, **options):
+        yield customer_text_table(aggregates, ids.slice(start, len(aggregates["has_text"])))
 
 
 def customer_text_table(
@@ -155,10 +249,7 @@ def customer_text_table(
             f"layout must be 'fixed_size_list' or 'columns', got {layout!r}", config_key="text.layout"
         )
     has_text = np.asarray(aggregates["has_text"], dtype=bool)
-    ids = customer_ids if isinstance(customer_ids, (pa.Array, pa.ChunkedArray)) else pa.array(
-        np.asarray(customer_ids).astype(str) if len(customer_ids) else [], type=pa.string()
-    )
-    ids = ids.cast(pa.string())
+    ids = _ids_array(customer_ids)
     if len(ids) != len(has_text):
         raise UserInputError(
             f"customer_ids has {len(ids)} entries but the aggregates have {len(has_text)} customers"
@@ -183,24 +274,92 @@ def customer_text_table(
 # ---------------------------------------------------------------------- helpers
 
 
-def _block(
-    emb: torch.Tensor, cust: np.ndarray, weights: np.ndarray, sel: np.ndarray, n_customers: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, count and recency-weighted mean over the rows ``sel``."""
-    dim = emb.shape[1]
-    idx = torch.from_numpy(cust[sel])
-    rows = emb[torch.from_numpy(sel)]
-    count = np.bincount(cust[sel], minlength=n_customers).astype(np.int64)
-    sums = torch.zeros((n_customers, dim), dtype=torch.float32).index_add_(0, idx, rows)
-    w = torch.from_numpy(weights[sel].astype(np.float32))
-    wsums = torch.zeros((n_customers, dim), dtype=torch.float32).index_add_(0, idx, rows * w[:, None])
-    wtotal = np.bincount(cust[sel], weights=weights[sel], minlength=n_customers)
-    mean = sums.numpy() / np.maximum(count, 1)[:, None].astype(np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        recency = np.where(
-            wtotal[:, None] > 0, wsums.numpy() / wtotal[:, None].astype(np.float32), 0.0
-        ).astype(np.float32)
-    return mean.astype(np.float32, copy=False), count, recency
+def _ids_array(customer_ids: Any) -> pa.Array:
+    """Customer ids as a string Arrow array."""
+    ids = customer_ids if isinstance(customer_ids, (pa.Array, pa.ChunkedArray)) else pa.array(
+        np.asarray(customer_ids).astype(str) if len(customer_ids) else [], type=pa.string()
+    )
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    return ids.cast(pa.string())
+
+
+class _Sums:
+    """Per-customer sums of one block over a range of customers (float32 vectors, as the outputs)."""
+
+    def __init__(self, rows: int, dim: int):
+        self.sums = torch.zeros((rows, dim), dtype=torch.float32)
+        self.wsums = torch.zeros((rows, dim), dtype=torch.float32)
+        self.count = np.zeros(rows, dtype=np.int64)
+        self.wtotal = np.zeros(rows, dtype=np.float64)
+
+    def add(self, idx: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
+        if not len(idx):
+            return
+        rows = len(self.count)
+        t_idx, t_x = torch.from_numpy(idx), torch.from_numpy(x)
+        self.sums.index_add_(0, t_idx, t_x)
+        self.wsums.index_add_(0, t_idx, t_x * torch.from_numpy(w.astype(np.float32))[:, None])
+        self.count += np.bincount(idx, minlength=rows)
+        self.wtotal += np.bincount(idx, weights=w, minlength=rows)
+
+    def means(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mean, count and recency-weighted mean (zeros where there is no text or no weight)."""
+        mean = self.sums.numpy() / np.maximum(self.count, 1)[:, None].astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            recency = np.where(
+                self.wtotal[:, None] > 0, self.wsums.numpy() / self.wtotal[:, None].astype(np.float32), 0.0
+            ).astype(np.float32)
+        return mean.astype(np.float32, copy=False), self.count, recency
+
+
+def _scan(parts: Callable[[], Iterable[TextPart]], n_customers: int, dim: int, as_of: Any,
+          sources_order: Sequence[str] | None) -> tuple[int, list[str]]:
+    """The cut-off in microseconds and the source blocks, with a pass over the parts when the data decides."""
+    need_time = as_of is None
+    if not need_time:
+        as_of_us = _as_of_microseconds(as_of, np.zeros(0, np.int64))
+    latest, names, any_sources = None, set(), False
+    if need_time or sources_order is None:
+        for part in parts():
+            _, _, ts, src = _part_arrays(part, n_customers, dim)
+            valid = ts[ts != _NO_TIME]
+            if len(valid):
+                latest = int(valid.max()) if latest is None else max(latest, int(valid.max()))
+            if src is not None:
+                any_sources = True
+                names |= set(src.tolist()) - {""}
+    else:
+        any_sources = True
+    if need_time:
+        as_of_us = latest if latest is not None else 0
+    if sources_order is None:
+        order = sorted(names)
+    elif not any_sources:
+        raise UserInputError("sources_order was given but sources is None")
+    else:
+        order = [str(s) for s in sources_order]
+    if len(set(order)) != len(order):
+        raise UserInputError(f"sources_order has repeated names: {order}")
+    if ALL in order:
+        raise UserInputError(
+            f"a text source is named '{ALL}', which is reserved for the block of all texts; "
+            "rename that source value",
+            table="texts",
+            column="source",
+        )
+    return as_of_us, order
+
+
+def _part_arrays(part: TextPart, n_customers: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+    """A part's embeddings (as given), customer rows, microsecond times and sources ('' for null), checked."""
+    emb = part.embeddings if isinstance(part.embeddings, np.ndarray) else np.asarray(part.embeddings)
+    if emb.ndim != 2 or emb.shape[1] != dim:
+        raise UserInputError(f"embeddings must be a 2-d array (n_texts, {dim}), got shape {emb.shape}")
+    n = emb.shape[0]
+    cust = _check_index(part.customer_index, n, n_customers)
+    ts = _to_microseconds(part.timestamps, n)
+    return emb, cust, ts, _source_values(part.sources, n)
 
 
 def _check_n_customers(n_customers: Any) -> int:
@@ -250,27 +409,13 @@ def _as_of_microseconds(as_of: Any, ts: np.ndarray) -> int:
     return to_microseconds(as_of)
 
 
-def _sources(
-    sources: Any, n: int, sources_order: Sequence[str] | None
-) -> tuple[np.ndarray, list[str]]:
+def _source_values(sources: Any, n: int) -> np.ndarray | None:
+    """Source of each text as str ('' for null), or None without sources."""
     if sources is None:
-        if sources_order:
-            raise UserInputError("sources_order was given but sources is None")
-        return np.empty(n, dtype=object), []
+        return None
     if isinstance(sources, (pa.Array, pa.ChunkedArray)):
         sources = sources.to_pylist()
     src = np.asarray(sources, dtype=object)
     if src.shape != (n,):
         raise UserInputError(f"sources must have shape ({n},) like embeddings, got {src.shape}")
-    src = np.where(src == None, "", src).astype(str)  # noqa: E711 - elementwise null test
-    order = sorted(set(src.tolist()) - {""}) if sources_order is None else [str(s) for s in sources_order]
-    if len(set(order)) != len(order):
-        raise UserInputError(f"sources_order has repeated names: {order}")
-    if ALL in order:
-        raise UserInputError(
-            f"a text source is named '{ALL}', which is reserved for the block of all texts; "
-            "rename that source value",
-            table="texts",
-            column="source",
-        )
-    return src, order
+    return np.where(src == None, "", src).astype(str)  # noqa: E711 - elementwise null test
