@@ -138,14 +138,23 @@ class Trained:
     def text(self, texts: Path | None, ids: pa.Array, as_of: str, *, half_life_days: float,
              progress: bool) -> pa.Table:
         """The per-customer text block, embedded with the model the text job used."""
-        from gpuseg.text import TextEmbedder, aggregate_by_customer, customer_text_table
+        from gpuseg.text import (
+            StaticEmbedder,
+            TextEmbedder,
+            aggregate_by_customer,
+            customer_text_table,
+        )
 
         meta_path = _need("text", "metrics", self.work)
         meta = _load("text", meta_path, read_json)
         if not isinstance(meta, dict) or "model" not in meta or "dim" not in meta:
             raise artifact_error("text", meta_path, "does not name the text model and its dimension")
-        embedder = TextEmbedder(meta["model"], device=self.device, max_length=meta.get("max_length"),
-                                precision=str(meta.get("precision") or "auto"), progress=progress)
+        if meta["model"] == "static":  # text.model=static: the distilled model the text job kept
+            embedder = _load("text", artifact(self.work, "text", "static_model"), StaticEmbedder.load,
+                             max_length=meta.get("max_length"), progress=progress)
+        else:
+            embedder = TextEmbedder(meta["model"], device=self.device, max_length=meta.get("max_length"),
+                                    precision=str(meta.get("precision") or "auto"), progress=progress)
         if embedder.dim != int(meta["dim"]):
             raise artifact_error("text", meta_path, f"records dimension {meta['dim']}, but the model at "
                                  f"'{meta['model']}' gives {embedder.dim}")

@@ -9,6 +9,7 @@ chunk, and rank 0 aggregates once all parts exist.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import shutil
 import time
@@ -22,18 +23,75 @@ from omegaconf import DictConfig
 
 from gpuseg.jobs.common import data_as_of, finish, load_validated, staged, start, work_dir
 from gpuseg.runtime.distributed import barrier, init_from_env
-from gpuseg.runtime.errors import UserInputError
-from gpuseg.runtime.io import read_json, write_json, write_numpy, write_parquet
+from gpuseg.runtime.errors import ConfigError, UserInputError
+from gpuseg.runtime.io import ParquetStreamWriter, read_json, write_json, write_numpy
 from gpuseg.runtime.layout import artifact, job_dir
 
 log = logging.getLogger(__name__)
 
+#: ``text.model`` value that selects the static (model2vec) embedder
+STATIC = "static"
 
-def _fingerprint(texts: Path, cfg: DictConfig, model_path: str, max_length: int) -> str:
+
+def _fingerprint(texts: Path, cfg: DictConfig, model_key: str, max_length: int) -> str:
     """Identifies what the parts were computed from; parts of another input are discarded."""
     stat = texts.stat()
-    key = f"{texts.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{model_path}|{max_length}|{cfg.text.chunk_rows}"
+    key = f"{texts.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{model_key}|{max_length}|{cfg.text.chunk_rows}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _is_static(tcfg: DictConfig) -> bool:
+    return tcfg.model is not None and str(tcfg.model).strip().lower() == STATIC
+
+
+def _copy_static_model(shared: Path, local: Path) -> None:
+    """Put the shared cache's files in ``local`` unless it already holds the same distillation."""
+    from gpuseg.text.static import RECORD
+
+    if (local / RECORD).exists() and read_json(local / RECORD) == read_json(shared / RECORD):
+        return
+    staging = local.parent / f"{local.name}.copying"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(shared, staging)
+    shutil.rmtree(local, ignore_errors=True)
+    staging.rename(local)
+
+
+def _embedder(tcfg: DictConfig, cfg: DictConfig, rank: Any, work: Path) -> Any:
+    """The transformer (default) or, with ``text.model=static``, the static model distilled from it."""
+    from gpuseg.text import StaticEmbedder, TextEmbedder
+
+    progress = bool(cfg.progress) and rank.is_main
+    if not _is_static(tcfg):
+        return TextEmbedder(tcfg.model, device=rank.device, batch_size=tcfg.batch_size,
+                            max_length=tcfg.max_length, dedupe=bool(tcfg.dedupe), precision=str(tcfg.precision),
+                            progress=progress, num_threads=tcfg.num_threads)
+    scfg = tcfg.get("static") or {}
+
+    def make() -> StaticEmbedder:
+        def at(cache: Path) -> StaticEmbedder:
+            return StaticEmbedder(scfg.get("base"), cache_dir=cache, pca_dims=scfg.get("pca_dims", 256),
+                                  sif_coefficient=scfg.get("sif_coefficient", 1e-4), max_length=tcfg.max_length,
+                                  dedupe=bool(tcfg.dedupe), device=rank.device, batch_size=tcfg.batch_size,
+                                  progress=progress, num_threads=tcfg.num_threads)
+
+        local = artifact(work, "text", "static_model")
+        if scfg.get("cache_dir"):
+            # distilled once into the shared folder (several projects, every size of a bench), then
+            # copied into this work dir, where `gpuseg assign` looks for it
+            _copy_static_model(Path(at(Path(str(scfg.cache_dir))).model_path), local)
+        return at(local)
+
+    # under torchrun rank 0 distills (once, into the shared work dir) while the others wait, then load it
+    embedder = make() if rank.is_main else None
+    barrier(rank)
+    return embedder if embedder is not None else make()
+
+
+def _model_key(embedder: Any) -> str:
+    """What the vectors depend on: the transformer's folder, or the static model's fingerprint."""
+    fingerprint = getattr(embedder, "fingerprint", None)
+    return f"{STATIC}:{fingerprint}" if fingerprint else embedder.model_path
 
 
 def _prepare_parts(folder: Path, fingerprint: str, is_main: bool) -> None:
@@ -46,12 +104,50 @@ def _prepare_parts(folder: Path, fingerprint: str, is_main: bool) -> None:
         write_json(manifest, {"fingerprint": fingerprint})
 
 
+def _aggregate_memory_mb(cfg: DictConfig) -> float:
+    value = cfg.text.get("aggregate_memory_mb", 2048)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 16:
+        raise ConfigError(f"text.aggregate_memory_mb must be a number of MiB >= 16, got {value!r}",
+                          config_key="text.aggregate_memory_mb")
+    return float(value)
+
+
+def _aggregate_parts(cfg: DictConfig, texts_path: Path, parts: Path, ids, dim: int, sources: list[str]) -> int:
+    """Write ``text/embeddings.parquet`` from the part files, streamed; returns the customers with text."""
+    from gpuseg.text.aggregate import TextPart, customer_text_tables
+
+    chunk_rows = int(cfg.text.chunk_rows)
+
+    def text_parts():
+        meta = pq.ParquetFile(texts_path).iter_batches(batch_size=chunk_rows, columns=["customer_id", "timestamp",
+                                                                                       "source"])
+        for i, batch in enumerate(meta):
+            index = pc.index_in(batch.column("customer_id"), value_set=ids)
+            if index.null_count:
+                raise UserInputError(f"{index.null_count} validated texts belong to no customer: re-run "
+                                     "`gpuseg validate`", table="texts", config_key="paths.work_dir")
+            vectors = np.load(parts / f"part-{i:05d}.npy", mmap_mode="r")
+            if len(vectors) != batch.num_rows:
+                raise UserInputError(f"text part {i} holds {len(vectors)} rows for {batch.num_rows} texts: delete "
+                                     f"'{parts}' and re-run `gpuseg text`", config_key="paths.work_dir")
+            yield TextPart(vectors, index.to_numpy(zero_copy_only=False).astype(np.int64),
+                           batch.column("timestamp").to_numpy(zero_copy_only=False), batch.column("source"))
+
+    tables = customer_text_tables(text_parts, ids, dim, as_of=data_as_of(cfg),
+                                  half_life_days=float(cfg.text.half_life_days), sources_order=sources,
+                                  memory_mb=_aggregate_memory_mb(cfg))
+    first = next(tables)
+    with_text = 0
+    with ParquetStreamWriter(artifact(work_dir(cfg), "text", "embeddings"), first.schema) as writer:
+        for table in itertools.chain([first], tables):
+            writer.write(table)
+            with_text += int(pc.sum(table["has_text"]).as_py() or 0)
+    return with_text
+
+
 @staged("text")
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Embed the validated texts and write ``text/embeddings.parquet`` for every customer."""
-    from gpuseg.text import TextEmbedder
-    from gpuseg.text.aggregate import aggregate_by_customer, customer_text_table
-
     ctx = start(cfg, "text", needs_device=True)
     rank = init_from_env(ctx["device"])
     work = work_dir(cfg)
@@ -61,12 +157,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise UserInputError("this project has no texts table (data.texts.path is null): the text job has "
                              "nothing to embed", config_key="data.texts.path")
     tcfg = cfg.text
-    embedder = TextEmbedder(tcfg.model, device=rank.device, batch_size=tcfg.batch_size,
-                            max_length=tcfg.max_length, dedupe=bool(tcfg.dedupe), precision=str(tcfg.precision),
-                            progress=bool(cfg.progress) and rank.is_main, num_threads=tcfg.num_threads)
+    embedder = _embedder(tcfg, cfg, rank, work)
     out = job_dir(work, "text")
     parts = artifact(work, "text", "parts")
-    _prepare_parts(parts, _fingerprint(texts_path, cfg, embedder.model_path, embedder.max_length), rank.is_main)
+    _prepare_parts(parts, _fingerprint(texts_path, cfg, _model_key(embedder), embedder.max_length), rank.is_main)
     barrier(rank)
 
     pf = pq.ParquetFile(texts_path)
@@ -90,29 +184,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not rank.is_main:
         return {"rank": rank.rank, **totals}
 
-    n_parts = (pf.metadata.num_rows + chunk_rows - 1) // chunk_rows
-    vectors = np.concatenate([np.load(parts / f"part-{i:05d}.npy") for i in range(n_parts)]) if n_parts else \
-        np.zeros((0, embedder.dim), np.float32)
-    meta = pq.read_table(texts_path, columns=["customer_id", "timestamp", "source"])
+    # --- streamed aggregation (issue 12): one part file at a time, customers in ranges ---------
     ids = customers["customer_id"].combine_chunks()
-    index = pc.index_in(meta["customer_id"], value_set=ids)
-    if index.null_count:
-        raise UserInputError(f"{index.null_count} validated texts belong to no customer: re-run `gpuseg validate`",
-                             table="texts", config_key="paths.work_dir")
-    index = index.to_numpy(zero_copy_only=False)
     sources = sorted((schema.get("texts") or {}).get("sources", {}))
-    aggregates = aggregate_by_customer(
-        vectors, index.astype(np.int64), meta["timestamp"].to_numpy(), np.asarray(meta["source"].to_pylist(), dtype=object),
-        len(ids), as_of=data_as_of(cfg), half_life_days=float(tcfg.half_life_days), sources_order=sources)
-    table = customer_text_table(aggregates, ids)
-    write_parquet(artifact(work, "text", "embeddings"), table)
+    with_text = _aggregate_parts(cfg, texts_path, parts, ids, embedder.dim, sources)
     metrics = {
         **totals,
         "n_customers": len(ids),
-        "customers_with_text": int(np.asarray(aggregates["has_text"]).sum()),
+        "customers_with_text": with_text,
         "sources": sources,
         "dim": embedder.dim,
-        "model": embedder.model_path,
+        # "static" tells `gpuseg assign` to open text/static_model (a path into the staging folder would go stale)
+        "model": STATIC if _is_static(tcfg) else embedder.model_path,
+        **({"static": {"base_model": embedder.base_model_path, "fingerprint": embedder.fingerprint,
+                       "distilled": embedder.distilled_, "distill_seconds": embedder.distill_seconds_}}
+           if _is_static(tcfg) else {}),
         "max_length": embedder.max_length,
         "precision": embedder.precision,
         "device": str(rank.device),
