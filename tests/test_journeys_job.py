@@ -156,3 +156,39 @@ def test_a_data_source_names_its_own_journey_fields():
     assert _extra_columns(auto, schema, retail) == ["stock_code[:3]"]
     listed = OmegaConf.create({"extra_columns": ["description"]})
     assert _extra_columns(listed, schema, retail) == ["description"]
+
+
+SMALL = ("device=cpu", "journey.epochs=1", "journey.hidden_size=16", "journey.resume=false")
+
+
+def test_bounded_sample_trains_on_few_and_still_embeds_everyone(project):
+    make, work, _ = project
+    result = journeys.run(make("journeys", *SMALL, "journey.max_train_customers=300",
+                               "journey.encode_chunk_customers=256"))
+    metrics = json.loads((work / "journeys" / "metrics.json").read_text())
+    sample = metrics["sample"]
+    assert sample["sampled"] and sample["population"] == {"train": 1050, "validation": 150, "test": 300}
+    # validation and test bounded in the split's proportion to the training sample
+    assert sample["sample"] == {"train": 300, "validation": 43, "test": 86} == metrics["split"]
+    assert metrics["training"]["n_train"] == 300 and sum(sample["strata"]["train"].values()) == 300
+    assert metrics["label_auc"]["n_test"] == 86 and metrics["next_event_accuracy"]["n_steps"] > 0
+    emb = pq.read_table(work / "journeys" / "embeddings.parquet")
+    customers = pq.read_table(work / "validated" / "customers.parquet")
+    assert emb["customer_id"].to_pylist() == customers["customer_id"].to_pylist()
+    assert np.isfinite(np.stack(emb["journey"].to_numpy(zero_copy_only=False))).all()
+    speed = metrics["throughput"]
+    assert speed["encoded_sequences"] == 1500 and speed["encode_sequences_per_second"] > 0
+    assert speed["train_sequences_per_second"] > 0 and result["throughput"] == speed
+
+
+def test_no_bound_trains_on_every_customer(project):
+    make, work, first = project
+    assert not first["sample"]["sampled"]  # auto bound above the population: everyone
+    journeys.run(make("journeys", *SMALL, "journey.max_train_customers=null"))
+    metrics = json.loads((work / "journeys" / "metrics.json").read_text())
+    assert metrics["sample"]["max_train_customers"] is None and not metrics["sample"]["sampled"]
+    assert metrics["split"] == metrics["sample"]["population"] == {"train": 1050, "validation": 150, "test": 300}
+    assert metrics["training"]["n_train"] == 1050
+    with pytest.raises(ConfigError) as err:
+        journeys.run(make("journeys", *SMALL, "journey.max_train_customers=0"))
+    assert err.value.config_key == "journey.max_train_customers"

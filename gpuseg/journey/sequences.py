@@ -4,8 +4,10 @@ Every customer's last ``max_len`` events before ``as_of`` become one left-aligne
 padded array; each step carries categorical codes (event type, category, channel, and any string
 extra columns) and continuous values (signed log amount, log hours since the previous event,
 log hours until ``as_of``). The build is vectorised: events are encoded batch by batch into
-compact numpy columns, sorted once by (customer, time), and scattered into the padded arrays by
-their position from the end of each customer's history; no per-customer Python loop.
+compact numpy columns, sorted once by (customer, time), and kept as an :class:`EventStore`
+(each customer's last ``max_len`` steps, back to back, with offsets); any set of customers is
+then scattered into padded arrays by position, so a job can assemble a few thousand customers
+at a time instead of the padded arrays of everyone. No per-customer Python loop.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pyarrow.compute as pc
 
 from gpuseg.data.convert import as_customer_ids
 from gpuseg.runtime.errors import ConfigError, UserInputError
-from gpuseg.runtime.io import iter_table_batches, read_json, write_json
+from gpuseg.runtime.io import parquet_dataset, read_json, write_json
 from gpuseg.runtime.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -177,13 +179,138 @@ class Sequences:
         )
 
 
+class _RowIndex:
+    """Customer id -> row of ``ids`` (the first one for a repeated id), hashed once.
+
+    ``pc.index_in`` rebuilds its hash table of the value set on every call: with a million
+    customers and one call per record batch that was most of the sequence build. Here the
+    ids are hashed once, and a batch is looked up run by run (events usually come grouped by
+    customer, so there are far fewer runs than rows; ungrouped input costs one lookup a row).
+    """
+
+    def __init__(self, ids: pa.Array):
+        keys = ids.to_pylist()
+        self._rows = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))
+
+    def rows(self, column) -> np.ndarray:
+        """Row of each value of ``column`` (int64), -1 for ids not in the index and nulls."""
+        values = _as_string(column)
+        n = len(values)
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        starts = np.zeros(1, dtype=np.int64)
+        if n > 1:
+            change = pc.not_equal(values.slice(1), values.slice(0, n - 1)).fill_null(True)
+            starts = np.concatenate([starts, np.flatnonzero(change.to_numpy(zero_copy_only=False)) + 1])
+        get = self._rows.get
+        keys = values.take(pa.array(starts)).to_pylist()
+        mapped = np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        return np.repeat(mapped, np.diff(np.append(starts, n)))
+
+
+@dataclass
+class EventStore:
+    """The steps of a list of customers, compact: each customer's last ``max_len`` steps back to back.
+
+    What :class:`Sequences` holds, without the padding: ``codes`` and ``steps`` have one row
+    per kept event (in customer, then time order), customer ``i``'s rows being
+    ``offsets[i]:offsets[i + 1]``. :meth:`sequences` pads any subset of customers, so the
+    padded arrays of everyone never have to exist at once.
+
+    Attributes
+    ----------
+    customer_ids : pyarrow.Array
+    lengths, n_events : ndarray of int64, shape (n,)
+        As in :class:`Sequences`.
+    offsets : ndarray of int64, shape (n + 1,)
+    codes : ndarray of int16 or int32, shape (n_steps, n_categorical)
+    steps : ndarray of float32, shape (n_steps, n_continuous)
+    max_len : int
+    categorical_names, continuous_names, vocab_sizes : list
+        As in :class:`Sequences`.
+    """
+
+    customer_ids: pa.Array
+    lengths: np.ndarray
+    n_events: np.ndarray
+    offsets: np.ndarray
+    codes: np.ndarray
+    steps: np.ndarray
+    max_len: int
+    categorical_names: list[str] = field(default_factory=list)
+    continuous_names: list[str] = field(default_factory=list)
+    vocab_sizes: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def sequences(self, rows: np.ndarray | None = None) -> Sequences:
+        """Padded sequences of the customers ``rows`` (integer positions, in that order; None = all)."""
+        rows = np.arange(len(self), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        lengths = self.lengths[rows]
+        B, L = len(rows), int(self.max_len)
+        out_row = np.repeat(np.arange(B, dtype=np.int64), lengths)
+        pos = np.arange(len(out_row), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        src = np.repeat(self.offsets[rows], lengths) + pos
+        categorical = np.zeros((B, L, self.codes.shape[1]), dtype=self.codes.dtype)
+        categorical[out_row, pos] = self.codes[src]
+        continuous = np.zeros((B, L, self.steps.shape[1]), dtype=np.float32)
+        continuous[out_row, pos] = self.steps[src]
+        return Sequences(
+            customer_ids=self.customer_ids.take(pa.array(rows, type=pa.int64())),
+            lengths=lengths,
+            n_events=self.n_events[rows],
+            categorical=categorical,
+            continuous=continuous,
+            categorical_names=list(self.categorical_names),
+            continuous_names=list(self.continuous_names),
+            vocab_sizes=list(self.vocab_sizes),
+        )
+
+    def chunks(self, size: int) -> Iterator[tuple[int, Sequences]]:
+        """``(start, sequences)`` of consecutive customers, ``size`` at a time, in row order."""
+        _check_int("size", size, 1, "EventStore.chunks")
+        for start in range(0, len(self), size):
+            yield start, self.sequences(np.arange(start, min(start + size, len(self))))
+
+
+def count_events(events, customer_ids, *, as_of: int | None = None, batch_size: int = 1 << 20) -> np.ndarray:
+    """Events before ``as_of`` per customer (int64, in the order of ``customer_ids``).
+
+    A cheap pass (two columns) that tells how long every journey is before any vocabulary
+    exists, e.g. to stratify a training sample by length.
+
+    Parameters
+    ----------
+    events : pyarrow.Table or path-like
+        Canonical events table (or its Parquet file).
+    customer_ids : array-like of str
+    as_of : int, optional
+        Cut-off in microseconds since the epoch; None counts every event.
+    batch_size : int
+        Rows per record batch read.
+    """
+    ids = as_customer_ids(customer_ids)
+    index = _RowIndex(ids)
+    counts = np.zeros(len(ids), dtype=np.int64)
+    cut = np.iinfo(np.int64).max if as_of is None else int(as_of)
+    for batch in _iter_batches(events, ["customer_id", "timestamp"], batch_size):
+        rows = index.rows(batch.column("customer_id"))
+        rows = rows[(rows >= 0) & (_timestamps_us(batch.column("timestamp")) < cut)]
+        counts += np.bincount(rows, minlength=len(ids))
+    return counts
+
+
 def _iter_batches(events, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
     if isinstance(events, pa.Table):
         yield from events.select(columns).to_batches(max_chunksize=batch_size)
     elif isinstance(events, pa.RecordBatch):
         yield events.select(columns)
     else:
-        yield from iter_table_batches(events, columns, fmt="parquet", batch_size=batch_size)
+        # one batch at a time: the scanner's default read-ahead (16 batches) held well over a GB
+        # of a 20M-event table in memory, for no gain on a couple of busy cores
+        yield from parquet_dataset(events).to_batches(columns=columns, batch_size=batch_size, batch_readahead=1,
+                                                      fragment_readahead=1)
 
 
 def _event_columns(events) -> list[str]:
@@ -320,15 +447,15 @@ class SequenceBuilder:
         fields = [c for c in dict.fromkeys([*self.categorical, *self.extra_columns]) if field_source(c)[0] in present]
         extras = [c for c in fields if c not in self.categorical] if self.drop_identifiers else []
         sources = list(dict.fromkeys(field_source(c)[0] for c in fields))
-        ids = as_customer_ids(customer_ids) if customer_ids is not None else None
+        index = _RowIndex(as_customer_ids(customer_ids)) if customer_ids is not None else None
         counts = {name: Counter() for name in fields}
         owners: dict[str, list[pa.Table]] = {name: [] for name in extras}
         last = np.iinfo(np.int64).min
         for batch in _iter_batches(events, ["customer_id", "timestamp", *sources], self.batch_size):
             ts = _timestamps_us(batch.column("timestamp"))
             keep = ts < (self.as_of if self.as_of is not None else np.iinfo(np.int64).max)
-            if ids is not None:
-                keep &= pc.is_in(batch.column("customer_id"), value_set=ids).to_numpy(zero_copy_only=False)
+            if index is not None:
+                keep &= index.rows(batch.column("customer_id")) >= 0
             if not keep.any():
                 continue
             last = max(last, int(ts[keep].max()))
@@ -375,6 +502,14 @@ class SequenceBuilder:
         -------
         Sequences
         """
+        return self.store(events, customer_ids).sequences()
+
+    def store(self, events, customer_ids) -> EventStore:
+        """The compact steps of ``customer_ids`` (in that order): :meth:`transform` without the padding.
+
+        Takes the parameters of :meth:`transform`; returns an :class:`EventStore`, whose
+        :meth:`EventStore.sequences` pads any of its customers (all of them is :meth:`transform`).
+        """
         self._check_fitted()
         ids = as_customer_ids(customer_ids)
         present = _event_columns(events)
@@ -383,12 +518,13 @@ class SequenceBuilder:
             raise UserInputError(f"the events table lacks the columns {missing} that the sequence "
                                  "vocabularies were fitted on", table="events", column=missing[0])
         t0 = time.perf_counter()
-        cust, ts, codes, amount = self._encode(events, ids)
+        columns = list(self._encode(events, ids))
+        n_events = len(columns[0])
         t1 = time.perf_counter()
-        seqs = self._assemble(ids, cust, ts, codes, amount)
-        log.debug("sequences: encoded %d events in %.2fs, assembled in %.2fs", len(cust), t1 - t0,
+        store = self._compact(ids, columns)
+        log.debug("sequences: encoded %d events in %.2fs, sorted in %.2fs", n_events, t1 - t0,
                   time.perf_counter() - t1)
-        return seqs
+        return store
 
     def _encode(self, events, ids: pa.Array):
         """Compact columns of the usable events: customer row, time, codes, signed log amount."""
@@ -397,16 +533,17 @@ class SequenceBuilder:
         if has_amount:
             cols.append("amount")
         parts: list[tuple] = []
+        index = _RowIndex(ids)
         bar = progress_bar(self.progress, desc="sequences", unit="events")
         for batch in _iter_batches(events, cols, self.batch_size):
             bar.update(batch.num_rows)
             ts = _timestamps_us(batch.column("timestamp"))
-            row = pc.index_in(batch.column("customer_id"), value_set=ids)
-            keep = (ts < self.as_of_us_) & row.is_valid().to_numpy(zero_copy_only=False)
+            row = index.rows(batch.column("customer_id"))
+            keep = (ts < self.as_of_us_) & (row >= 0)
             if not keep.any():
                 continue
             mask = pa.array(keep)
-            cust = row.filter(mask).to_numpy(zero_copy_only=False).astype(np.int32)
+            cust = row[keep].astype(np.int32)
             codes = np.stack([self.vocabularies_[name].encode(_field_values(batch, name).filter(mask))
                               for name in self.fields_], axis=1).astype(self._code_dtype())
             if has_amount:
@@ -427,42 +564,49 @@ class SequenceBuilder:
         max_code = max((len(v) for v in self.vocabularies_.values()), default=0)
         return np.int16 if max_code <= np.iinfo(np.int16).max else np.int32
 
-    def _assemble(self, ids: pa.Array, cust, ts, codes, amount) -> Sequences:
+    def _compact(self, ids: pa.Array, columns: list[np.ndarray]) -> EventStore:
+        # the caller's list is emptied so that each raw column is freed as soon as it is replaced
+        # (the peak memory of a 20M-event build is a handful of these columns)
+        cust, ts, codes, amount = columns
+        columns.clear()
         n, L, E = len(ids), int(self.max_len), len(cust)
         order, cust = _customer_time_order(cust, ts)
         ts = ts[order]
         counts = np.bincount(cust, minlength=n).astype(np.int64)
-        ends = np.cumsum(counts)
         lengths = np.minimum(counts, L)
-        # position of each event in its padded row; negative = older than the last L events
+        # position of each event from the start of its customer's kept steps; negative = older
+        # than the last L events
         pos = np.arange(E, dtype=np.int64)
-        pos -= np.repeat(ends - lengths, counts)
+        pos -= np.repeat(np.cumsum(counts) - lengths, counts)
         keep = pos >= 0
+        del pos
         prev = np.empty_like(ts)
         prev[1:] = ts[:-1]
         if E:
             prev[0] = ts[0]
         first = np.ones(E, dtype=bool)
         first[1:] = cust[1:] != cust[:-1]
+        del cust
         prev[first] = ts[first]  # a customer's first event has no previous one: gap 0
+        del first
         if not keep.all():
-            rows, pos, ts, prev, src = cust[keep], pos[keep], ts[keep], prev[keep], order[keep]
+            ts, prev, src = ts[keep], prev[keep], order[keep]
         else:
-            rows, src = cust, order
-        categorical = np.zeros((n, L, len(self.fields_)), dtype=self._code_dtype())
-        categorical[rows, pos] = codes[src]
-        steps = np.empty((len(rows), len(CONTINUOUS)), dtype=np.float32)
+            src = order
+        del order, keep
+        steps = np.empty((len(src), len(CONTINUOUS)), dtype=np.float32)
         steps[:, 0] = amount[src]
+        del amount
         steps[:, 1] = np.log1p(np.maximum(ts - prev, 0) / _US_PER_HOUR)
         steps[:, 2] = np.log1p(np.maximum(self.as_of_us_ - ts, 0) / _US_PER_HOUR)
-        continuous = np.zeros((n, L, len(CONTINUOUS)), dtype=np.float32)
-        continuous[rows, pos] = steps
-        return Sequences(
+        return EventStore(
             customer_ids=ids,
             lengths=lengths,
             n_events=counts,
-            categorical=categorical,
-            continuous=continuous,
+            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            codes=codes[src],
+            steps=steps,
+            max_len=L,
             categorical_names=list(self.fields_),
             continuous_names=list(CONTINUOUS),
             vocab_sizes=[len(self.vocabularies_[f]) for f in self.fields_],
