@@ -7,19 +7,16 @@ script measures this checkout's ``gpuseg`` even where the package is not install
 therefore import ``_common`` before ``gpuseg``.
 
 Every result JSON records the same machine description (:func:`machine_info`), library versions
-(:func:`library_versions`) and date (:func:`utc_now`), and is written atomically to
+(:func:`library_versions`) and date (:func:`utc_now`), from :mod:`gpuseg.runtime.machine` (which
+``gpuseg bench`` uses too), and is written atomically to
 ``benchmarks/results/<name>[_<device>]_<date>[_quick].json`` (:func:`result_path`,
 :func:`write_result`).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import platform
 import sys
-from datetime import date, datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +27,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from gpuseg.runtime.io import write_json  # noqa: E402
-from gpuseg.runtime.manifest import library_versions as _core_versions  # noqa: E402
+
+# the core lives in the package, where `gpuseg bench` uses it too
+from gpuseg.runtime.machine import device_type as _device_type  # noqa: E402
+from gpuseg.runtime.machine import library_versions, machine_info, today, utc_now  # noqa: E402
 
 __all__ = [
     "RESULTS",
@@ -43,103 +43,6 @@ __all__ = [
     "utc_now",
     "write_result",
 ]
-
-
-def _device_type(device: Any) -> str:
-    """``"cpu"``/``"cuda"`` from a ``torch.device`` or a string such as ``"cuda:0"``."""
-    return getattr(device, "type", None) or str(device).split(":", 1)[0]
-
-
-def _cpu_model() -> str:
-    """The CPU model name from ``/proc/cpuinfo`` (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(device: Any = "cpu", threads: int | None = None) -> dict[str, Any]:
-    """Describe the machine a benchmark ran on.
-
-    Parameters
-    ----------
-    device : torch.device or str, default="cpu"
-        The device measured; on CUDA the GPU's name is recorded under ``"gpu"``.
-    threads : int, optional
-        The torch CPU threads used; by default ``torch.get_num_threads()``. Torch is only
-        consulted if the benchmark already imported it (``torch_threads`` is ``None`` otherwise),
-        so a benchmark that does not use torch does not pay for importing it.
-
-    Returns
-    -------
-    dict
-        ``hostname``, ``platform``, ``processor``, ``cpu`` (model name), ``cpu_count``,
-        ``torch_threads``, ``load_average`` (1, 5 and 15 minutes; ``None`` where unavailable)
-        and, on CUDA, ``gpu``. Scripts add their own keys to it.
-    """
-    torch = sys.modules.get("torch")
-    if threads is None and torch is not None:
-        threads = torch.get_num_threads()
-    info: dict[str, Any] = {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-    if _device_type(device) == "cuda":
-        import torch
-
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def _version(name: str) -> str | None:
-    # A distribution name ("scikit-learn") first, then a module's __version__ ("sklearn",
-    # "faiss"), so that keys of older result files keep their meaning.
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        pass
-    try:
-        return str(importlib.import_module(name).__version__)
-    except (ImportError, AttributeError):
-        return None
-
-
-def library_versions(*extra: str) -> dict[str, str | None]:
-    """Versions of Python, gpuseg's core libraries and ``extra`` ones (``None`` if missing).
-
-    Parameters
-    ----------
-    *extra : str
-        More distributions (``"pandas"``, ``"sentence-transformers"``) or importable modules
-        with a ``__version__`` (``"sklearn"``, ``"faiss"``); each becomes a key as written.
-
-    Returns
-    -------
-    dict
-        :func:`gpuseg.runtime.manifest.library_versions` plus one key per ``extra`` name.
-    """
-    versions = _core_versions()
-    for name in extra:
-        versions[name] = _version(name)
-    return versions
-
-
-def utc_now() -> str:
-    """The current UTC time, ISO 8601 to the second (the ``"date"`` of most result files)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def today() -> str:
-    """Today's local date as ``YYYY-MM-DD`` (the date in result file names)."""
-    return date.today().isoformat()
 
 
 def result_path(

@@ -12,17 +12,20 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from gpuseg.data.events import to_microseconds
 from gpuseg.data.schema import validated_dir
+from gpuseg.runtime import distributed as ddp
 from gpuseg.runtime.device import resolve_device
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import read_json, write_json
 from gpuseg.runtime.layout import JOB_DIRS, artifact, manifest_path, read_checked
+from gpuseg.runtime.machine import peak_memory
 from gpuseg.runtime.manifest import run_manifest
-from gpuseg.runtime.publish import forget_record, staged_outputs
+from gpuseg.runtime.publish import staged_outputs
 from gpuseg.runtime.seeding import seed_everything
 from gpuseg.runtime.tables import join_on_customer_id
 
@@ -80,8 +83,13 @@ def start(cfg: DictConfig, job: str, *, needs_device: bool = False) -> dict[str,
 
 
 def finish(cfg: DictConfig, job: str, manifest: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
-    """Write ``<work_dir>/manifests/<job>.json`` (manifest + result) and return the result."""
-    write_json(manifest_path(work_dir(cfg), job), {**manifest, "result": result})
+    """Write ``<work_dir>/manifests/<job>.json`` (manifest + result) and return the result.
+
+    The manifest also records this process's peak memory so far (host RSS, CUDA allocations)
+    under ``resources``: what ``gpuseg bench`` reads for each stage it runs.
+    """
+    resources = peak_memory()
+    write_json(manifest_path(work_dir(cfg), job), {**manifest, "resources": resources, "result": result})
     return result
 
 
@@ -205,32 +213,53 @@ def customer_label(setting: Any, schema: dict[str, Any], customers: pa.Table, *,
     return name, values
 
 
+#: jobs that share their work across torchrun's ranks: every rank runs them (text: alternate
+#: chunks; journeys: DDP training; segment: the k-means fit on each rank's rows), rank 0 writes.
+#: Every other job runs on rank 0 alone while the other ranks wait.
+EVERY_RANK = frozenset({"text", "journeys", "segment"})
+
+
+def join_process_group(cfg: DictConfig) -> ddp.Rank:
+    """This process's rank, joining torchrun's process group first when there is one (once per process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return ddp.Rank()
+    device = cfg.get("device")
+    return ddp.init_from_env(resolve_device(device.type, key="device") if device is not None
+                             else torch.device("cpu"))
+
+
 def staged(job: str) -> Callable[[Callable[[DictConfig], dict[str, Any]]], Callable[[DictConfig], dict[str, Any]]]:
     """Decorate a job's ``run(cfg)`` so its outputs are published together or not at all.
 
     The job writes into a staging folder (see :mod:`gpuseg.runtime.publish`); only a run that
     returns replaces the published folder, so a killed or failed run leaves the previous set
-    whole. Under torchrun (several ranks writing) the job writes in place, as before.
+    whole. Under torchrun a job of :data:`EVERY_RANK` runs on every rank, writing into the one
+    staging folder that rank 0 publishes; any other job runs on rank 0 alone (the other ranks
+    wait, then return ``{"rank": r, "ran_on_rank": 0}``), so every artifact is written once.
     """
     def decorate(run: Callable[[DictConfig], dict[str, Any]]) -> Callable[[DictConfig], dict[str, Any]]:
         @functools.wraps(run)
         def staged_run(cfg: DictConfig) -> dict[str, Any]:
-            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-                if int(os.environ.get("RANK", "0")) == 0:
-                    forget_record(work_dir(cfg) / JOB_DIRS[job])  # written in place: no record to trust
-                return run(cfg)
-            work = work_dir(cfg)
-            with staged_outputs(work, job, JOB_DIRS[job]) as stage:
-                result = run(cfg)
-            # the paths a job reports pointed into its staging folder: they are published now
-            published = str(work / JOB_DIRS[job])
-            result = _moved(result, str(stage), published)
-            manifest = manifest_path(work, job)
-            if manifest.exists():
-                write_json(manifest, _moved(read_json(manifest), str(stage), published))
-            return result
+            place = join_process_group(cfg)
+            if place.world > 1 and job not in EVERY_RANK:
+                result = ddp.on_main(lambda: _staged_run(run, cfg, job), what=f"gpuseg {job}")
+                return result if place.is_main else {"rank": place.rank, "ran_on_rank": 0}
+            return _staged_run(run, cfg, job)
         return staged_run
     return decorate
+
+
+def _staged_run(run: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, job: str) -> dict[str, Any]:
+    work = work_dir(cfg)
+    with staged_outputs(work, job, JOB_DIRS[job]) as stage:
+        result = run(cfg)
+    # the paths a job reports pointed into its staging folder: they are published now
+    published = str(work / JOB_DIRS[job])
+    result = _moved(result, str(stage), published)
+    manifest = manifest_path(work, job)
+    if ddp.rank_and_world()[0] == 0 and manifest.exists():
+        write_json(manifest, _moved(read_json(manifest), str(stage), published))
+    return result
 
 
 def _moved(value: Any, old: str, new: str) -> Any:

@@ -19,7 +19,7 @@ JOBS: dict[str, tuple[str | None, str]] = {
     "assign": ("gpuseg.jobs.assign", "re-score new data against saved models, with hysteresis and drift"),
     "audience": ("gpuseg.jobs.audience", "an audience by rule or in plain words, with its profile against the base"),
     "export": ("gpuseg.jobs.export", "an audience or segment list to CSV/Parquet, identifiers normalised and hashed"),
-    "bench": (None, "every heavy stage against a CPU baseline and the peers"),
+    "bench": ("gpuseg.jobs.bench", "the pipeline stage by stage on synthetic data: time, throughput, peak memory, peers"),
     "run": ("gpuseg.jobs.run", "the whole pipeline; makes synthetic data first when none is configured"),
 }
 

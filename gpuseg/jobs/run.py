@@ -1,4 +1,10 @@
-"""``gpuseg run``: chain the pipeline's jobs; a first run makes synthetic data."""
+"""``gpuseg run``: chain the pipeline's jobs; a first run makes synthetic data.
+
+Under torchrun (``torchrun --nproc_per_node N -m gpuseg run``) every rank chains the same
+stages: the jobs that share their work (text, journeys, segment) run on every rank, the others
+on rank 0 alone while the rest wait (see :func:`gpuseg.jobs.common.staged`). Rank 0 decides
+which stages are reused and writes the run's records; every artifact is written once.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from gpuseg.jobs import generate, registry, reuse
-from gpuseg.jobs.common import finish, start, table_configured, work_dir
+from gpuseg.jobs.common import finish, join_process_group, start, table_configured, work_dir
+from gpuseg.runtime import distributed as ddp
 from gpuseg.runtime.errors import ConfigError
 from gpuseg.runtime.io import read_json
 from gpuseg.runtime.layout import manifest_path
@@ -22,12 +29,13 @@ _STAGE_NEEDS = {"text": "texts", "journeys": "events"}
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run ``stages`` in order and return each stage's result plus where the outputs are."""
     ctx = start(cfg, "run", needs_device=True)
+    place = join_process_group(cfg)  # once for the process: every job then finds the group
     work = work_dir(cfg)
     results: dict[str, Any] = {}
-    if cfg.data.get("generate_if_missing", False) and not generate.exists(cfg):
+    if cfg.data.get("generate_if_missing", False) and ddp.broadcast_int(int(place.is_main and not generate.exists(cfg))):
         log.warning("no dataset in %s: generating the synthetic dataset there (point paths.data_dir at your "
                     "files and choose a data config, e.g. data=custom, to use your own)", cfg.data.dir)
-        results["generate"] = generate.run(cfg)
+        results["generate"] = ddp.on_main(lambda: generate.run(cfg), what="gpuseg generate") or {}
     force = bool(cfg.get("force", False))
     record = reuse.recorded(work)
     prints = reuse.known_prints(work, record)
@@ -44,18 +52,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             log.info("== %s: skipped (this data has no %s table) ==", stage, missing)
             continue
         prints[stage] = reuse.fingerprint(cfg, stage, prints)
-        if not force and reuse.reusable(work, stage, prints[stage], record):
+        # rank 0's judgement, for every rank: the ranks must run the same stages
+        if not force and ddp.broadcast_int(int(place.is_main and reuse.reusable(work, stage, prints[stage], record))):
             log.info("== %s: reused (same inputs and config as its last run; force=true runs it again) ==", stage)
             results[stage] = read_json(manifest_path(work, stage)).get("result", {})
             reused.append(stage)
             continue
         log.info("== %s ==", stage)
         results[stage] = registry.load(stage).run(cfg)
-        reuse.remember(work, stage, prints[stage], record)
+        if place.is_main:
+            reuse.remember(work, stage, prints[stage], record)
     outputs = {"work_dir": str(work.resolve())}
     for stage, result in results.items():
         for key, value in result.items():
             if key.endswith(("_path", "_dir")) or key in ("output_dir", "outputs"):
                 outputs[f"{stage}.{key}"] = value
-    result = {"stages": list(results), "reused": reused, "outputs": outputs, "results": results}
+    result = {"stages": list(results), "reused": reused, "outputs": outputs, "results": results,
+              "world_size": place.world}
+    if not place.is_main:
+        return {**result, "rank": place.rank}
     return finish(cfg, "run", ctx["manifest"], result)

@@ -35,6 +35,7 @@ from gpuseg.jobs.common import (
     work_dir,
 )
 from gpuseg.report.svg import small_multiples
+from gpuseg.runtime import distributed as ddp
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import atomic_path, read_json, write_json, write_parquet
 from gpuseg.runtime.layout import ARTIFACTS, JOB_DIRS, artifact, job_dir
@@ -365,10 +366,30 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     params = OmegaConf.to_container(cfg.segment.kmeans, resolve=True)
     t0 = time.perf_counter()
     x = torch.from_numpy(matrix).to(device)
-    k, evidence = _choose_k(cfg, x, ids, seed, device, params, work)
+    rank, world = ddp.rank_and_world()
+    # under torchrun: k is chosen on rank 0 (a search on a sample), the final fit is shared (each
+    # rank's rows, statistics all-reduced, the same model on every rank), rank 0 does the rest
+    chosen = ddp.on_main(lambda: _choose_k(cfg, x, ids, seed, device, params, work), what="choosing k")
+    k = ddp.broadcast_int(chosen[0] if rank == 0 else 0)
+    evidence = chosen[1] if rank == 0 else None
     if k > n:
         raise ConfigError(f"n_clusters={k} is more than the {n} customers", config_key="segment.n_clusters")
-    model = _kmeans(k, seed, device, params).fit(x)
+    lo, hi = ddp.shard_bounds(n)
+    model = _kmeans(k, seed, device, params).fit(x[lo:hi] if world > 1 else x)
+    if rank != 0:
+        return {"rank": rank, "world_size": world, "fitted_rows": [lo, hi]}
+    with ddp.local_only():  # rank 0 alone from here: its calibration refits are its own
+        return _describe(cfg, ctx, work, out, source, (ids, matrix, names), x, model, evidence, t0, world)
+
+
+def _describe(cfg: DictConfig, ctx: dict[str, Any], work: Path, out: Path, source: Path, data: tuple,
+              x: torch.Tensor, model: MiniBatchKMeans, evidence: dict | None, t0: float,
+              world: int) -> dict[str, Any]:
+    """Label, calibrate and describe the fitted segments, then write every output."""
+    ids, matrix, names = data
+    device: torch.device = ctx["device"]
+    seed, n, k = int(cfg.seed), matrix.shape[0], int(model.n_clusters)
+    params = OmegaConf.to_container(cfg.segment.kmeans, resolve=True)
     matching = _keep_ids(cfg, model, names)
     labels, d1, second, d2 = _nearest_two(model, x)
     m = margin(d1, d2)
@@ -426,6 +447,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "renumbered": matching["renumbered"]} if matching else {}),
         "notes": notes,
         "device": str(device),
+        "world_size": world,
         "seconds": round(seconds, 3),
     }
     write_json(artifact(work, "segment", "metrics"), metrics)

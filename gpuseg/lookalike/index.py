@@ -623,3 +623,76 @@ def _read(reader, path: Path):
     except (OSError, RuntimeError, ValueError, pa.ArrowException) as exc:
         raise ArtifactError(f"cannot load the lookalike index: '{path}' cannot be read ({exc}); {_REMEDY}",
                             config_key="lookalike.index.rebuild") from exc
+
+
+def merge_topk(scores: np.ndarray, rows: np.ndarray, k: int, *, descending: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of each query's candidates: by score, ties by the lower row; missing (-1) last.
+
+    Parameters
+    ----------
+    scores, rows : ndarray (n_queries, m)
+        Candidates, e.g. every shard's top-k side by side; row -1 is no candidate.
+    k : int
+        Kept per query (at most ``m``).
+    descending : bool
+        True for similarities (ip, cosine), False for distances (l2).
+
+    Returns
+    -------
+    scores : ndarray (n_queries, k) float32
+    rows : ndarray (n_queries, k) int64
+    """
+    scores, rows = np.asarray(scores), np.asarray(rows, dtype=np.int64)
+    missing = rows < 0
+    key = np.where(missing, np.inf, -scores.astype(np.float64) if descending else scores.astype(np.float64))
+    tie = np.where(missing, np.iinfo(np.int64).max, rows)
+    order = np.lexsort((tie, key), axis=-1)[:, :k]
+    return (np.take_along_axis(scores, order, 1).astype(np.float32),
+            np.take_along_axis(rows, order, 1).astype(np.int64))
+
+
+def search_sharded(index: LookalikeIndex, Q: Any, k: int, *, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest of each query over every rank's shard, with global rows.
+
+    Under ``torch.distributed`` each rank holds the rows ``[offset, offset + index.ntotal)`` of
+    the whole base in its own ``index`` (e.g. the bounds of
+    :func:`gpuseg.runtime.distributed.shard_bounds`) and passes the same queries; each searches
+    its shard, the lists are gathered and merged (:func:`merge_topk`: by score, ties by global
+    row), so every rank gets the same answer. With the exact backend it is the single-process
+    search over the whole base (ties ordered by row). Outside a process group this is
+    ``index.search`` with rows shifted by ``offset``.
+
+    Returns
+    -------
+    scores : ndarray (n_queries, k) float32
+    rows : ndarray (n_queries, k) int64
+        Global rows (-1 where the base holds fewer than ``k``).
+    """
+    from gpuseg.runtime import distributed as ddp
+
+    index._check_built()
+    check_int(f"{_NAME}.search_sharded", "k", k, low=1)
+    total = int(ddp.all_reduce_(torch.tensor([index.ntotal], dtype=torch.int64)).item())
+    if k > total:
+        log.warning("k=%d is more than the %d indexed customers: returning %d", k, total, total)
+        k = total
+    local_k = min(k, index.ntotal)
+    scores, rows = index.search(Q, local_k, return_rows=True)
+    descending = index.metric != "l2"
+    n_queries = scores.shape[0]
+    padded_scores = np.full((n_queries, k), -np.inf if descending else np.inf, np.float32)
+    padded_rows = np.full((n_queries, k), -1, np.int64)
+    padded_scores[:, :local_k] = scores
+    padded_rows[:, :local_k] = np.where(rows >= 0, rows + int(offset), -1)
+    all_scores = ddp.all_gather_rows(torch.from_numpy(padded_scores)).numpy()
+    all_rows = ddp.all_gather_rows(torch.from_numpy(padded_rows)).numpy()
+    world = ddp.rank_and_world()[1]
+    if all_scores.shape[0] != world * n_queries:
+        raise InputDataError(f"search_sharded: every rank must pass the same queries (this rank has {n_queries}, "
+                             f"{all_scores.shape[0]} over all ranks)")
+
+    def side_by_side(a: np.ndarray) -> np.ndarray:
+        """(world * Q, k) in rank order -> (Q, world * k): each query's candidates from every shard."""
+        return a.reshape(world, n_queries, k).transpose(1, 0, 2).reshape(n_queries, world * k)
+
+    return merge_topk(side_by_side(all_scores), side_by_side(all_rows), k, descending=descending)

@@ -9,6 +9,11 @@ back after a crash in between). A killed or failed job leaves the published set 
 its staging folder for the next run to resume from. Leftover ``.*.tmp`` files of killed writes
 are removed when a job starts.
 
+Under torchrun a job whose ranks share its work (text, journeys, segment) stages the same way:
+rank 0 prepares the staging folder, every rank writes into it, and once every rank is done rank
+0 publishes and the others wait until it has; a job that runs on rank 0 alone stages as in one
+process. Either way the published set and its record are written once, by rank 0.
+
 Every published folder holds a record, ``.publish.json``: a fresh id, its files with their sizes,
 and the ids of the upstream folders the job read (its lineage). When a job reads another job's
 folder (:func:`check_upstream`, called by ``job_dir``), the record must match the files (none
@@ -32,6 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from gpuseg.runtime import distributed as ddp
 from gpuseg.runtime.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -174,11 +180,6 @@ def _write_record(stage: Path, job: str, read: dict[str, tuple[Path, str | None]
     os.replace(tmp, stage / RECORD)
 
 
-def forget_record(folder: Path) -> None:
-    """Drop a folder's record before a job writes into it in place (a torchrun job): no stale claim."""
-    (folder / RECORD).unlink(missing_ok=True)
-
-
 def _remove_tmp(folder: Path) -> None:
     for tmp in folder.rglob(".*.tmp"):
         tmp.unlink(missing_ok=True)
@@ -188,7 +189,10 @@ def recover(work: str | os.PathLike, folder: str) -> None:
     """Put back a published folder that a crash between the two renames of a publish left aside."""
     final, old = Path(work) / folder, Path(work) / STAGING / f"{folder}.old"
     if old.is_dir() and not final.exists():
-        os.replace(old, final)
+        try:
+            os.replace(old, final)
+        except FileNotFoundError:  # another rank of the job restored it first
+            return
         log.warning("restored '%s' after an interrupted publish", final)
 
 
@@ -207,7 +211,28 @@ def staged_outputs(work: str | os.PathLike, job: str, folder: str) -> Iterator[P
     """
     work = Path(work)
     final, stage, old = work / folder, work / STAGING / folder, work / STAGING / f"{folder}.old"
-    recover(work, folder)
+    # under torchrun every rank of the job writes into the stage that rank 0 prepares and publishes
+    main = ddp.rank_and_world()[0] == 0
+    if main:
+        _prepare(final, stage, old, job)
+    ddp.wait_for_all(what=f"preparing the {job} staging folder")
+    active = _StagedJob(work.resolve(), job, stage)
+    token = _ACTIVE.set(active)
+    try:
+        yield stage
+    finally:
+        _ACTIVE.reset(token)
+    # reached only when the job succeeded (a failing rank leaves without waiting: the others'
+    # collectives fail, or torchrun stops them): record the set, then swap the staged folder in
+    ddp.wait_for_all(what=f"the {job} job")
+    if main:
+        _publish(final, stage, old, job, active.read)
+    ddp.wait_for_all(what=f"publishing the {job} outputs")
+
+
+def _prepare(final: Path, stage: Path, old: Path, job: str) -> None:
+    """Make (or resume) the staging folder of a job: hard links of the published one."""
+    recover(final.parent, final.name)
     if final.is_dir():
         _remove_tmp(final)
     if stage.is_dir():
@@ -217,14 +242,11 @@ def staged_outputs(work: str | os.PathLike, job: str, folder: str) -> Iterator[P
         stage.mkdir(parents=True)
         if final.is_dir():
             _link_tree(final, stage)
-    active = _StagedJob(work.resolve(), job, stage)
-    token = _ACTIVE.set(active)
-    try:
-        yield stage
-    finally:
-        _ACTIVE.reset(token)
-    # reached only when the job succeeded: record the set, then swap the staged folder in
-    _write_record(stage, job, active.read)
+
+
+def _publish(final: Path, stage: Path, old: Path, job: str, read: dict[str, tuple[Path, str | None]]) -> None:
+    """Record the staged set, then swap it in for the published folder (two renames)."""
+    _write_record(stage, job, read)
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
