@@ -50,7 +50,7 @@ from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import read_json, write_json, write_parquet
 from gpuseg.runtime.layout import artifact, job_dir
 from gpuseg.runtime.matrix import read_matrix
-from gpuseg.runtime.validation import check_real
+from gpuseg.runtime.validation import check_int, check_real
 from gpuseg.value import BetaGeoModel, ChurnModel, DegenerateFitError, GammaGammaModel, btyd_summary
 from gpuseg.value.churn import binary_metrics, risk_tier
 from gpuseg.value.summary import holdout_by_frequency
@@ -79,8 +79,25 @@ def _holdout_end(schema: dict[str, Any], as_of: str) -> tuple[np.datetime64 | No
     return end, float((end - start_) / _DAY)
 
 
+def _fit_sample(has_history: np.ndarray, limit: Any, seed: int) -> np.ndarray:
+    """Rows the BG/NBD and Gamma-Gamma fits see: every customer with a history, or a seeded sample.
+
+    Four and three parameters are pinned down long before a million customers, while every
+    likelihood evaluation of the optimiser walks all the rows it is given; the predictions are
+    still made for everyone.
+    """
+    rows = np.flatnonzero(has_history)
+    if limit is None:
+        return rows
+    check_int("profile", "value_fit_customers", limit, low=1000, config_key="profile.value_fit_customers")
+    limit = int(limit)
+    if len(rows) <= limit:
+        return rows
+    return np.sort(np.random.default_rng([seed, 17]).choice(rows, size=limit, replace=False))
+
+
 def _value(cfg, ids, events: Path | None, roles, as_of, holdout_end, holdout_days, device,
-           notes: list[str]) -> dict[str, Any]:
+           notes: list[str], seed: int = 0) -> dict[str, Any]:
     """BG/NBD + Gamma-Gamma: expected purchases and value over the horizon, and the hold-out check.
 
     A fit that cannot be trusted leaves the predictions NaN and says why in ``notes`` (and in
@@ -102,7 +119,8 @@ def _value(cfg, ids, events: Path | None, roles, as_of, holdout_end, holdout_day
         return _not_estimated(out, notes, f"too few customers with a purchase history ({int(has_history.sum())} "
                                           f"with a purchase before as_of, {repeat} of them repeat buyers; BG/NBD "
                                           "needs at least 20 and 10)")
-    bg = BetaGeoModel(device=device).fit(f, r, t)
+    fit_rows = _fit_sample(has_history, cfg.profile.get("value_fit_customers"), seed)
+    bg = BetaGeoModel(device=device).fit(f[fit_rows], r[fit_rows], t[fit_rows])
     report: dict[str, Any] = {"bgnbd": dict(bg.params_), "horizon_days": horizon}
     out["report"] = report
     problem = bg.degenerate_
@@ -115,7 +133,7 @@ def _value(cfg, ids, events: Path | None, roles, as_of, holdout_end, holdout_day
         return _not_estimated(out, notes, f"BG/NBD fit is degenerate: {problem}")
     out["expected_purchases"] = expected
     try:
-        gg = GammaGammaModel(device=device).fit(f, m)
+        gg = GammaGammaModel(device=device).fit(f[fit_rows], m[fit_rows])
         problem = gg.degenerate_
         if problem is None:
             out["expected_value"] = expected * gg.conditional_expected_average_profit(f, m)
@@ -255,7 +273,7 @@ def _score_customers(cfg: DictConfig, work: Path, inputs: dict[str, Any], device
     ids, as_of, events = inputs["ids"], inputs["as_of"], inputs["events"]
     roles = OmegaConf.to_container(cfg.data.roles, resolve=True) if "roles" in cfg.data else None
     holdout_end, holdout_days = _holdout_end(inputs["schema"], as_of)
-    value = _value(cfg, ids, events, roles, as_of, holdout_end, holdout_days, device, notes)
+    value = _value(cfg, ids, events, roles, as_of, holdout_end, holdout_days, device, notes, seed)
     label_name, y = _churn_label(cfg, inputs["schema"], inputs["customers"], value)
     # the churn model and the projection use the matrix that was segmented
     _, x, _ = read_matrix(inputs["segmentation"]["input"])
