@@ -47,6 +47,18 @@ def test_metrics_match_scikit_learn(blobs, device):
     assert silhouette(xt, lt, sample_size=None) == pytest.approx(skm.silhouette_score(x, noisy), rel=1e-5)
 
 
+def test_full_data_metrics_are_the_same_in_row_chunks(blobs, monkeypatch):
+    # at scale the indices walk the matrix in chunks (no float64 copy of it): chunks of 7 rows
+    # must give scikit-learn's figures too
+    from gpuseg.cluster import metrics
+
+    x, _, noisy = blobs
+    monkeypatch.setattr(metrics._chunks, "__defaults__", (7,))
+    xt, lt = torch.tensor(x), torch.tensor(noisy)
+    assert calinski_harabasz(xt, lt) == pytest.approx(skm.calinski_harabasz_score(x, noisy), rel=1e-9)
+    assert davies_bouldin(xt, lt) == pytest.approx(skm.davies_bouldin_score(x, noisy), rel=1e-6)
+
+
 def test_ari_is_label_permutation_invariant():
     a = torch.tensor([0, 0, 1, 1, 2, 2])
     assert adjusted_rand_index(a, torch.tensor([5, 5, 3, 3, 9, 9])) == 1.0

@@ -20,11 +20,22 @@ def _as_labels(labels: torch.Tensor) -> torch.Tensor:
     return labels
 
 
+#: rows per step of the full-data metrics: their float64 temporaries stay a few hundred MB
+#: whatever the number of customers (a whole 1M x 400 matrix in float64 is 3.2 GB, per copy)
+_CHUNK_ROWS = 65536
+
+
+def _chunks(n: int, chunk_rows: int = _CHUNK_ROWS):
+    for lo in range(0, n, chunk_rows):
+        yield slice(lo, min(n, lo + chunk_rows))
+
+
 def cluster_means(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-cluster means and counts (float64 accumulation)."""
+    """Per-cluster means and counts (float64 accumulation, in row chunks)."""
     labels = _as_labels(labels).to(x.device)
     sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
-    sums.index_add_(0, labels, x.double())
+    for rows in _chunks(x.shape[0]):
+        sums.index_add_(0, labels[rows], x[rows].double())
     counts = torch.bincount(labels, minlength=k).double()
     return sums / counts.clamp_min(1).unsqueeze(1), counts
 
@@ -39,9 +50,9 @@ def calinski_harabasz(x: torch.Tensor, labels: torch.Tensor) -> float:
     n = x.shape[0]
     if n_clusters < 2 or n_clusters >= n:
         raise InputDataError(f"calinski_harabasz needs 2 <= n_clusters < n_samples, got {n_clusters} and {n}")
-    overall = x.double().mean(0)
+    overall = (means * counts.unsqueeze(1)).sum(0) / n
     between = (counts[present] * ((means[present] - overall) ** 2).sum(1)).sum()
-    within = ((x.double() - means[labels]) ** 2).sum()
+    within = sum(((x[rows].double() - means[labels[rows]]) ** 2).sum() for rows in _chunks(n))
     if float(within) == 0.0:
         return 1.0
     return float(between * (n - n_clusters) / (within * (n_clusters - 1)))
@@ -54,7 +65,9 @@ def davies_bouldin(x: torch.Tensor, labels: torch.Tensor) -> float:
     means, counts = cluster_means(x, labels, k)
     present = counts > 0
     scatter = torch.zeros(k, dtype=torch.float64, device=x.device)
-    scatter.index_add_(0, labels, torch.linalg.vector_norm(x.double() - means[labels], dim=1))
+    for rows in _chunks(x.shape[0]):
+        lab = labels[rows]
+        scatter.index_add_(0, lab, torch.linalg.vector_norm(x[rows].double() - means[lab], dim=1))
     scatter = scatter / counts.clamp_min(1)
     means, scatter = means[present], scatter[present]
     if means.shape[0] < 2:
