@@ -211,9 +211,14 @@ def _churn(cfg, x: np.ndarray, x_rfm: np.ndarray | None, y: np.ndarray, device, 
     order = rng.permutation(known)
     n_test = max(1, int(float(ccfg.test_fraction) * len(order)))
     test, train = order[:n_test], order[n_test:]
+    limit = ccfg.get("max_train_customers")
+    if limit is not None:
+        check_int("profile", "churn.max_train_customers", limit, low=100,
+                  config_key="profile.churn.max_train_customers")
+        train = np.sort(train[:int(limit)])  # ``order`` is a seeded shuffle: its head is a random sample
     params = {"epochs": int(ccfg.epochs), "device": device, "random_state": seed, "holdout_fraction": 0.1}
     model = ChurnModel(hidden=int(ccfg.hidden), **params).fit(x[train], y[train])
-    scores = model.churn_probability(x)
+    scores = _scored(model, x)
     metrics = {"model": binary_metrics(y[test], scores[test]),
                "n_train": len(train), "n_test": len(test), "positive_rate": float(np.mean(y[known]))}
     minority = int(min(y[test].sum(), len(test) - y[test].sum()))
@@ -222,16 +227,33 @@ def _churn(cfg, x: np.ndarray, x_rfm: np.ndarray | None, y: np.ndarray, device, 
                      "smaller class: too few for a reliable figure")
     if x_rfm is not None:
         baseline = ChurnModel(hidden=0, **params).fit(x_rfm[train], y[train])
-        metrics["rfm_logistic"] = binary_metrics(y[test], baseline.churn_probability(x_rfm[test]))
+        metrics["rfm_logistic"] = binary_metrics(y[test], _scored(baseline, x_rfm[test]))
     return {"scores": scores, "metrics": metrics}
+
+
+def _scored(model: ChurnModel, x: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """Churn probabilities chunk by chunk: the model checks its input in float64, a copy per call."""
+    return np.concatenate([model.churn_probability(x[lo:lo + chunk]) for lo in range(0, len(x), chunk)]) \
+        if len(x) else np.zeros(0)
 
 
 def _sequences(events: Path, ids: pa.Array, as_of: str, max_len: int) -> tuple[np.ndarray, list[str]]:
     builder = SequenceBuilder(max_len=max_len, as_of=to_microseconds(as_of), categorical=("event_type",))
     builder.fit(events, ids)
-    seqs = builder.transform(events, ids)
     vocab = list(SPECIAL_TOKENS) + builder.vocabularies_["event_type"].tokens
-    return np.asarray(seqs.categorical[:, :, 0]), vocab
+    return _field_codes(builder.store(events, ids), 0), vocab
+
+
+def _field_codes(store, field: int, chunk: int = 65_536) -> np.ndarray:
+    """One categorical field's codes, (customers, max_len), padded a chunk of customers at a time.
+
+    The padded arrays of every field and every continuous value of a million customers would be
+    gigabytes; the store holds only the steps.
+    """
+    out = np.zeros((len(store), int(store.max_len)), dtype=store.codes.dtype)
+    for first, seqs in store.chunks(chunk):
+        out[first:first + len(seqs)] = seqs.categorical[:, :, field]
+    return out
 
 
 def _texts(work: Path, ids: pa.Array, labels: np.ndarray, as_of: str):
@@ -299,10 +321,10 @@ def _journey_codes(work: Path, events: Path, ids: pa.Array, as_of: str, max_len:
     if state.get("as_of") == as_of and "sequences" in state:
         builder = SequenceBuilder.from_dict(state["sequences"])
         if "event_type" in builder.fields_:
-            seqs = builder.transform(events, ids)
-            field = builder.fields_.index("event_type")
+            store = builder.store(events, ids)
+            field = store.categorical_names.index("event_type")
             vocab = list(SPECIAL_TOKENS) + builder.vocabularies_["event_type"].tokens
-            return np.asarray(seqs.categorical[:, :, field]), vocab
+            return _field_codes(store, field), vocab
     log.info("profile: no journeys encoder for as_of=%s, sequences built with profile.journeys.max_len=%d",
              as_of, max_len)
     return _sequences(events, ids, as_of, max_len)

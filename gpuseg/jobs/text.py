@@ -9,7 +9,6 @@ chunk, and rank 0 aggregates once all parts exist.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import shutil
 import time
@@ -118,30 +117,43 @@ def _aggregate_parts(cfg: DictConfig, texts_path: Path, parts: Path, ids, dim: i
 
     chunk_rows = int(cfg.text.chunk_rows)
 
-    def text_parts():
-        meta = pq.ParquetFile(texts_path).iter_batches(batch_size=chunk_rows, columns=["customer_id", "timestamp",
-                                                                                       "source"])
-        for i, batch in enumerate(meta):
+    # each range of customers walks the parts again: their customer rows, times and sources
+    # (about 25 bytes a text) are looked up once, not once per range
+    meta: list[tuple[np.ndarray, np.ndarray, Any]] = []
+
+    def read_meta() -> None:
+        batches = pq.ParquetFile(texts_path).iter_batches(batch_size=chunk_rows, columns=["customer_id", "timestamp",
+                                                                                          "source"])
+        for batch in batches:
             index = pc.index_in(batch.column("customer_id"), value_set=ids)
             if index.null_count:
                 raise UserInputError(f"{index.null_count} validated texts belong to no customer: re-run "
                                      "`gpuseg validate`", table="texts", config_key="paths.work_dir")
+            meta.append((index.to_numpy(zero_copy_only=False).astype(np.int64),
+                         batch.column("timestamp").to_numpy(zero_copy_only=False), batch.column("source")))
+
+    def text_parts():
+        if not meta:
+            read_meta()
+        for i, (index, timestamps, source) in enumerate(meta):
             vectors = np.load(parts / f"part-{i:05d}.npy", mmap_mode="r")
-            if len(vectors) != batch.num_rows:
-                raise UserInputError(f"text part {i} holds {len(vectors)} rows for {batch.num_rows} texts: delete "
+            if len(vectors) != len(index):
+                raise UserInputError(f"text part {i} holds {len(vectors)} rows for {len(index)} texts: delete "
                                      f"'{parts}' and re-run `gpuseg text`", config_key="paths.work_dir")
-            yield TextPart(vectors, index.to_numpy(zero_copy_only=False).astype(np.int64),
-                           batch.column("timestamp").to_numpy(zero_copy_only=False), batch.column("source"))
+            yield TextPart(vectors, index, timestamps, source)
+            del vectors
 
     tables = customer_text_tables(text_parts, ids, dim, as_of=data_as_of(cfg),
                                   half_life_days=float(cfg.text.half_life_days), sources_order=sources,
                                   memory_mb=_aggregate_memory_mb(cfg))
-    first = next(tables)
+    table = next(tables)
     with_text = 0
-    with ParquetStreamWriter(artifact(work_dir(cfg), "text", "embeddings"), first.schema) as writer:
-        for table in itertools.chain([first], tables):
+    with ParquetStreamWriter(artifact(work_dir(cfg), "text", "embeddings"), table.schema) as writer:
+        while table is not None:
             writer.write(table)
             with_text += int(pc.sum(table["has_text"]).as_py() or 0)
+            table = None  # dropped before the next range is aggregated
+            table = next(tables, None)
     return with_text
 
 

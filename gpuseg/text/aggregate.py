@@ -196,7 +196,9 @@ def aggregate_parts(
             out[f"{b}_mean"], out[f"{b}_count"], out[f"{b}_recency_mean"] = acc[b].means()
         out["has_text"] = out[f"{ALL}_count"] > 0
         n_with_text += int(out["has_text"].sum())
+        del acc
         yield c0, out
+        del out  # before the next range's arrays exist: peak memory is one range, not two
     log.info("aggregated %d texts (%d kept at as_of) into %d customers, %d with text, blocks %s",
              n_texts, n_kept, n_customers, n_with_text, blocks)
 
@@ -214,7 +216,10 @@ def customer_text_tables(
     """
     ids = _ids_array(customer_ids)
     for start, aggregates in aggregate_parts(parts, len(ids), dim, **options):
-        yield customer_text_table(aggregates, ids.slice(start, len(aggregates["has_text"])))
+        table = customer_text_table(aggregates, ids.slice(start, len(aggregates["has_text"])))
+        del aggregates  # the table holds its own copy; one range in memory at a time
+        yield table
+        del table
 
 
 def customer_text_table(
