@@ -79,17 +79,17 @@ def _holdout_end(schema: dict[str, Any], as_of: str) -> tuple[np.datetime64 | No
     return end, float((end - start_) / _DAY)
 
 
-def _fit_sample(has_history: np.ndarray, limit: Any, seed: int) -> np.ndarray:
-    """Rows the BG/NBD and Gamma-Gamma fits see: every customer with a history, or a seeded sample.
+def _fit_sample(eligible: np.ndarray, limit: Any, seed: int, key: str = "value_fit_customers") -> np.ndarray:
+    """The ``eligible`` rows, or a seeded sample of ``limit`` of them (``profile.<key>``; None: all).
 
-    Four and three parameters are pinned down long before a million customers, while every
-    likelihood evaluation of the optimiser walks all the rows it is given; the predictions are
-    still made for everyone.
+    For the BG/NBD and Gamma-Gamma fits: four and three parameters are pinned down long before a
+    million customers, while every likelihood evaluation of the optimiser walks all the rows it
+    is given; the predictions are still made for everyone.
     """
-    rows = np.flatnonzero(has_history)
+    rows = np.flatnonzero(eligible)
     if limit is None:
         return rows
-    check_int("profile", "value_fit_customers", limit, low=1000, config_key="profile.value_fit_customers")
+    check_int("profile", key, limit, low=1000, config_key=f"profile.{key}")
     limit = int(limit)
     if len(rows) <= limit:
         return rows
@@ -297,8 +297,12 @@ def _score_customers(cfg: DictConfig, work: Path, inputs: dict[str, Any], device
     holdout_end, holdout_days = _holdout_end(inputs["schema"], as_of)
     value = _value(cfg, ids, events, roles, as_of, holdout_end, holdout_days, device, notes, seed)
     label_name, y = _churn_label(cfg, inputs["schema"], inputs["customers"], value)
+    # Arrow keeps the buffers of the events it just read cached for reuse; give them back before
+    # the matrix is read (at 1M customers, about 1 GB of the peak)
+    pa.default_memory_pool().release_unused()
     # the churn model and the projection use the matrix that was segmented
     _, x, _ = read_matrix(inputs["segmentation"]["input"])
+    pa.default_memory_pool().release_unused()
     x_rfm, no_baseline = _baseline(work, inputs["segmentation"], events is not None) if y is not None \
         else (None, None)
     if no_baseline:
@@ -350,9 +354,15 @@ def _profile_segments(cfg: DictConfig, work: Path, inputs: dict[str, Any],
     concentration = value_concentration(np.nan_to_num(monetary), labels, k).to_pylist()
     events_top, ngrams = {}, {}
     if inputs["events"] is not None:
-        codes, vocab = _journey_codes(work, inputs["events"], ids, inputs["as_of"], int(pcfg.journeys.max_len))
-        events_top = top_event_types(codes, labels, k, vocab=vocab, top_n=int(pcfg.journeys.top_n))
-        ngrams = journey_ngrams(codes, labels, k, vocab=vocab, top_n=int(pcfg.journeys.top_n))
+        # event mixes and n-gram rates per segment settle long before a million customers: a seeded
+        # sample keeps the n-gram arrays (8 bytes per step and order) to a bounded size
+        rows = _fit_sample(np.ones(len(labels), dtype=bool), pcfg.journeys.get("max_customers"), int(cfg.seed),
+                           key="journeys.max_customers")
+        codes, vocab = _journey_codes(work, inputs["events"], ids.take(pa.array(rows)), inputs["as_of"],
+                                      int(pcfg.journeys.max_len))
+        events_top = top_event_types(codes, labels[rows], k, vocab=vocab, top_n=int(pcfg.journeys.top_n))
+        ngrams = journey_ngrams(codes, labels[rows], k, vocab=vocab, top_n=int(pcfg.journeys.top_n))
+        del codes
     words, snippets = _words(cfg, inputs)
     reps = representatives(inputs["segments"]["distance"].to_numpy(), labels, n=int(pcfg.representatives),
                            n_segments=k)

@@ -140,14 +140,14 @@ def pca_2d(X, n_sample: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     index : ndarray of int, shape (m,)
         Sorted row indices of the sample into ``X`` (use them to pick the segment labels).
     """
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X)  # no float64 copy of the whole matrix: only the sample is converted
     if X.ndim != 2 or X.shape[0] == 0:
         raise UserInputError(f"The 'X' parameter of pca_2d must be a non-empty 2-D array, got shape {X.shape}.")
     check_int("pca_2d", "n_sample", n_sample, low=1)
     n = X.shape[0]
     index = np.arange(n) if n <= n_sample else np.sort(
         np.random.default_rng(seed).choice(n, int(n_sample), replace=False))
-    sample = torch.from_numpy(np.ascontiguousarray(X[index]))
+    sample = torch.from_numpy(np.ascontiguousarray(X[index], dtype=np.float64))
     col_mean = torch.nanmean(sample, dim=0).nan_to_num(0.0)
     sample = torch.where(torch.isnan(sample), col_mean, sample) - col_mean
     comps = pca.from_centred_sample(sample, 2).components
