@@ -10,6 +10,7 @@ each (device, size), the scaling over N and the peers' ratios where a run has th
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import sys
 import tempfile
@@ -31,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         return gpuseg_main(["bench", "bench.table_only=true", f"bench.results_dir={args.results_dir.resolve()}",
                             f"paths.work_dir={logs}", f"hydra.run.dir={logs}", "hydra.output_subdir=null"])
     finally:
+        # Hydra left a log file handler in the folder about to go: a later log line would fail
+        for logger in (logging.getLogger(), *logging.Logger.manager.loggerDict.values()):
+            for handler in list(getattr(logger, "handlers", [])):
+                if isinstance(handler, logging.FileHandler) and handler.baseFilename.startswith(logs):
+                    logger.removeHandler(handler)
+                    handler.close()
         shutil.rmtree(logs, ignore_errors=True)
 
 

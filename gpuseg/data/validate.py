@@ -385,7 +385,7 @@ def _write_customers(out: Path, pass1: Path, keep: np.ndarray, private: list[str
         pii.unlink(missing_ok=True)  # a previous run's personal data must not outlive its declaration
     with contextlib.ExitStack() as stack:
         main = stack.enter_context(ParquetStreamWriter(out / "customers.parquet", public))
-        personal = stack.enter_context(ParquetStreamWriter(pii, schema.select(["customer_id", *private]))) \
+        personal = stack.enter_context(ParquetStreamWriter(pii, pa.schema([schema.field(c) for c in ["customer_id", *private]]))) \
             if private else None
         start = 0
         for batch in source.iter_batches(batch_size=batch_size):

@@ -215,7 +215,7 @@ def _churn(cfg, x: np.ndarray, x_rfm: np.ndarray | None, y: np.ndarray, device, 
     if limit is not None:
         check_int("profile", "churn.max_train_customers", limit, low=100,
                   config_key="profile.churn.max_train_customers")
-        train = np.sort(train[:int(limit)])  # ``order`` is a seeded shuffle: its head is a random sample
+        train = train[:int(limit)]  # ``order`` is a seeded shuffle: its head is a random sample
     params = {"epochs": int(ccfg.epochs), "device": device, "random_state": seed, "holdout_fraction": 0.1}
     model = ChurnModel(hidden=int(ccfg.hidden), **params).fit(x[train], y[train])
     scores = _scored(model, x)

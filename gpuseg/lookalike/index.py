@@ -112,7 +112,7 @@ def _as_matrix(X: Any, name: str, d: int | None = None) -> np.ndarray:
 
 def _normalize(X: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return (X / np.maximum(norms, 1e-12)).astype(np.float32)
+    return (X / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)  # one new matrix, not two
 
 
 def torch_knn(base: torch.Tensor, queries: torch.Tensor, k: int, *, metric: str = "ip",
@@ -377,7 +377,9 @@ class LookalikeIndex:
 
     def _add_to_engine(self, X: np.ndarray) -> None:
         if self._base is not None:
-            self._base = torch.cat([self._base, torch.as_tensor(np.asarray(X), device=self._device)])
+            added = torch.as_tensor(np.asarray(X), device=self._device)
+            # the first add shares the vectors' memory (on CPU) instead of copying them into an empty base
+            self._base = added if self._base.shape[0] == 0 else torch.cat([self._base, added])
             self._sqnorms = self._base.pow(2).sum(1) if self.metric == "l2" else None
         elif self._faiss is not None:
             X = np.ascontiguousarray(X, dtype=np.float32)
