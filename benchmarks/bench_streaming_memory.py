@@ -16,10 +16,17 @@ size (``ru_maxrss``) and time:
   does); ``fuse_in_memory``: the blocks read whole and ``BlockFuser.fit_transform``;
 - ``text_streamed``: ``customer_text_tables`` over the part files into a streamed Parquet writer
   (what ``gpuseg text`` does); ``text_in_memory``: the parts concatenated and
-  ``aggregate_by_customer``, the table written at once.
+  ``aggregate_by_customer``, the table written at once;
+- ``segment_streamed`` / ``segment_resident`` (``--cases``; not run by default): ``gpuseg segment``
+  (n_clusters=8, the default calibration) on a synthetic ``fused.parquet`` + ``fused.npy`` of
+  ``--segment-dim`` columns, with ``segment.memory_mb=--segment-memory-mb`` (read from the file by
+  blocks) or a budget above the matrix (read whole).
 
 Streamed peaks should stay flat as the customers grow; in-memory ones grow with them. Writes
-``benchmarks/results/streaming_memory_<date>[_quick].json``.
+``benchmarks/results/streaming_memory_<date>[_quick].json`` (``streaming_memory_segment_<date>...``
+when only segment cases run)::
+
+    python benchmarks/bench_streaming_memory.py --sizes 300000 --cases segment_streamed segment_resident
 """
 
 from __future__ import annotations
@@ -39,6 +46,42 @@ import numpy as np
 from _common import library_versions, machine_info, result_path, utc_now, write_result
 
 DIM, TAB, PART_ROWS, SOURCES = 384, 30, 50_000, ("review", "ticket")
+SEGMENT_CASES = ("segment_streamed", "segment_resident")
+
+
+def _synthesise_fused(folder: Path, n: int, dim: int) -> None:
+    """``fused.parquet`` and ``fused.npy`` side by side (as ``gpuseg fuse`` writes): 8 planted blobs."""
+    import pyarrow as pa
+
+    from gpuseg.runtime.io import ParquetStreamWriter
+    from gpuseg.runtime.matrix import NpyStreamWriter
+
+    rng = np.random.default_rng(n)
+    centres = rng.normal(size=(8, dim)).astype(np.float32)
+    schema = pa.schema([("customer_id", pa.string()), ("fused", pa.list_(pa.float32(), dim))])
+    with ParquetStreamWriter(folder / "fused.parquet", schema) as table, \
+            NpyStreamWriter(folder / "fused.npy", n, dim) as matrix:
+        for s in range(0, n, 65536):
+            e = min(n, s + 65536)
+            x = centres[rng.integers(0, 8, e - s)] + rng.normal(size=(e - s, dim)).astype(np.float32)
+            ids = pa.array([f"c{i:08d}" for i in range(s, e)])
+            table.write(pa.table({"customer_id": ids,
+                                  "fused": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim)}))
+            matrix.write(x)
+
+
+def _segment(case: str, folder: Path, memory_mb: float) -> Path:
+    """Run ``gpuseg segment`` on ``folder/fused.parquet``; return its segments file."""
+    from hydra import compose, initialize_config_module
+
+    from gpuseg.jobs import segment
+
+    budget = memory_mb if case == "segment_streamed" else 1e9
+    with initialize_config_module(config_module="gpuseg.conf", version_base="1.3"):
+        cfg = compose(config_name="segment", overrides=[
+            f"paths.work_dir={folder / 'work'}", "progress=false", "device=cpu", "segment.n_clusters=8",
+            f"segment.input={folder / 'fused.parquet'}", f"segment.memory_mb={budget}"])
+    return Path(segment.run(cfg)["segments_path"])
 
 
 def _synthesise(folder: Path, n: int) -> None:
@@ -81,7 +124,7 @@ def _text_parts(folder: Path):
         yield TextPart(np.load(path, mmap_mode="r"), meta["cust"], meta["ts"], meta["src"])
 
 
-def _child(case: str, folder: Path, n: int, chunk_rows: int) -> dict:
+def _child(case: str, folder: Path, n: int, chunk_rows: int, memory_mb: float = 256) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -97,7 +140,9 @@ def _child(case: str, folder: Path, n: int, chunk_rows: int) -> dict:
     ids = pa.array([f"c{i:08d}" for i in range(n)])
     out = folder / f"{case}.out"
     t0 = time.perf_counter()
-    if case == "fuse_streamed":
+    if case in SEGMENT_CASES:
+        out = _segment(case, folder, memory_mb)
+    elif case == "fuse_streamed":
         blocks = {"tabular": BlockFile(folder / "tabular.parquet"), "text": BlockFile(folder / "text.parquet", ["all_mean"])}
         fuser = BlockFuser(device="cpu", chunk_rows=chunk_rows)
         ids, chunks = fuser.fit_transform_chunks(blocks, ids=ids, scratch_dir=folder)
@@ -126,7 +171,8 @@ def _child(case: str, folder: Path, n: int, chunk_rows: int) -> dict:
         write_parquet(out, customer_text_table(agg, ids))
     seconds = time.perf_counter() - t0
     size = out.stat().st_size
-    out.unlink()
+    if case not in SEGMENT_CASES:
+        out.unlink()
     return {"case": case, "n_customers": n, "seconds": round(seconds, 2), "output_mb": round(size / 2**20, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
@@ -138,25 +184,37 @@ def main() -> None:
     parser.add_argument("--chunk-rows", type=int, default=65536, help="BlockFuser chunk_rows of the streamed fusion")
     parser.add_argument("--cases", nargs="+", default=["fuse_streamed", "fuse_in_memory", "text_streamed",
                                                         "text_in_memory"])
+    parser.add_argument("--segment-dim", type=int, default=390, help="columns of the segment cases' matrix")
+    parser.add_argument("--segment-memory-mb", type=float, default=256, help="segment.memory_mb when streamed")
     parser.add_argument("--out", default=None)
     parser.add_argument("--child", nargs=3, metavar=("CASE", "FOLDER", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_child(args.child[0], Path(args.child[1]), int(args.child[2]), args.chunk_rows)))
+        print(json.dumps(_child(args.child[0], Path(args.child[1]), int(args.child[2]), args.chunk_rows,
+                                args.segment_memory_mb)))
         return
     sizes = args.sizes or ([20_000, 40_000] if args.quick else [50_000, 100_000, 200_000])
     runs = []
     for n in sizes:
         with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
-            _synthesise(Path(tmp), n)
+            if set(args.cases) - set(SEGMENT_CASES):
+                _synthesise(Path(tmp), n)
+            if set(args.cases) & set(SEGMENT_CASES):
+                _synthesise_fused(Path(tmp), n, args.segment_dim)
             for case in args.cases:
                 res = subprocess.run([sys.executable, __file__, "--child", case, tmp, str(n),
-                                      "--chunk-rows", str(args.chunk_rows)], capture_output=True, text=True, check=True)
+                                      "--chunk-rows", str(args.chunk_rows),
+                                      "--segment-memory-mb", str(args.segment_memory_mb)],
+                                     capture_output=True, text=True, check=True)
                 runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
                 print(runs[-1], flush=True)
     payload = {"benchmark": "streaming_memory", "date": utc_now(), "machine": machine_info(),
-               "versions": library_versions(), "chunk_rows": args.chunk_rows, "dim": DIM, "runs": runs}
-    path = write_result(result_path("streaming_memory", quick=args.quick, out=args.out), payload)
+               "versions": library_versions(), "chunk_rows": args.chunk_rows, "dim": DIM,
+               **({"segment_dim": args.segment_dim, "segment_memory_mb": args.segment_memory_mb}
+                  if set(args.cases) & set(SEGMENT_CASES) else {}), "runs": runs}
+    # segment-only runs get their own file: they do not replace a fusion/text run of the same day
+    name = "streaming_memory_segment" if set(args.cases) <= set(SEGMENT_CASES) else "streaming_memory"
+    path = write_result(result_path(name, quick=args.quick, out=args.out), payload)
     print(f"wrote {path}")
 
 

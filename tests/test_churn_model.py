@@ -127,3 +127,46 @@ def test_logistic_picks_its_penalty_on_the_hold_out():
     assert model.l2_ == best["l2"]
     # without a hold-out there is nothing to choose on: the given penalty is used
     assert ChurnModel(device="cpu", l2=0.05).fit(X, y).l2_ == 0.05
+
+
+def test_a_large_float32_matrix_is_scored_without_a_float64_copy():
+    """``churn_probability`` converts a batch at a time: its peak is far below one float64 copy of X."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    X, y, _ = make_data(n=500)
+    model = ChurnModel(device="cpu").fit(X.astype(np.float32), y)
+    big = (rng.normal(size=(200_000, 5)) * X.std(axis=0) + X.mean(axis=0)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        batched = model.churn_probability(big, batch_size=4096)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # the output is 1.6 MB (float64 per row); one float64 copy of the input alone would be 8 MB
+    assert peak < 2 * batched.nbytes < big.nbytes * 2, peak
+    # the same scores as a float64 copy in the same batches, to the bit (float32 -> float64 is exact)
+    np.testing.assert_array_equal(batched, model.churn_probability(big.astype(np.float64), batch_size=4096))
+    # and as the chunks the profile job used to feed it (the batches are the same)
+    chunks = [model.churn_probability(big[lo:lo + 65_536]) for lo in range(0, len(big), 65_536)]
+    np.testing.assert_array_equal(model.churn_probability(big), np.concatenate(chunks))
+    # other batch sizes differ only by float32 rounding in the network's matrix products
+    np.testing.assert_allclose(model.churn_probability(big, batch_size=7), batched, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(model.predict_proba(big[:4096])[:, 1], batched[:4096])
+
+
+def test_non_finite_rows_are_named_across_batches():
+    """The batches of ``churn_probability`` name the same first five bad rows as a check of all of X."""
+    X, y, _ = make_data(n=200)
+    model = ChurnModel(device="cpu").fit(X, y)
+    bad = X.copy()
+    bad[[3, 7, 12, 13, 20, 40], 2] = [np.nan, np.inf, np.nan, -np.inf, np.nan, np.nan]
+    expected = r"The 'X' parameter must be finite \(impute NaN first\); non-finite values in rows \[3, 7, 12, 13, 20\]\."
+    with pytest.raises(UserInputError, match=expected):
+        ChurnModel(device="cpu").fit(bad, y)
+    for batch_size in (5, 8, 10_000):
+        with pytest.raises(UserInputError, match=expected):
+            model.churn_probability(bad, batch_size=batch_size)
+    with pytest.raises(UserInputError, match=r"non-finite values in rows \[5, 25\]\."):
+        model.predict(bad[15:])  # rows of the X given: 20 and 40 of bad

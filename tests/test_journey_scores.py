@@ -8,7 +8,13 @@ import pytest
 from test_journey_model import TINY, two_direction_sequences
 
 from gpuseg.journey import JourneyEncoder, MarkovBaseline, Sequences, UnigramBaseline
-from gpuseg.journey.baselines import MARKOV_PRIORS, log_loss, next_event_scores, step_pairs
+from gpuseg.journey.baselines import (
+    MARKOV_PRIORS,
+    log_loss,
+    next_event_scores,
+    step_pairs,
+    top_k_hits,
+)
 from gpuseg.runtime.artifacts import ArtifactError
 
 
@@ -72,6 +78,8 @@ def test_scores_use_the_same_targets_and_flag_short_sequences():
     assert not scores["model_beats_markov"]["log_loss"] and not scores["too_short"]
     assert {v["verdict"] for v in scores["versus_markov"].values()} == {"tie"}
     assert scores["n_steps"] == int(np.sum(np.maximum(test.lengths - 1, 0)))
+    top = scores["top_k_accuracy"]
+    assert top["model"] == top["markov"] >= scores["accuracy"]["markov"] and top["k"] == min(5, test.vocab_sizes[0])
     with pytest.raises(RuntimeError, match="different next-event targets"):
         next_event_scores(_Shuffled(markov), train, test, val)
     short = _seqs([[3], [4, 3], [5], [3], [4]])
@@ -123,5 +131,45 @@ def test_version_one_encoder_files_are_refused_with_a_remedy(tmp_path):
     doc = json.loads(meta.read_text())
     doc["schema_version"] = 1
     meta.write_text(json.dumps(doc))
-    with pytest.raises(ArtifactError, match="schema_version 1.*schema_version 2"):
+    with pytest.raises(ArtifactError, match="schema_version 1.*schema_version 3"):
         JourneyEncoder.load(tmp_path / "enc")
+
+
+def test_top_k_hits_counts_the_actual_code_among_the_k_most_likely():
+    proba = np.array([[0.0, 0.5, 0.3, 0.2], [0.0, 0.1, 0.2, 0.7], [0.0, 0.45, 0.35, 0.2]])
+    actual = np.array([3, 1, 3])
+    assert top_k_hits(proba, actual, 1).tolist() == [False, False, False]
+    assert top_k_hits(proba, actual, 2).tolist() == [False, False, False]
+    assert top_k_hits(proba, actual, 3).tolist() == [True, True, True]
+    assert top_k_hits(proba, np.array([1, 3, 2]), 1).tolist() == [True, True, False]
+    # k above the number of codes means every step is a hit
+    assert top_k_hits(proba, actual, 10).all() and len(top_k_hits(proba[:0], actual[:0])) == 0
+
+
+def test_network_share_is_the_validation_best_and_survives_save_and_load(tmp_path):
+    from gpuseg.journey.model import NETWORK_SHARES
+
+    seqs, _ = two_direction_sequences(n=240)
+    rows = np.arange(len(seqs))
+    train, val, test = rows[rows % 4 > 1], rows[rows % 4 == 1], rows[rows % 4 == 0]
+    enc = JourneyEncoder(**{**TINY, "epochs": 3, "batch_size": 16, "lr": 0.02}).fit(
+        seqs, train_rows=train, validation_rows=val)
+    share = enc.network_share_
+    assert share in NETWORK_SHARES and enc.train_info_["network_share"] == share
+    mixed, actual = enc.predict_proba_next(seqs.subset(test))
+    markov_table = enc.net_.markov_proba.numpy()
+    assert np.allclose(markov_table.sum(1)[1:], 1.0, atol=1e-5)
+    enc.net_.network_share.fill_(1.0)
+    network, _ = enc.predict_proba_next(seqs.subset(test))
+    chain = markov_table[step_pairs(seqs.subset(test))[0]]
+    assert np.allclose(mixed, share * network + (1 - share) * chain, atol=1e-6)
+    # the tuned share is the one with the lowest validation log-loss, recomputed here
+    v_net, v_actual = enc.predict_proba_next(seqs.subset(val))
+    v_chain = markov_table[step_pairs(seqs.subset(val))[0]]
+    losses = {s: log_loss(s * v_net + (1 - s) * v_chain, v_actual) for s in NETWORK_SHARES}
+    assert losses[share] == pytest.approx(min(losses.values()))
+    enc.net_.network_share.fill_(share)
+    enc.save(tmp_path / "enc")
+    again = JourneyEncoder.load(tmp_path / "enc")
+    assert again.network_share_ == share
+    assert np.allclose(again.predict_proba_next(seqs.subset(test))[0], mixed, atol=1e-6)

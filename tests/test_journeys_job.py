@@ -192,3 +192,33 @@ def test_no_bound_trains_on_every_customer(project):
     with pytest.raises(ConfigError) as err:
         journeys.run(make("journeys", *SMALL, "journey.max_train_customers=0"))
     assert err.value.config_key == "journey.max_train_customers"
+
+
+def test_without_a_customers_label_the_head_learns_no_purchase_in_the_hold_out(tmp_path):
+    """Events-only data reaching past as_of (a shop's invoice log): the profile's churn label."""
+    from hydra import compose, initialize_config_module
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for c in range(80):
+        days = np.sort(rng.choice(np.arange(1, 150), size=int(rng.integers(2, 7)), replace=False))
+        rows += [(f"c{c}", str(np.datetime64("2024-01-01") + int(d)), "purchase", float(5 + c % 7)) for d in days]
+        if c % 2 == 0:  # half of them come back after as_of
+            rows.append((f"c{c}", "2024-06-20", "purchase", 9.0))
+    path = tmp_path / "data" / "events.csv"
+    path.parent.mkdir()
+    path.write_text("customer_id,timestamp,event_type,amount\n" + "\n".join(",".join(map(str, r)) for r in rows))
+
+    def make(job, *overrides):
+        with initialize_config_module(config_module="gpuseg.conf", version_base="1.3"):
+            return compose(config_name=job, overrides=[
+                f"paths.work_dir={tmp_path / 'work'}", "progress=false", "data=custom",
+                f"paths.data_dir={path.parent}", "data.as_of=2024-06-01", "data.customers.path=null",
+                "data.texts.path=null", "data.events.columns.category=null", "data.events.columns.channel=null",
+                *overrides])
+
+    validate.run(make("validate"))
+    result = journeys.run(make("journeys", "device=cpu", "journey.epochs=1", "journey.hidden_size=16"))
+    assert result["label_auc"]["label"] == "no_purchase_in_holdout"
+    assert result["label_auc"]["positive_rate"] == pytest.approx(0.5, abs=0.3)
+    assert JourneyEncoder.load(tmp_path / "work" / "journeys" / "encoder").has_aux_

@@ -267,3 +267,29 @@ def test_identical_seeds_are_detected():
     assert seeds_identical(V, np.array([0, 1]))
     assert not seeds_identical(V, np.array([0, 2]))
     assert not seeds_identical(V, np.array([0]))  # one seed is not "all identical"
+
+
+def test_cpu_exact_index_keeps_one_copy_of_the_vectors_and_earlier_views_survive_add():
+    from gpuseg.lookalike.index import _FaissStorage
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 16)).astype(np.float32)
+    ids = [f"c{i}" for i in range(300)]
+    reference = LookalikeIndex("exact", "cosine", device="cpu").build(X, ids)
+    assert not np.allclose(np.linalg.norm(X, axis=1), 1.0)  # copy=True leaves the caller's array alone
+    own = X.copy()
+    index = LookalikeIndex("exact", "cosine", device="cpu").build(own, ids, copy=False)
+    assert np.allclose(np.linalg.norm(own, axis=1), 1.0, atol=1e-5)  # normalised in place
+    # the index's vectors are faiss's own storage, not a second copy
+    assert isinstance(index.vectors_.base, _FaissStorage) and not index.vectors_.flags.writeable
+    assert np.array_equal(index.vectors_, reference.vectors_)
+    q = rng.normal(size=(5, 16)).astype(np.float32)
+    assert all(np.array_equal(a, b) for a, b in zip(index.search(q, 7), reference.search(q, 7), strict=True))
+    before = index.vectors_
+    kept = before.copy()
+    new = rng.normal(size=(50, 16)).astype(np.float32)
+    index.add(new, [f"n{i}" for i in range(50)])
+    reference.add(new, [f"n{i}" for i in range(50)])
+    assert np.array_equal(before, kept)  # a view taken before the add still reads the old vectors
+    assert index.ntotal == 350 and np.array_equal(index.vectors_, reference.vectors_)
+    assert all(np.array_equal(a, b) for a, b in zip(index.search(q, 7), reference.search(q, 7), strict=True))

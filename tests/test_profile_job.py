@@ -8,6 +8,7 @@ from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import headless_chromium, synthetic_project
@@ -147,3 +148,41 @@ def test_synthetic_auto_k_gives_every_segment_a_distinct_name(tmp_path):
     names = [p["name"] for p in profiles]
     assert len(profiles) >= 3 and len(set(names)) == len(names), names
     assert all(p["action_kind"] and p["action_evidence"] for p in profiles)
+
+
+def test_churn_support_counts_labelled_customers_and_flags_thin_rates():
+    from omegaconf import OmegaConf
+
+    from gpuseg.jobs.profile import _churn_support
+
+    labels = np.array([0] * 50 + [1] * 40 + [2] * 10)
+    y = np.r_[np.zeros(50), np.full(35, np.nan), np.ones(5), np.full(10, np.nan)]
+    notes: list[str] = []
+    pcfg = OmegaConf.create({"churn": {"min_labelled": 30}})
+    labelled, reliable = _churn_support(pcfg, y, labels, 3, notes)
+    assert labelled.tolist() == [50, 5, 0] and reliable.tolist() == [True, False, False]
+    assert len(notes) == 1 and "segment 1" in notes[0] and "5 labelled" in notes[0]
+    assert _churn_support(pcfg, None, labels, 3, [])[1].tolist() == [False, False, False]
+    with pytest.raises(ConfigError, match="profile.churn.min_labelled"):
+        _churn_support(OmegaConf.create({"churn": {"min_labelled": 0}}), y, labels, 3, [])
+
+
+def test_a_matrix_above_the_memory_budget_is_read_from_disk_with_the_same_results(project):
+    work, cfg = project
+    outputs = {}
+    for budget in ("1024", "0.01"):  # 0.01 MB: the 1,500-customer matrix is read from disk
+        profile.run(cfg("profile", "device=cpu", "profile.churn.epochs=5", f"profile.memory_mb={budget}"))
+        outputs[budget] = (pq.read_table(work / "profile" / "customer_scores.parquet"),
+                           json.loads((work / "profile" / "profiles.json").read_text()),
+                           (work / "profile" / "report.html").read_text())
+        assert not list((work / "profile").glob(".matrix-*"))  # the temporary copy is gone
+    (scores, profiles_, html), (scores_disk, profiles_disk, html_disk) = outputs["1024"], outputs["0.01"]
+    assert scores.to_pandas().equals(scores_disk.to_pandas())  # NaN-aware: customers with no value
+    assert json.dumps(profiles_) == json.dumps(profiles_disk)
+    # the projection gathered the same sample rows: the report's scatter is the same
+    def projection(page: str) -> str:
+        return page[page.index('id="projection"'):page.index('id="lifts"')]
+
+    assert "<svg" in projection(html) and projection(html) == projection(html_disk)
+    with pytest.raises(ConfigError, match="profile.memory_mb"):
+        profile.run(cfg("profile", "device=cpu", "profile.memory_mb=0"))

@@ -452,3 +452,15 @@ def test_chart_geometry_leaves_room_for_long_labels():
     y_label_x = float(re.search(r'<text x="([\d.]+)" y="[\d.]+" text-anchor="end">6\.17e\+04', sm).group(1))
     assert y_label_x >= 6.2 * len("6.17e+04")
     assert float(re.search(r'width="([\d.]+)"', sm).group(1)) >= y_label_x + 6.2 * len(long)
+
+
+def test_a_churn_rate_over_too_few_labelled_customers_is_counted_and_not_drawn():
+    ctx = _context()
+    ctx["segments"][0].update(churn_labelled=45, churn_rate_reliable=True)
+    ctx["segments"][1].update(churn_rate=1.0, churn_labelled=6, churn_rate_reliable=False)
+    html = render_report(ctx)
+    assert "churn 10.0% (of 45 labelled)" in html
+    assert "churn 100.0% (of 6 labelled, too few to rely on)" in html
+    churn = html[html.index('id="churn-value"'):html.index('id="personas"')]
+    first = churn[churn.index("<svg"):churn.index("</svg>")]
+    assert "Churn rate (observed)" in first and "100.0%" not in first and "10.0%" in first

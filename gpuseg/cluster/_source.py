@@ -319,7 +319,12 @@ class IterableSource(Source):
 
 
 def make_source(X, device: torch.device, *, name: str = "X") -> Source:
-    """Wrap ``X`` (array, tensor, memmap, iterable or callable of batches) as a :class:`Source`."""
+    """Wrap ``X`` (array, tensor, memmap, iterable or callable of batches) as a :class:`Source`.
+
+    A :class:`Source` is used as it is (a caller's own reader, e.g. ``gpuseg segment``'s file rows).
+    """
+    if isinstance(X, Source):
+        return X
     if isinstance(X, torch.Tensor):
         _check_2d(X.ndim, name)
         if X.is_complex() or not (X.is_floating_point() or X.dtype in _INT_DTYPES):

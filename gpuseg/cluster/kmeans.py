@@ -675,7 +675,7 @@ def _is_streamed(X) -> bool:
     """Tensors, memory maps, iterables of batches and callables: not for ``validate_data``."""
     if sparse.issparse(X):  # iterable over rows, but scikit-learn names it in its error
         return False
-    if isinstance(X, (torch.Tensor, np.memmap)):
+    if isinstance(X, (torch.Tensor, np.memmap, Source)):
         return True
     if callable(X) and not hasattr(X, "__array__"):
         return True

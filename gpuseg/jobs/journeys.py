@@ -45,6 +45,12 @@ from gpuseg.runtime.io import ParquetStreamWriter, write_json
 from gpuseg.runtime.layout import artifact, job_dir
 from gpuseg.runtime.metrics import roc_auc
 from gpuseg.value.churn import ChurnModel
+from gpuseg.value.summary import (
+    HOLDOUT_CHURN,
+    btyd_summary,
+    holdout_end_after,
+    no_purchase_in_holdout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +106,8 @@ def _next_event_metrics(encoder: JourneyEncoder, train: Sequences, test: Sequenc
     scores = next_event_scores(encoder, train, test, validation)
     acc, ll = scores["accuracy"], scores["log_loss"]
     accuracy = {**acc, "n_steps": scores["n_steps"], "model_beats_both": bool(acc["model"] > max(acc["unigram"],
-                                                                                                 acc["markov"]))}
+                                                                                                 acc["markov"])),
+                "top_k": scores["top_k_accuracy"]}
     log_loss = {**ll, "n_steps": scores["n_steps"], "markov_prior": scores["markov_prior"],
                 "model_beats_both": bool(ll["model"] < min(ll["unigram"], ll["markov"])),
                 "too_short": scores["too_short"], "versus_markov": scores["versus_markov"],
@@ -299,6 +306,27 @@ def _rate(sequences: int, seconds: float) -> float | None:
     return round(sequences / seconds, 1) if sequences and seconds > 0 else None
 
 
+def _holdout_label(cfg: DictConfig, work: Path, schema: dict[str, Any], ids: pa.Array,
+                   as_of: str) -> tuple[str | None, np.ndarray | None]:
+    """With no customers label, the profile's churn label: no purchase in the hold-out after as_of.
+
+    Only when the events reach past as_of; the events after as_of never enter the sequences,
+    they only say who came back (as ``gpuseg profile`` measures churn), so the label head has
+    something real to learn on a customers-only-by-events shop like Online Retail.
+    """
+    end = holdout_end_after((schema.get("events") or {}).get("last"), as_of)
+    if end is None:
+        return None, None
+    roles = OmegaConf.to_container(cfg.data.roles, resolve=True) if "roles" in cfg.data else None
+    summary = btyd_summary(artifact(work, "validate", "events"), ids, as_of, roles=roles, holdout_end=end)
+    y = no_purchase_in_holdout(summary)
+    if y is None or not np.isfinite(y).any() or len(np.unique(y[np.isfinite(y)])) < 2:
+        return None, None
+    log.info("journeys: no customers label; the label head learns %s (hold-out to %s, %d customers labelled)",
+             HOLDOUT_CHURN, end, int(np.isfinite(y).sum()))
+    return HOLDOUT_CHURN, y
+
+
 @staged("journeys")
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (or resume) the journey encoder on a sample, score it on held-out customers, embed everyone."""
@@ -313,6 +341,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if schema.get("as_of") not in (None, as_of):
         log.warning("data was validated with as_of=%s but journeys use as_of=%s", schema["as_of"], as_of)
     label, y = customer_label(cfg.journey.label, schema, customers, key="journey.label")
+    if label is None and cfg.journey.label == "auto":
+        label, y = _holdout_label(cfg, work, schema, ids, as_of)
     t0 = time.perf_counter()
     builder, store, sample_rows, sample_info = _sequences(cfg, work, schema, ids, as_of, seed, y, device)
     # the sample's padded sequences: its training, validation and test customers back to back

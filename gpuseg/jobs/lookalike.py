@@ -141,7 +141,7 @@ def _index(cfg: DictConfig, work: Path, device) -> tuple[LookalikeIndex, bool, P
     params = OmegaConf.to_container(icfg.params, resolve=True)
     index = LookalikeIndex(str(icfg.backend), str(icfg.metric), device=device, **params)
     try:
-        index.build(matrix, ids)
+        index.build(matrix, ids, copy=False)  # the matrix is this job's own: normalised in place
     except UserInputError as exc:
         if exc.config_key is None:
             exc.config_key = "lookalike.index"

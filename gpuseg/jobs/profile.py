@@ -8,7 +8,9 @@ under ``profile/``: ``customer_scores.parquet`` holds ``churn_score``, ``churn_r
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -49,13 +51,21 @@ from gpuseg.report.html import lift_matrix, pca_2d, render_report, write_report
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import read_json, write_json, write_parquet
 from gpuseg.runtime.layout import artifact, job_dir
-from gpuseg.runtime.matrix import read_matrix
+from gpuseg.runtime.matrix import MatrixFile, matrix_within, read_matrix
 from gpuseg.runtime.validation import check_int, check_real
 from gpuseg.value import BetaGeoModel, ChurnModel, DegenerateFitError, GammaGammaModel, btyd_summary
 from gpuseg.value.churn import binary_metrics, risk_tier
-from gpuseg.value.summary import holdout_by_frequency
+from gpuseg.value.summary import (
+    HOLDOUT_CHURN,
+    holdout_by_frequency,
+    holdout_end_after,
+    no_purchase_in_holdout,
+)
 
 log = logging.getLogger(__name__)
+
+#: rows per block when the churn model scores a matrix read from disk
+_SCORE_ROWS = 65536
 
 _DAY = np.timedelta64(1, "D")
 
@@ -68,15 +78,10 @@ def _note(notes: list[str], text: str) -> None:
 
 def _holdout_end(schema: dict[str, Any], as_of: str) -> tuple[np.datetime64 | None, float]:
     """End of the hold-out (the day after the last event) when the data reach past as_of."""
-    events = schema.get("events") or {}
-    if not events.get("last") or events["last"] in ("None", "NaT"):
+    end = holdout_end_after((schema.get("events") or {}).get("last"), as_of)
+    if end is None:
         return None, 0.0
-    last = np.datetime64(events["last"].replace(" ", "T"), "us")
-    start_ = np.datetime64(to_microseconds(as_of), "us")
-    if last <= start_:
-        return None, 0.0
-    end = (last.astype("datetime64[D]") + 1).astype("datetime64[us]")
-    return end, float((end - start_) / _DAY)
+    return end, float((end - np.datetime64(to_microseconds(as_of), "us")) / _DAY)
 
 
 def _fit_sample(eligible: np.ndarray, limit: Any, seed: int, key: str = "value_fit_customers") -> np.ndarray:
@@ -169,13 +174,8 @@ def _churn_label(cfg, schema, customers: pa.Table, value: dict[str, Any]) -> tup
     name, y = customer_label(cfg.profile.churn.label, schema, customers, key="profile.churn.label")
     if name is not None or cfg.profile.churn.label != "auto":
         return name, y
-    summary = value["summary"]
-    if summary is None or "holdout_purchases" not in summary.column_names:
-        return None, None
-    t = summary["T"].to_numpy(zero_copy_only=False)
-    held = summary["holdout_purchases"].to_numpy(zero_copy_only=False).astype(float)
-    # no purchase in the hold-out, for customers who had bought before as_of
-    return "no_purchase_in_holdout", np.where(np.isfinite(t), (held == 0).astype(float), np.nan)
+    y = None if value["summary"] is None else no_purchase_in_holdout(value["summary"])
+    return (None, None) if y is None else (HOLDOUT_CHURN, y)
 
 
 def _baseline(work: Path, segmentation: dict[str, Any], has_events: bool) -> tuple[np.ndarray | None, str | None]:
@@ -198,7 +198,14 @@ def _baseline(work: Path, segmentation: dict[str, Any], has_events: bool) -> tup
     return read_matrix(features)[1], None
 
 
-def _churn(cfg, x: np.ndarray, x_rfm: np.ndarray | None, y: np.ndarray, device, seed,
+def _memory_budget(cfg: DictConfig) -> int:
+    """``profile.memory_mb`` in bytes (checked)."""
+    budget = cfg.profile.get("memory_mb", 1024)
+    check_real("profile", "memory_mb", budget, low=0.0, closed_low=False, config_key="profile.memory_mb")
+    return int(float(budget) * 2**20)
+
+
+def _churn(cfg, x: np.ndarray | MatrixFile, x_rfm: np.ndarray | None, y: np.ndarray, device, seed,
            notes: list[str]) -> dict[str, Any]:
     """Fit on a customer split; report held-out AUC + calibration next to a logistic model on RFM+."""
     ccfg = cfg.profile.churn
@@ -218,7 +225,8 @@ def _churn(cfg, x: np.ndarray, x_rfm: np.ndarray | None, y: np.ndarray, device, 
         train = train[:int(limit)]  # ``order`` is a seeded shuffle: its head is a random sample
     params = {"epochs": int(ccfg.epochs), "device": device, "random_state": seed, "holdout_fraction": 0.1}
     model = ChurnModel(hidden=int(ccfg.hidden), **params).fit(x[train], y[train])
-    scores = _scored(model, x)
+    scores = model.churn_probability(x) if isinstance(x, np.ndarray) else \
+        np.concatenate([model.churn_probability(block) for _, block in x.blocks(_SCORE_ROWS)])
     metrics = {"model": binary_metrics(y[test], scores[test]),
                "n_train": len(train), "n_test": len(test), "positive_rate": float(np.mean(y[known]))}
     minority = int(min(y[test].sum(), len(test) - y[test].sum()))
@@ -227,14 +235,8 @@ def _churn(cfg, x: np.ndarray, x_rfm: np.ndarray | None, y: np.ndarray, device, 
                      "smaller class: too few for a reliable figure")
     if x_rfm is not None:
         baseline = ChurnModel(hidden=0, **params).fit(x_rfm[train], y[train])
-        metrics["rfm_logistic"] = binary_metrics(y[test], _scored(baseline, x_rfm[test]))
+        metrics["rfm_logistic"] = binary_metrics(y[test], baseline.churn_probability(x_rfm[test]))
     return {"scores": scores, "metrics": metrics}
-
-
-def _scored(model: ChurnModel, x: np.ndarray, chunk: int = 65_536) -> np.ndarray:
-    """Churn probabilities chunk by chunk: the model checks its input in float64, a copy per call."""
-    return np.concatenate([model.churn_probability(x[lo:lo + chunk]) for lo in range(0, len(x), chunk)]) \
-        if len(x) else np.zeros(0)
 
 
 def _sequences(events: Path, ids: pa.Array, as_of: str, max_len: int) -> tuple[np.ndarray, list[str]]:
@@ -290,8 +292,12 @@ def _load_inputs(cfg: DictConfig, work: Path) -> dict[str, Any]:
 
 
 def _score_customers(cfg: DictConfig, work: Path, inputs: dict[str, Any], device, seed: int,
-                     notes: list[str]) -> dict[str, Any]:
-    """Churn score and risk tier, expected purchases and value for every customer."""
+                     notes: list[str], scratch: str, cleanup: contextlib.ExitStack) -> dict[str, Any]:
+    """Churn score and risk tier, expected purchases and value for every customer.
+
+    ``scratch`` takes a temporary copy of a matrix above ``profile.memory_mb`` with no ``.npy``
+    beside it; ``cleanup`` closes the matrix file (the report's projection reads it later).
+    """
     ids, as_of, events = inputs["ids"], inputs["as_of"], inputs["events"]
     roles = OmegaConf.to_container(cfg.data.roles, resolve=True) if "roles" in cfg.data else None
     holdout_end, holdout_days = _holdout_end(inputs["schema"], as_of)
@@ -300,8 +306,13 @@ def _score_customers(cfg: DictConfig, work: Path, inputs: dict[str, Any], device
     # Arrow keeps the buffers of the events it just read cached for reuse; give them back before
     # the matrix is read (at 1M customers, about 1 GB of the peak)
     pa.default_memory_pool().release_unused()
-    # the churn model and the projection use the matrix that was segmented
-    _, x, _ = read_matrix(inputs["segmentation"]["input"])
+    # the churn model and the projection use the matrix that was segmented: whole within
+    # profile.memory_mb, else read from disk (the model fits on a sample and scores by blocks)
+    _, x, _ = matrix_within(inputs["segmentation"]["input"], _memory_budget(cfg), scratch)
+    if isinstance(x, MatrixFile):
+        cleanup.callback(x.close)
+        log.info("profile: the %d x %d matrix is above profile.memory_mb: read from %s by blocks",
+                 *x.shape, x.path)
     pa.default_memory_pool().release_unused()
     x_rfm, no_baseline = _baseline(work, inputs["segmentation"], events is not None) if y is not None \
         else (None, None)
@@ -370,12 +381,14 @@ def _profile_segments(cfg: DictConfig, work: Path, inputs: dict[str, Any],
         if "mean_rating" in features.column_names else np.full(k, np.nan)
     y = scored["y"]
     churn_rate = segment_means(y, labels, k) if y is not None else np.full(k, np.nan)
+    churn_labelled, churn_reliable = _churn_support(pcfg, y, labels, k, notes)
     overall_churn = float(np.nanmean(y)) if y is not None and np.isfinite(y).any() else float("nan")
     churn_score = segment_means(scored["scores"], labels, k)
     per_customer_value = scored["value"]["expected_value"]
     expected_value = segment_means(per_customer_value, labels, k)
     overall_value = float(np.nanmean(per_customer_value)) if np.isfinite(per_customer_value).any() else float("nan")
-    names, actions = _names_and_actions(cfg, k, by_segment, words, churn_rate, overall_churn, expected_value,
+    names, actions = _names_and_actions(cfg, k, by_segment, words, np.where(churn_reliable, churn_rate, np.nan),
+                                        overall_churn, expected_value,
                                         overall_value, _without_history(features, labels, k, inputs["as_of"], notes),
                                         notes)
     id_list = ids.to_pylist()
@@ -395,11 +408,32 @@ def _profile_segments(cfg: DictConfig, work: Path, inputs: dict[str, Any],
             "top_events": events_top.get(s, []),
             "ngrams": [(list(g), c, r) for g, c, r in ngrams.get(s, [])],
             "mean_rating": float(rating[s]), "churn_rate": float(churn_rate[s]),
+            "churn_labelled": int(churn_labelled[s]), "churn_rate_reliable": bool(churn_reliable[s]),
             "churn_score": float(churn_score[s]), "expected_value": float(expected_value[s]),
             "representatives": [{"customer_id": id_list[i], "snippet": (snippets.get(i) or "")[:200]}
                                 for i in reps.get(s, [])],
         })
     return profiles, lifts, by_segment
+
+
+def _churn_support(pcfg: DictConfig, y: np.ndarray | None, labels: np.ndarray, k: int,
+                   notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled customers per segment, and whether its observed churn rate rests on enough of them.
+
+    A rate over a handful of labelled customers (a segment of newcomers, say, where only the few
+    with a history before as_of have a label) reads 0% or 100% by chance: it is kept with its
+    count, and names and actions do not use it (``profile.churn.min_labelled``).
+    """
+    minimum = pcfg.churn.get("min_labelled", 30)
+    check_int("profile", "churn.min_labelled", minimum, low=1, config_key="profile.churn.min_labelled")
+    if y is None:
+        return np.zeros(k, dtype=np.int64), np.zeros(k, dtype=bool)
+    labelled = np.bincount(labels[np.isfinite(y)], minlength=k)
+    reliable = labelled >= minimum
+    for s in np.flatnonzero((labelled > 0) & ~reliable):
+        _note(notes, f"segment {int(s)}: its observed churn rate rests on {int(labelled[s])} labelled customers "
+                     f"(fewer than profile.churn.min_labelled={minimum}): reported, not used for its name or action")
+    return labelled, reliable
 
 
 def _without_history(features: pa.Table, labels: np.ndarray, k: int, as_of: str,
@@ -516,7 +550,7 @@ def _words(cfg: DictConfig, inputs: dict[str, Any]) -> tuple[dict[str, dict[int,
 def _write_profiles(work: Path, as_of: str, k: int, profiles: list[dict[str, Any]], lifts: pa.Table) -> None:
     write_json(artifact(work, "profile", "profiles"), {"as_of": as_of, "n_segments": k, "segments": profiles})
     columns = ("name", "action_kind", "action", "size", "share", "value_share", "mean_rating", "churn_rate",
-               "churn_score", "expected_value")
+               "churn_labelled", "churn_rate_reliable", "churn_score", "expected_value")
     flat = pa.table({"segment": pa.array([p["segment"] for p in profiles], pa.int32()),
                      **{c: [p[c] for p in profiles] for c in columns},
                      "value_at_stake": pa.array([p["value_at_stake"] for p in profiles], pa.float64())})
@@ -568,12 +602,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     inputs = _load_inputs(cfg, work)
     notes: list[str] = []
-    scored = _score_customers(cfg, work, inputs, ctx["device"], seed, notes)
-    # the profile's own artifact: segment/segments.parquet stays as the segment job wrote it
-    write_parquet(artifact(work, "profile", "scores"), scored["table"])
-    profiles, lifts, by_segment = _profile_segments(cfg, work, inputs, scored, notes)
-    _write_profiles(work, inputs["as_of"], inputs["k"], profiles, lifts)
-    report_path = _write_report(cfg, work, inputs, scored, profiles, by_segment, notes, seed)
+    with contextlib.ExitStack() as cleanup:
+        scratch = cleanup.enter_context(tempfile.TemporaryDirectory(dir=out, prefix=".matrix-"))
+        scored = _score_customers(cfg, work, inputs, ctx["device"], seed, notes, scratch, cleanup)
+        # the profile's own artifact: segment/segments.parquet stays as the segment job wrote it
+        write_parquet(artifact(work, "profile", "scores"), scored["table"])
+        profiles, lifts, by_segment = _profile_segments(cfg, work, inputs, scored, notes)
+        _write_profiles(work, inputs["as_of"], inputs["k"], profiles, lifts)
+        report_path = _write_report(cfg, work, inputs, scored, profiles, by_segment, notes, seed)
     k = inputs["k"]
     metrics = {
         "n_customers": len(inputs["ids"]), "n_segments": k, "as_of": inputs["as_of"],

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gpuseg.cluster import MiniBatchKMeans
+from gpuseg.cluster._source import Source
 from gpuseg.cluster.confidence import (
     calibrated_confidence,
     margin,
@@ -40,8 +43,9 @@ from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import atomic_path, read_json, write_json, write_parquet
 from gpuseg.runtime.layout import ARTIFACTS, JOB_DIRS, artifact, job_dir
 from gpuseg.runtime.logistic import fit_logistic
-from gpuseg.runtime.matrix import read_matrix
+from gpuseg.runtime.matrix import BlockFile, MatrixFile, matrix_within
 from gpuseg.runtime.tables import join_on_customer_id
+from gpuseg.runtime.validation import check_int, check_real
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +59,106 @@ def _sample(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 
-def _nearest_two(model: MiniBatchKMeans, x: torch.Tensor, chunk: int = 65536):
-    """Nearest and second-nearest centre of every row, chunk by chunk (never n x k at once)."""
-    parts = [two_nearest(model.transform(x[s:s + chunk])) for s in range(0, x.shape[0], chunk)]
+#: rows per block of the per-customer passes when the matrix is in memory (as before the budget)
+_RESIDENT_BLOCK = 65536
+#: float32 copies of a block alive at once in a pass (the read block, its device copy, distances,
+#: the metrics' float64 temporaries): the block is this share of ``segment.memory_mb``
+_BLOCK_COPIES = 8
+
+
+class _Rows:
+    """The input matrix as the job reads it: a tensor on the device, or a :class:`MatrixFile`.
+
+    Indexing gives device tensors either way (a row slice, or the rows of an index array), so
+    the k search, the metrics and the per-customer passes need not know where the rows live.
+    Per-row results do not depend on the block size, so both give the same segments.
+    """
+
+    def __init__(self, data: torch.Tensor | MatrixFile, device: torch.device, block_rows: int):
+        self.data, self.device, self.block_rows = data, device, int(block_rows)
+        self.shape = tuple(data.shape)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(self.data, torch.Tensor):
+            if not isinstance(key, slice):
+                key = torch.as_tensor(key, device=self.device)
+            return self.data[key]
+        if isinstance(key, torch.Tensor):
+            key = key.cpu().numpy()
+        return torch.from_numpy(self.data[key]).to(self.device)
+
+    def blocks(self):
+        """Row blocks of ``block_rows``, in order, as device tensors."""
+        for s in range(0, self.shape[0], self.block_rows):
+            yield self[s:s + self.block_rows]
+
+    def fit_input(self, lo: int, hi: int, world: int):
+        """What the final fit reads: this rank's rows (all of them without torchrun)."""
+        if isinstance(self.data, torch.Tensor):
+            return self.data[lo:hi] if world > 1 else self.data
+        return _FileSource(self.data.view(lo, hi) if world > 1 else self.data, self.device)
+
+
+class _FileSource(Source):
+    """k-means input read from a :class:`MatrixFile`, in the order a resident tensor gives.
+
+    Mini-batches are the rows of one permutation of all rows, gathered from the file, and
+    samples the same sorted draw, so a fit on the file equals one on the matrix in memory.
+    Rows were checked finite when the file was opened.
+    """
+
+    def __init__(self, data: MatrixFile, device: torch.device):
+        super().__init__(device, "X")
+        self.data = data
+        self.n_samples, self.n_features = data.shape
+
+    def chunks(self, rows, rng=None):
+        perm = None if rng is None else rng.permutation(self.n_samples)
+        for s in range(0, self.n_samples, rows):
+            block = self.data[s:s + rows] if perm is None else self.data.take(perm[s:s + rows])
+            yield torch.from_numpy(block).to(self.device)
+
+    def sample(self, m, rng):
+        n = self.n_samples
+        idx = np.arange(n) if m >= n else np.sort(rng.choice(n, size=m, replace=False))
+        return torch.from_numpy(self.data.take(idx)).to(self.device)
+
+
+def _memory_budget(cfg: DictConfig) -> int:
+    """``segment.memory_mb`` in bytes (checked)."""
+    budget = cfg.segment.get("memory_mb", 1024)
+    check_real("segment", "memory_mb", budget, low=0.0, closed_low=False, config_key="segment.memory_mb")
+    return int(float(budget) * 2**20)
+
+
+def _open_input(source: Path, budget: int, device: torch.device, scratch: contextlib.ExitStack,
+                out: Path) -> tuple[pa.Array, _Rows, list[str]]:
+    """Ids, rows and column names of the input: whole in memory below ``budget`` bytes, else a file.
+
+    Above the budget the rows are read block by block from the ``.npy`` beside the Parquet file
+    (or one streamed into a temporary folder of ``out``), blocks of ``budget / _BLOCK_COPIES``.
+    """
+    d = len(BlockFile(source, [c for c in pq.ParquetFile(source).schema_arrow.names if c != "customer_id"]).names)
+    block_rows = max(1, min(_RESIDENT_BLOCK, budget // (_BLOCK_COPIES * 4 * max(d, 1))))
+    folder = scratch.enter_context(tempfile.TemporaryDirectory(dir=out, prefix=".matrix-"))
+    ids, matrix, names = matrix_within(source, budget, folder, batch_rows=block_rows)
+    if isinstance(matrix, np.ndarray):
+        return ids, _Rows(torch.from_numpy(matrix).to(device), device, _RESIDENT_BLOCK), names
+    scratch.callback(matrix.close)
+    log.info("segment: %d x %d matrix above segment.memory_mb: read from %s in blocks of %d rows",
+             *matrix.shape, matrix.path, block_rows)
+    return ids, _Rows(matrix, device, block_rows), names
+
+
+def _nearest_two(model: MiniBatchKMeans, x: _Rows):
+    """Nearest and second-nearest centre of every row, block by block (never n x k at once)."""
+    parts = [two_nearest(model.transform(block)) for block in x.blocks()]
     return [torch.cat([p[i] for p in parts]).cpu().numpy() for i in range(4)]
+
+
+def _predict(model: MiniBatchKMeans, x: _Rows) -> np.ndarray:
+    """Nearest centre of every row (int64), block by block."""
+    return torch.cat([model.predict(block).cpu() for block in x.blocks()]).numpy().astype(np.int64)
 
 
 #: the value proxy that ``segment.selection.business.value: auto`` takes when the features have it
@@ -160,7 +260,7 @@ def _k_selection_chart(evidence: dict[str, Any]) -> str:
                            marker_x=evidence["k"], x_ticks=ks, width=320)
 
 
-def _choose_k(cfg: DictConfig, x: torch.Tensor, ids: pa.Array, seed: int, device, params,
+def _choose_k(cfg: DictConfig, x: _Rows, ids: pa.Array, seed: int, device, params,
               work: Path) -> tuple[int, dict | None]:
     scfg = cfg.segment
     if scfg.n_clusters != "auto":
@@ -171,8 +271,7 @@ def _choose_k(cfg: DictConfig, x: torch.Tensor, ids: pa.Array, seed: int, device
         return int(k), None
     sel = scfg.selection
     rows = _sample(x.shape[0], int(sel.sample_size), seed)
-    idx = torch.as_tensor(rows, device=x.device)
-    sample = x[idx]
+    sample = x[rows]
     k_max = min(int(scfg.k_max), sample.shape[0] - 1)
     ks = list(range(max(2, int(scfg.k_min)), k_max + 1))
     if not ks:
@@ -189,8 +288,12 @@ def _choose_k(cfg: DictConfig, x: torch.Tensor, ids: pa.Array, seed: int, device
                           config_key="segment.selection.prefer")
     business, sources = _business(cfg, work, ids.take(pa.array(rows))) if sel.rule == "prefer" else ({}, None)
 
-    # the search compares many fits: one seeding each keeps it cheap; the final fit uses n_init
-    search_params = {**params, "n_init": 1}
+    # one seeding per candidate is cheap but noisy: a seed on a handful of outliers leaves a tiny
+    # segment that the share floor then holds against that k (Online Retail: 23 big buyers at
+    # every k >= 5 with one seeding, none with three); the final fit uses segment.kmeans.n_init
+    n_init = sel.get("n_init", 3)
+    check_int("segment", "selection.n_init", n_init, low=1, config_key="segment.selection.n_init")
+    search_params = {**params, "n_init": int(n_init)}
 
     def fit(k: int, data: torch.Tensor, s: int) -> torch.Tensor:
         return torch.as_tensor(_kmeans(k, s, device, search_params).fit(data).cluster_centers_)
@@ -220,8 +323,8 @@ def _calibrate(cfg, x, labels_full, margins, k, seed, device, params) -> dict[st
     m_all, agree_all = [], []
     for b in range(int(ccfg.n_bootstrap)):
         sub = _sample(n, max(k + 1, min(int(ccfg.sample_size), int(0.8 * n))), seed + 7919 * (b + 1))
-        refit = _kmeans(k, seed + b + 1, device, {**params, "n_init": 1}).fit(x[torch.as_tensor(sub, device=x.device)])
-        other = np.asarray(refit.predict(x)).astype(np.int64)
+        refit = _kmeans(k, seed + b + 1, device, {**params, "n_init": 1}).fit(x[sub])
+        other = _predict(refit, x)
         mapped = match_labels(labels_full, other, k, k)
         m_all.append(margins)
         agree_all.append((mapped == labels_full).astype(np.float64))
@@ -253,7 +356,7 @@ def _macro(cfg, centers: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, di
                                   "linkage_heights": linkage[:, 2].tolist()}
 
 
-def _quality(x: torch.Tensor, labels: np.ndarray, n: int, seed: int, device) -> dict[str, float]:
+def _quality(x: _Rows, labels: np.ndarray, n: int, seed: int, device) -> dict[str, float]:
     """Silhouette (sampled), Calinski-Harabasz and Davies-Bouldin, where they are defined (2 <= k < n)."""
     sample = torch.as_tensor(_sample(n, 20000, seed), device=device)
     lab = torch.as_tensor(labels, device=device)
@@ -353,19 +456,27 @@ def _keep_ids(cfg: DictConfig, model: MiniBatchKMeans, columns: list[str]) -> di
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Segment every customer of the input matrix and write segments, model and evidence."""
     ctx = start(cfg, "segment", needs_device=True)
-    device: torch.device = ctx["device"]
-    seed = int(cfg.seed)
     work = work_dir(cfg)
     out = job_dir(work, "segment")
     out.mkdir(parents=True, exist_ok=True)
     source = matrix_input(cfg.segment.input, "segment.input", work)
-    ids, matrix, names = read_matrix(source)
-    n = matrix.shape[0]
+    budget = _memory_budget(cfg)
+    with contextlib.ExitStack() as scratch:  # a streamed input's temporary matrix goes at the end
+        ids, x, names = _open_input(source, budget, ctx["device"], scratch, out)
+        t0 = time.perf_counter()
+        return _segment(cfg, ctx, work, out, source, (ids, names), x, t0)
+
+
+def _segment(cfg: DictConfig, ctx: dict[str, Any], work: Path, out: Path, source: Path, data: tuple,
+             x: _Rows, t0: float) -> dict[str, Any]:
+    """Choose k, fit (each torchrun rank its shard) and, on rank 0, describe the segments."""
+    device: torch.device = ctx["device"]
+    seed = int(cfg.seed)
+    ids = data[0]
+    n = x.shape[0]
     if n < 2:
         raise UserInputError(f"'{source}' has {n} customer(s); segmentation needs at least 2")
     params = OmegaConf.to_container(cfg.segment.kmeans, resolve=True)
-    t0 = time.perf_counter()
-    x = torch.from_numpy(matrix).to(device)
     rank, world = ddp.rank_and_world()
     # under torchrun: k is chosen on rank 0 (a search on a sample), the final fit is shared (each
     # rank's rows, statistics all-reduced, the same model on every rank), rank 0 does the rest
@@ -375,20 +486,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if k > n:
         raise ConfigError(f"n_clusters={k} is more than the {n} customers", config_key="segment.n_clusters")
     lo, hi = ddp.shard_bounds(n)
-    model = _kmeans(k, seed, device, params).fit(x[lo:hi] if world > 1 else x)
+    model = _kmeans(k, seed, device, params).fit(x.fit_input(lo, hi, world))
     if rank != 0:
         return {"rank": rank, "world_size": world, "fitted_rows": [lo, hi]}
     with ddp.local_only():  # rank 0 alone from here: its calibration refits are its own
-        return _describe(cfg, ctx, work, out, source, (ids, matrix, names), x, model, evidence, t0, world)
+        return _describe(cfg, ctx, work, out, source, data, x, model, evidence, t0, world)
 
 
 def _describe(cfg: DictConfig, ctx: dict[str, Any], work: Path, out: Path, source: Path, data: tuple,
-              x: torch.Tensor, model: MiniBatchKMeans, evidence: dict | None, t0: float,
+              x: _Rows, model: MiniBatchKMeans, evidence: dict | None, t0: float,
               world: int) -> dict[str, Any]:
     """Label, calibrate and describe the fitted segments, then write every output."""
-    ids, matrix, names = data
+    ids, names = data
     device: torch.device = ctx["device"]
-    seed, n, k = int(cfg.seed), matrix.shape[0], int(model.n_clusters)
+    seed, n, k = int(cfg.seed), x.shape[0], int(model.n_clusters)
     params = OmegaConf.to_container(cfg.segment.kmeans, resolve=True)
     matching = _keep_ids(cfg, model, names)
     labels, d1, second, d2 = _nearest_two(model, x)
@@ -433,7 +544,7 @@ def _describe(cfg: DictConfig, ctx: dict[str, Any], work: Path, out: Path, sourc
     write_json(artifact(work, "segment", "segmentation"), segmentation)
     metrics = {
         "n_customers": n,
-        "n_features": matrix.shape[1],
+        "n_features": x.shape[1],
         "n_clusters": k,
         "n_macro": int(macro_info["n_clusters"]),
         "k_chosen_by": evidence["rule"] if evidence else "config",

@@ -22,9 +22,10 @@ from omegaconf import DictConfig
 
 from gpuseg.jobs.common import data_as_of, finish, load_validated, staged, start, work_dir
 from gpuseg.runtime.distributed import barrier, init_from_env
-from gpuseg.runtime.errors import ConfigError, UserInputError
-from gpuseg.runtime.io import ParquetStreamWriter, read_json, write_json, write_numpy
+from gpuseg.runtime.errors import UserInputError
+from gpuseg.runtime.io import ParquetStreamWriter, atomic_dir, read_json, write_json, write_numpy
 from gpuseg.runtime.layout import artifact, job_dir
+from gpuseg.runtime.validation import check_real
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,8 @@ def _copy_static_model(shared: Path, local: Path) -> None:
 
     if (local / RECORD).exists() and read_json(local / RECORD) == read_json(shared / RECORD):
         return
-    staging = local.parent / f"{local.name}.copying"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(shared, staging)
-    shutil.rmtree(local, ignore_errors=True)
-    staging.rename(local)
+    with atomic_dir(local) as staging:
+        shutil.copytree(shared, staging, dirs_exist_ok=True)
 
 
 def _embedder(tcfg: DictConfig, cfg: DictConfig, rank: Any, work: Path) -> Any:
@@ -104,10 +102,9 @@ def _prepare_parts(folder: Path, fingerprint: str, is_main: bool) -> None:
 
 
 def _aggregate_memory_mb(cfg: DictConfig) -> float:
+    """``text.aggregate_memory_mb``: the MiB one range of customers may take while aggregated."""
     value = cfg.text.get("aggregate_memory_mb", 2048)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 16:
-        raise ConfigError(f"text.aggregate_memory_mb must be a number of MiB >= 16, got {value!r}",
-                          config_key="text.aggregate_memory_mb")
+    check_real("text", "aggregate_memory_mb", value, low=16.0, config_key="text.aggregate_memory_mb")
     return float(value)
 
 

@@ -25,6 +25,8 @@ from gpuseg.runtime.errors import UserInputError
 MARKOV_PRIORS = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 #: below this mean sequence length (events per customer) a sequence model has next to nothing to use
 SHORT_SEQUENCES = 2.0
+#: the ranking metric next to top-1 accuracy: is the actual next event among the k most likely
+TOP_K = 5
 _EPS = 1e-12
 
 
@@ -136,6 +138,20 @@ def accuracy(predicted: np.ndarray, actual: np.ndarray) -> float:
     return float(np.mean(predicted == actual)) if len(actual) else float("nan")
 
 
+def top_k_hits(proba: np.ndarray, actual: np.ndarray, k: int = TOP_K) -> np.ndarray:
+    """Per step, whether the actual code is among the ``k`` most probable ones (bool, shape (n,)).
+
+    Ties at the k-th probability are broken by code order (``argpartition``), as top-1 accuracy
+    breaks them by ``argmax``.
+    """
+    proba = np.asarray(proba)
+    if not len(actual):
+        return np.zeros(0, dtype=bool)
+    k = min(int(k), proba.shape[1])
+    top = np.argpartition(-proba, k - 1, axis=1)[:, :k]
+    return (top == np.asarray(actual)[:, None]).any(axis=1)
+
+
 def log_loss(proba: np.ndarray, actual: np.ndarray) -> float:
     """Mean negative log-probability (nats) of the actual codes (NaN when empty).
 
@@ -170,7 +186,8 @@ def next_event_scores(model, train: Sequences, test: Sequences,
     Returns
     -------
     dict
-        ``accuracy`` and ``log_loss`` ({model, unigram, markov}), ``n_steps``, ``n_customers``
+        ``accuracy``, ``top_k_accuracy`` (the actual next event among the :data:`TOP_K` most
+        likely; with ``k``) and ``log_loss`` ({model, unigram, markov}), ``n_steps``, ``n_customers``
         (test customers with a next step), ``mean_length`` (events per test customer with
         events), ``markov_prior``, ``model_beats_markov`` ({accuracy, log_loss}) and
         ``too_short`` with a ``note`` when sequences are too short for a sequence model to
@@ -191,12 +208,14 @@ def next_event_scores(model, train: Sequences, test: Sequences,
         raise RuntimeError("the model and the baselines were scored on different next-event targets")
     acc = {"model": accuracy(np.asarray(proba).argmax(1), actual) if len(actual) else float("nan"),
            "unigram": accuracy(*unigram.predict_next(test)), "markov": accuracy(*markov.predict_next(test))}
+    top_k = {"k": min(TOP_K, int(np.asarray(proba).shape[1])), "model": _mean(top_k_hits(proba, actual)),
+             "unigram": _mean(top_k_hits(u_proba, actual)), "markov": _mean(top_k_hits(m_proba, actual))}
     ll = {"model": log_loss(proba, actual), "unigram": log_loss(u_proba, actual),
           "markov": log_loss(m_proba, actual)}
     has = test.lengths > 0
     mean_length = float(test.lengths[has].mean()) if has.any() else 0.0
     result: dict[str, Any] = {
-        "accuracy": acc, "log_loss": ll, "n_steps": int(len(actual)),
+        "accuracy": acc, "top_k_accuracy": top_k, "log_loss": ll, "n_steps": int(len(actual)),
         "n_customers": int(np.sum(test.lengths > 1)), "mean_length": mean_length,
         "markov_prior": float(markov.prior_),
         "model_beats_markov": {"accuracy": bool(acc["model"] > acc["markov"]),
@@ -210,8 +229,12 @@ def next_event_scores(model, train: Sequences, test: Sequences,
     return result
 
 
+def _mean(hits: np.ndarray) -> float:
+    return float(np.mean(hits)) if len(hits) else float("nan")
+
+
 def _paired_verdicts(proba: np.ndarray, m_proba: np.ndarray, actual: np.ndarray) -> dict[str, Any]:
-    """Model minus Markov per step (hit, log-probability), with 2-standard-error verdicts.
+    """Model minus Markov per step (hit, top-k hit, log-probability), with 2-standard-error verdicts.
 
     A difference within two standard errors of the paired per-step differences is a ``tie``:
     a gap of a few steps in tens of thousands is no win.
@@ -221,9 +244,10 @@ def _paired_verdicts(proba: np.ndarray, m_proba: np.ndarray, actual: np.ndarray)
         return out
     idx = np.arange(len(actual))
     hits = (np.asarray(proba).argmax(1) == actual).astype(np.float64) - (m_proba.argmax(1) == actual)
+    top_hits = top_k_hits(proba, actual).astype(np.float64) - top_k_hits(m_proba, actual)
     logs = (np.log(np.clip(np.asarray(proba)[idx, actual].astype(np.float64), _EPS, 1.0))
             - np.log(np.clip(m_proba[idx, actual], _EPS, 1.0)))
-    for name, diff, sign in (("accuracy", hits, 1.0), ("log_loss", -logs, -1.0)):
+    for name, diff, sign in (("accuracy", hits, 1.0), ("top_k_accuracy", top_hits, 1.0), ("log_loss", -logs, -1.0)):
         mean, se = float(diff.mean()), float(diff.std() / np.sqrt(len(diff)))
         better = sign * mean > 2 * se
         worse = sign * mean < -2 * se

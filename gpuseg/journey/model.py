@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from gpuseg.journey.baselines import MarkovBaseline
+from gpuseg.journey.baselines import MarkovBaseline, step_pairs
 from gpuseg.journey.sequences import GAP, Sequences
 from gpuseg.journey.train import (
     TrainSettings,
@@ -78,6 +78,11 @@ class JourneyNet(nn.Module):
         # what the longer history, the gaps and the amounts add to it
         self.bigram = nn.Embedding(int(vocab_sizes[0]), int(vocab_sizes[0]))
         nn.init.zeros_(self.bigram.weight)
+        # the Markov chain the head started from, and the share of the network in the final
+        # next-event distribution (1 - share goes to the chain); both saved with the weights, the
+        # share tuned on validation customers after training (JourneyEncoder.fit)
+        self.register_buffer("markov_proba", torch.zeros(int(vocab_sizes[0]), int(vocab_sizes[0])))
+        self.register_buffer("network_share", torch.ones(()))
         self.next_gap = nn.Linear(hidden_size, 1)
         self.project = nn.Linear(2 * hidden_size, out_dim)
         # sequence-level self-supervision: the customer vector predicts the sequence's own
@@ -93,6 +98,7 @@ class JourneyNet(nn.Module):
         below the baseline it is measured against)."""
         with torch.no_grad():
             self.bigram.weight.copy_(log_proba.to(self.bigram.weight))
+            self.markov_proba.copy_(log_proba.exp().to(self.markov_proba))
             nn.init.zeros_(self.next_type.weight)
             nn.init.zeros_(self.next_type.bias)
 
@@ -143,9 +149,13 @@ class JourneyNet(nn.Module):
 
 # ------------------------------------------------------------------------------------ estimator
 
-# 2: the next-type head has a transition table (``bigram.weight``); version-1 files are refused
-# with a message to re-run `gpuseg journeys`
-_FORMAT_VERSION = 2
+# 2: the next-type head has a transition table (``bigram.weight``)
+# 3: the Markov chain and the network's share of the next-event distribution are saved
+#    (``markov_proba``, ``network_share``); older files are refused with a message to re-run
+#    `gpuseg journeys`
+_FORMAT_VERSION = 3
+#: network shares tried when the next-event distribution is interpolated with the Markov chain
+NETWORK_SHARES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 _KIND = "gpuseg.JourneyEncoder"
 _NAME = "JourneyEncoder"
 _DEFAULT_EMBED = {"event_type": 16}
@@ -202,7 +212,11 @@ class JourneyEncoder:
     markov_init : bool, default True
         Start the next-type head at the smoothed first-order Markov chain of the training
         sequences (its log-probabilities as a learned transition table; the LSTM's part of the
-        logits starts at zero).
+        logits starts at zero). After training, the next-event distribution is interpolated
+        with that chain, ``share * network + (1 - share) * markov``, the share picked from
+        :data:`NETWORK_SHARES` by next-event log-loss on the validation customers (the classic
+        interpolation of a neural model with the n-gram it is compared against: where the
+        network's departures from the chain do not generalise, they are damped).
     seed : int, default 0
         Initial weights, validation split, batch order and dropout derive from it.
     checkpoint_dir : path-like, optional
@@ -393,9 +407,34 @@ class JourneyEncoder:
         self.has_aux_ = labels is not None
         self.history_ = info["history"]
         self.best_epoch_ = info["best_epoch"]
+        if self.markov_init and net.markov_proba.sum() > 0:
+            self._tune_network_share(sequences.subset(validation_rows))
         self.train_info_ = {"n_train": int(len(train_rows)), "n_validation": int(len(validation_rows)),
+                            "network_share": self.network_share_,
                             **{k: v for k, v in info.items() if k != "history"}}
         return self
+
+    @property
+    def network_share_(self) -> float:
+        """The network's share of the next-event distribution (the rest is the Markov chain)."""
+        self._check_fitted()
+        return float(self.net_.network_share)
+
+    def _tune_network_share(self, validation: Sequences) -> None:
+        """Pick the share of :data:`NETWORK_SHARES` with the lowest validation next-event log-loss
+        (1, the network alone, when no validation customer has a next event)."""
+        self.net_.network_share.fill_(1.0)
+        if not (validation.lengths > 1).any():
+            return
+        proba, actual = self.predict_proba_next(validation)
+        markov = self.net_.markov_proba.cpu().numpy()[step_pairs(validation)[0]]
+        idx = np.arange(len(actual))
+
+        def loss(share: float) -> float:
+            p = share * proba[idx, actual] + (1.0 - share) * markov[idx, actual]
+            return float(-np.mean(np.log(np.clip(p.astype(np.float64), 1e-12, 1.0))))
+
+        self.net_.network_share.fill_(min(NETWORK_SHARES, key=lambda share: (loss(share), -share)))
 
     def _check_fitted(self) -> None:
         check_fitted(_NAME, hasattr(self, "net_"))
@@ -466,7 +505,11 @@ class JourneyEncoder:
             cat, lengths = batch["categorical"], batch["lengths"].to(batch["categorical"].device)
             T = cat.shape[1]
             valid = torch.arange(T - 1, device=cat.device)[None, :] < (lengths - 1)[:, None]
-            p = torch.softmax(result["type_logits"][:, :-1].float(), dim=-1)[valid].cpu().numpy()
+            p = torch.softmax(result["type_logits"][:, :-1].float(), dim=-1)[valid]
+            share = float(self.net_.network_share)
+            if share < 1.0:
+                p = share * p + (1.0 - share) * self.net_.markov_proba[cat[:, :-1, 0][valid]]
+            p = p.cpu().numpy()
             # flat position of each (row, step) in row-major order over the whole input
             where = (offsets[rows][:, None] + np.arange(T - 1)[None, :])[valid.cpu().numpy()]
             proba[where] = p

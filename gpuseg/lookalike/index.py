@@ -110,9 +110,26 @@ def _as_matrix(X: Any, name: str, d: int | None = None) -> np.ndarray:
     return X
 
 
-def _normalize(X: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return (X / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)  # one new matrix, not two
+def _normalize(X: np.ndarray, *, in_place: bool = False) -> np.ndarray:
+    """Unit-norm rows: one new float32 matrix, or ``X`` itself divided in place (float32, writable)."""
+    norms = np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    if in_place and X.dtype == np.float32 and X.flags.writeable and X.flags.c_contiguous:
+        X /= norms
+        return X
+    return (X / norms).astype(np.float32, copy=False)  # one new matrix, not two
+
+
+class _FaissStorage:
+    """The float32 vectors a faiss ``IndexFlat`` stores, seen as a read-only numpy array.
+
+    The array's base is this object, which holds the index: the memory stays valid as long as
+    the array does, even after the LookalikeIndex moves to another faiss index.
+    """
+
+    def __init__(self, index: Any):
+        self.index = index
+        self.__array_interface__ = {"data": (int(index.get_xb()), True), "shape": (index.ntotal, index.d),
+                                    "typestr": "<f4", "version": 3}
 
 
 def torch_knn(base: torch.Tensor, queries: torch.Tensor, k: int, *, metric: str = "ip",
@@ -237,12 +254,25 @@ class LookalikeIndex:
         check_fitted(_NAME, hasattr(self, "vectors_"), verb="built", call="build")
 
     # ------------------------------------------------------------------ build / add
-    def build(self, X: Any, ids: Any) -> LookalikeIndex:
+    def build(self, X: Any, ids: Any, *, copy: bool = True) -> LookalikeIndex:
         """Index the vectors ``X`` (N, d) of the customers ``ids`` (N distinct strings).
+
+        Parameters
+        ----------
+        X : array-like (N, d)
+        ids : array-like of str (N,)
+        copy : bool, default True
+            False lets ``cosine`` normalise a float32 ``X`` in place (the caller's array then
+            holds unit rows) instead of making a normalised copy: at 1M x 400 that is 1.6 GB.
 
         Returns
         -------
         self
+
+        Notes
+        -----
+        With the CPU faiss exact engine, :attr:`vectors_` is then a read-only view of the
+        vectors faiss stores, not a second copy of them.
         """
         self._check_params()
         X = _as_matrix(X, "X")
@@ -253,12 +283,13 @@ class LookalikeIndex:
             raise InputDataError("cannot build an index over 0 vectors")
         self._device = resolve_device(self.device, key="device")
         t0 = time.perf_counter()
-        self.vectors_ = _normalize(X) if self.metric == "cosine" else X
+        self.vectors_ = _normalize(X, in_place=not copy) if self.metric == "cosine" else X
         self.ids_ = ids
         self.d_ = X.shape[1]
         self.params_ = self._resolve(X.shape[0], X.shape[1])
         self._make_engine(train=True)
         self._add_to_engine(self.vectors_)
+        self._share_vectors()
         self.build_seconds_ = time.perf_counter() - t0
         log.info("lookalike index: %d x %d vectors, %s, built in %.2fs", X.shape[0], X.shape[1],
                  self.backend_used_, self.build_seconds_)
@@ -276,10 +307,25 @@ class LookalikeIndex:
             dup = ids.filter(clash).to_pylist()[:5]
             raise InputDataError(f"ids already in the index (e.g. {dup}); ids must be distinct")
         X = _normalize(X) if self.metric == "cosine" else X
+        shared = isinstance(getattr(self.vectors_, "base", None), _FaissStorage)
         self.vectors_ = np.concatenate([np.asarray(self.vectors_), X])
         self.ids_ = pa.concat_arrays([self.ids_, ids])
-        self._add_to_engine(X)
+        if shared:
+            # views handed out earlier point into the current faiss storage, which an add could
+            # move: a fresh index over every vector leaves that one (and those views) intact
+            self._make_engine(train=False)
+            self._add_to_engine(self.vectors_)
+            self._share_vectors()
+        else:
+            self._add_to_engine(X)
         return self
+
+    def _share_vectors(self) -> None:
+        """With the CPU faiss flat engine, keep one copy of the vectors: faiss's own (read-only)."""
+        import faiss
+
+        if self.backend == "exact" and isinstance(self._faiss, faiss.IndexFlat) and self._faiss.ntotal == len(self.ids_):
+            self.vectors_ = np.asarray(_FaissStorage(self._faiss))
 
     def _resolve(self, n: int, d: int) -> dict[str, Any]:
         p = {**DEFAULTS[self.backend], **self.params}
@@ -611,6 +657,7 @@ class LookalikeIndex:
             self.params_["engine"] = self._resolve(len(self.ids_), self.d_)["engine"]
             self._make_engine(train=False)
             self._add_to_engine(np.asarray(self.vectors_))
+            self._share_vectors()  # the memory-mapped file is then let go
         else:
             index = _read(faiss.read_index, art.side_files[meta["faiss_index"]])
             self._make_engine(train=False, index=index)

@@ -36,7 +36,8 @@ dicts ``segment``, ``previous_segment``, ``distance``), ``births``, ``deaths``, 
 Segment dict keys: ``segment`` (int), ``name``, ``size``, ``share``, ``action``, ``top_lifts``
 (list of (feature, z)), ``words`` (source -> list of (word, score)), ``top_events`` (list of
 (event, share, lift)), ``ngrams`` (list of (tuple of events, count, ratio)), ``mean_rating``,
-``churn_rate``, ``churn_score``, ``expected_value``, ``value_share``, ``representatives``
+``churn_rate`` (with ``churn_labelled``, the customers it rests on, and ``churn_rate_reliable``:
+False leaves it out of the churn chart), ``churn_score``, ``expected_value``, ``value_share``, ``representatives``
 (list of dicts ``customer_id``, ``snippet``), ``action_kind``, ``action_evidence`` and
 ``name_evidence`` (lists of str) and ``value_at_stake`` (segment size x expected value per customer). Missing or NaN values are shown as "n/a" or left out.
 """
@@ -61,6 +62,7 @@ from gpuseg.report.svg import bar_chart, color, heatmap, scatter, small_multiple
 from gpuseg.runtime import pca
 from gpuseg.runtime.errors import UserInputError
 from gpuseg.runtime.io import atomic_path
+from gpuseg.runtime.matrix import MatrixFile
 from gpuseg.runtime.validation import check_int
 
 log = logging.getLogger(__name__)
@@ -126,7 +128,7 @@ def pca_2d(X, n_sample: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarr
 
     Parameters
     ----------
-    X : array-like, shape (n, d)
+    X : array-like or MatrixFile, shape (n, d)
         Customer matrix (e.g. the fused matrix); NaN entries are replaced by the column mean.
     n_sample : int, default 2000
         Rows to sample (all rows when ``n <= n_sample``).
@@ -140,8 +142,10 @@ def pca_2d(X, n_sample: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     index : ndarray of int, shape (m,)
         Sorted row indices of the sample into ``X`` (use them to pick the segment labels).
     """
-    X = np.asarray(X)  # no float64 copy of the whole matrix: only the sample is converted
-    if X.ndim != 2 or X.shape[0] == 0:
+    # no float64 copy of the whole matrix: only the sample is converted (and only the sample is
+    # read from a MatrixFile, which gathers rows from disk)
+    X = X if isinstance(X, MatrixFile) else np.asarray(X)
+    if len(X.shape) != 2 or X.shape[0] == 0:
         raise UserInputError(f"The 'X' parameter of pca_2d must be a non-empty 2-D array, got shape {X.shape}.")
     check_int("pca_2d", "n_sample", n_sample, low=1)
     n = X.shape[0]
@@ -278,6 +282,8 @@ def _churn_value(ctx: Mapping[str, Any], segs: Sequence[Mapping[str, Any]]) -> l
                                       ("expected_value", "Mean expected value", "{:,.2f}", True),
                                       ("value_share", "Share of total value", "{:.1%}", False)):
         vals = [_num(s.get(key)) for s in segs]
+        if key == "churn_rate":  # a rate over a handful of labelled customers is not drawn
+            vals = [v if s.get("churn_rate_reliable", True) else float("nan") for v, s in zip(vals, segs, strict=True)]
         if any(v == v for v in vals):
             base = (_num(given[key]) if key in given else _base_rate(segs, key)) if has_base else None
             svg = bar_chart([_label(s) for s in segs], vals, title=label, value_format=fmt,
@@ -311,7 +317,10 @@ def _card(s: Mapping[str, Any]) -> dict[str, Any]:
                           ("expected_value", "expected value", "{:,.2f}"),
                           ("value_share", "share of value", "{:.1%}")):
         v = _num(s.get(key))
-        if v == v:
+        if v == v and key == "churn_rate" and "churn_labelled" in s:
+            thin = "" if s.get("churn_rate_reliable", True) else ", too few to rely on"
+            facts.append(f"{label} {f.format(v)} (of {_fmt_int(s['churn_labelled'])} labelled{thin})")
+        elif v == v:
             facts.append(f"{label} {f.format(v)}")
     lifts = [(f, float(z)) for f, z in (s.get("top_lifts") or []) if _num(z) == _num(z)][:5]
     words = [{"source": _text(source), "words": [_text(w) for w, *_ in pairs[:8]]}

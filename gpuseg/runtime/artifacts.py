@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import struct
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,8 +257,12 @@ def _write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor | np.ndarr
 
     out = {}
     for name, value in tensors.items():
-        t = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
-        out[name] = t.detach().cpu().contiguous()
+        if isinstance(value, np.ndarray):
+            with warnings.catch_warnings():
+                # a read-only array (a view of a faiss index's storage) is only read here
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                value = torch.from_numpy(np.ascontiguousarray(value))
+        out[name] = value.detach().cpu().contiguous()
     save_file(out, str(path), metadata={"gpuseg.kind": kind, "gpuseg.schema_version": str(version)})
 
 

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,13 +40,41 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         # mkstemp creates 0600 files; artifacts get the usual permissions (0666 less the umask)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; swap it in for ``path`` only if the block succeeds.
+
+    The folder counterpart of :func:`atomic_path`: a reader finds the old folder or the new one,
+    never a mix. An older ``path`` is moved aside, the new folder renamed into place, then the old
+    one removed. The temporary folders are named ``.<name>.*.tmp``, the names a job's start
+    clears (:mod:`gpuseg.runtime.publish`) after a killed run.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = tmp.with_name(f"{tmp.name[:-len('.tmp')]}.old.tmp")
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700 folders
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: PathLike, obj: Any) -> Path:

@@ -4,11 +4,13 @@ batches or whole, and write a ``.npy`` matrix chunk by chunk.
 Reading and writing by row batches keeps a job's memory bounded by the batch, not by the number
 of customers: :class:`BlockFile` yields a block's rows batch by batch, :class:`NpyStreamWriter`
 appends rows to a ``.npy`` file (memory-mappable afterwards with ``np.load(mmap_mode='r')``) with
-plain writes, so no page of the output stays mapped in the writer.
+plain writes, so no page of the output stays mapped in the writer, and :class:`MatrixFile` reads
+such a file back by row blocks and gathers without keeping its pages resident.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -203,3 +205,205 @@ class NpyStreamWriter:
             self._ctx.__exit__(exc_type, exc, tb)
             raise exc
         self._ctx.__exit__(exc_type, exc, tb)
+
+
+#: gathered rows copied between two releases of the mapped pages: a gather's resident file pages
+#: stay a few MB whatever the number of rows asked for
+_GATHER_ROWS = 4096
+
+
+class MatrixFile:
+    """A 2-D ``.npy`` matrix on disk, read into fresh arrays by row slices and row gathers.
+
+    Resident memory stays what the caller asks for: contiguous rows are read with ``os.preadv``
+    (no page of the file is mapped), gathered rows are copied out of a read-only mapping whose
+    pages are released (``MADV_DONTNEED``) every few thousand rows. A plain ``np.memmap`` keeps
+    every page it touched in the process's resident set (``ru_maxrss`` counts file pages), so a
+    pass over a 15 GB matrix would cost 15 GB of RSS.
+
+    Parameters
+    ----------
+    path : path-like
+        A C-order 2-D ``.npy`` file (as :class:`NpyStreamWriter` writes).
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(n_rows, n_cols)`` of this view; ``dtype`` the file's dtype.
+
+    Notes
+    -----
+    ``x[lo:hi]`` reads rows, ``x[idx]`` gathers the rows of an integer array (any order, rows come
+    back in that order), :meth:`view` is a lazy row range of the same file (a torchrun shard).
+    Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        shape, dtype, self._offset = _npy_header(self.path)
+        self.dtype = dtype
+        self._rows = (0, shape[0])
+        self._cols = shape[1]
+        self._row_bytes = shape[1] * dtype.itemsize
+        self._fd = os.open(self.path, os.O_RDONLY)
+        self._map = self._array = None
+        if shape[0] * self._row_bytes:
+            self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
+            self._array = np.frombuffer(self._map, dtype, count=shape[0] * shape[1],
+                                        offset=self._offset).reshape(shape)
+        self._owner = True
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self._rows[1] - self._rows[0], self._cols)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def view(self, lo: int, hi: int) -> MatrixFile:
+        """Rows ``lo:hi`` of this view, read lazily (shares the open file; close the original)."""
+        lo, hi, _ = slice(lo, hi).indices(len(self))
+        sub = object.__new__(MatrixFile)
+        sub.__dict__.update(self.__dict__, _owner=False,
+                            _rows=(self._rows[0] + lo, self._rows[0] + max(lo, hi)))
+        return sub
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            lo, hi, step = key.indices(len(self))
+            if step != 1:
+                raise IndexError(f"{self.path.name}: only contiguous row slices are read, got step {step}")
+            return self.read(lo, max(lo, hi))
+        return self.take(key)
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo:hi`` (of this view) as a new array, read with plain reads."""
+        out = np.empty((hi - lo, self._cols), dtype=self.dtype)
+        buf = memoryview(out).cast("B")
+        start, done = self._offset + (self._rows[0] + lo) * self._row_bytes, 0
+        while done < len(buf):
+            got = os.preadv(self._fd, [buf[done:]], start + done)
+            if got == 0:
+                raise UserInputError(f"'{self.path}' is shorter than its header says (truncated?)")
+            done += got
+        return out
+
+    def take(self, index) -> np.ndarray:
+        """The rows of integer array ``index`` (of this view), in that order, as a new array."""
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if index.size and (index.min() < -n or index.max() >= n):
+            raise IndexError(f"{self.path.name}: row index out of range for {n} rows")
+        index = np.where(index < 0, index + n, index) + self._rows[0]
+        out = np.empty((len(index), self._cols), dtype=self.dtype)
+        order = np.argsort(index, kind="stable")
+        rows = index[order]
+        for s in range(0, len(rows), _GATHER_ROWS):
+            part = rows[s:s + _GATHER_ROWS]
+            out[order[s:s + _GATHER_ROWS]] = self._array[part]
+            self._release(int(part[0]), int(part[-1]) + 1)
+        return out
+
+    def _release(self, lo: int, hi: int) -> None:
+        """Drop the mapped pages of file rows ``lo:hi`` from this process (the page cache keeps them)."""
+        start = self._offset + lo * self._row_bytes
+        aligned = start - start % mmap.PAGESIZE
+        self._map.madvise(mmap.MADV_DONTNEED, aligned, start + (hi - lo) * self._row_bytes - aligned)
+
+    def blocks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, rows start:start+rows)`` over this view, in order."""
+        for s in range(0, len(self), int(rows)):
+            yield s, self.read(s, min(len(self), s + int(rows)))
+
+    def close(self) -> None:
+        """Close the file (a view leaves it to the original)."""
+        if not self._owner or self._fd < 0:
+            return
+        self._array = None
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a view still reads it: the mapping goes with the last of them
+                pass
+        os.close(self._fd)
+        self._fd = -1
+
+    def __enter__(self) -> MatrixFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, int], np.dtype, int]:
+    """Shape, dtype and data offset of a 2-D C-order ``.npy``; a clear error for anything else."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(fh)
+            offset = fh.tell()
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"'{path}' is not a readable .npy matrix: {exc}") from exc
+    if len(shape) != 2 or fortran or dtype.hasobject or not np.issubdtype(dtype, np.number):
+        raise UserInputError(f"'{path}' must hold a 2-D C-order numeric matrix, got shape {shape}, dtype {dtype}"
+                             f"{', Fortran order' if fortran else ''}")
+    need = offset + shape[0] * shape[1] * dtype.itemsize
+    if path.stat().st_size < need:
+        raise UserInputError(f"'{path}' is shorter than its header says ({path.stat().st_size} of {need} bytes): "
+                             "truncated?")
+    return (int(shape[0]), int(shape[1])), dtype, offset
+
+
+def open_matrix(parquet: str | os.PathLike, scratch: str | os.PathLike,
+                batch_rows: int = _READ_ROWS) -> tuple[pa.Array, MatrixFile, list[str]]:
+    """Customer ids, a :class:`MatrixFile` and the column names of a block Parquet file.
+
+    The matrix is the ``.npy`` of the same name beside the Parquet file (``fuse/fused.npy`` beside
+    ``fused.parquet``), checked to match it (rows, columns) and to be finite, block by block;
+    without one, the Parquet file is streamed once into ``scratch/<name>.npy``. Memory: one
+    batch of ``batch_rows`` rows, whatever the file's size. Columns as :func:`read_matrix`.
+    """
+    parquet = Path(parquet)
+    names = pq.ParquetFile(parquet).schema_arrow.names
+    block = BlockFile(parquet, [c for c in names if c != "customer_id"])
+    npy = parquet.with_suffix(".npy")
+    if npy.is_file():
+        matrix = MatrixFile(npy)
+        try:
+            _check_beside(matrix, block, batch_rows)
+        except BaseException:
+            matrix.close()
+            raise
+    else:
+        npy = Path(scratch) / npy.name
+        with NpyStreamWriter(npy, block.n_rows, len(block.names)) as out:
+            for x in block.batches(batch_rows):
+                out.write(x)
+        matrix = MatrixFile(npy)
+    return block.ids(), matrix, block.names
+
+
+def matrix_within(parquet: str | os.PathLike, budget_bytes: int, scratch: str | os.PathLike,
+                  batch_rows: int = _READ_ROWS) -> tuple[pa.Array, np.ndarray | MatrixFile, list[str]]:
+    """The matrix of a block Parquet file: whole in memory within ``budget_bytes``, else on disk.
+
+    A matrix of ``rows x columns x 4`` bytes within the budget is read as :func:`read_matrix` does;
+    a larger one is :func:`open_matrix`'s :class:`MatrixFile` (``scratch``: the folder for a
+    temporary copy when no ``.npy`` lies beside the file). The caller closes a returned MatrixFile.
+    """
+    block = BlockFile(parquet, [c for c in pq.ParquetFile(parquet).schema_arrow.names if c != "customer_id"])
+    if block.n_rows * len(block.names) * 4 <= budget_bytes:
+        return read_matrix(parquet)
+    return open_matrix(parquet, scratch, batch_rows=batch_rows)
+
+
+def _check_beside(matrix: MatrixFile, block: BlockFile, batch_rows: int) -> None:
+    """Error naming both files unless ``matrix`` is a finite float32 copy of ``block``'s shape."""
+    want = (block.n_rows, len(block.names))
+    if matrix.shape != want or matrix.dtype != np.float32:
+        raise UserInputError(f"'{matrix.path}' does not match '{block.path}': it holds a {matrix.shape} "
+                             f"{matrix.dtype} matrix, the Parquet file {want[0]} rows x {want[1]} float32 columns; "
+                             f"rerun the job that wrote them, or remove '{matrix.path.name}'")
+    for start, x in matrix.blocks(batch_rows):
+        check_finite(x, f"'{matrix.path}'", start)

@@ -181,8 +181,11 @@ def _write_record(stage: Path, job: str, read: dict[str, tuple[Path, str | None]
 
 
 def _remove_tmp(folder: Path) -> None:
-    for tmp in folder.rglob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+    for tmp in sorted(folder.rglob(".*.tmp")):  # listed first: a folder's removal takes what it holds
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)  # of io.atomic_dir
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def recover(work: str | os.PathLike, folder: str) -> None:

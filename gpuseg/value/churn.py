@@ -127,16 +127,36 @@ def binary_metrics(y: Any, p: Any, n_bins: int = 10) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------- model
 def _check_X(estimator: ChurnModel, X: Any, *, reset: bool) -> np.ndarray:
-    """Features as a finite float64 array, checked the scikit-learn way (shape, n_features_in_)."""
+    """Features checked the scikit-learn way (2-D, numeric, ``n_features_in_``, feature names), dtype kept.
+
+    A numeric numpy array comes back as is, not copied: the rows are converted to float64 (and
+    checked to be finite) by :func:`_finite_rows`, a batch at a time where the caller scores.
+    """
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
-    arr = np.asarray(check_array_input(estimator, X, reset=reset), dtype=np.float64)
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1))[:5]
+    return np.asarray(check_array_input(estimator, X, reset=reset))
+
+
+def _finite_rows(X: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Rows ``start:stop`` of a checked ``X`` as finite float64; the error names the first bad rows of ``X``."""
+    arr = np.asarray(X[start:stop], dtype=np.float64)
+    if not np.isfinite(arr).all():
+        # the rows before ``start`` were found finite: the first bad rows of X are from here on
+        rows = _nonfinite_rows(X, start, limit=5, batch=max(len(arr), 1))
         raise InputDataError(f"The 'X' parameter must be finite (impute NaN first); non-finite values "
-                             f"in rows {rows.tolist()}.")
+                             f"in rows {rows}.")
     return arr
+
+
+def _nonfinite_rows(X: np.ndarray, start: int, *, limit: int, batch: int) -> list[int]:
+    """The first ``limit`` rows of ``X`` from ``start`` on holding NaN or infinity, read ``batch`` rows at a time."""
+    rows: list[int] = []
+    for lo in range(start, X.shape[0], batch):
+        bad = ~np.isfinite(np.asarray(X[lo:lo + batch], dtype=np.float64)).all(axis=1)
+        rows.extend((lo + np.flatnonzero(bad)[:limit - len(rows)]).tolist())
+        if len(rows) >= limit:
+            break
+    return rows
 
 
 def _binary_target(estimator: ChurnModel, y: Any, n: int) -> np.ndarray:
@@ -270,7 +290,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         self
         """
         self._check_params()
-        Xa = _check_X(self, X, reset=True)
+        Xa = _finite_rows(_check_X(self, X, reset=True))  # fitting reads every row in float64
         ya = _binary_target(self, y, Xa.shape[0])
         rng = np.random.default_rng(self.random_state)
         train, val = self._split(ya, rng)
@@ -378,9 +398,14 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     def churn_probability(self, X: Any, *, batch_size: int = 65_536) -> np.ndarray:
         """Probability of the second class (churned) per row, shape ``(n_samples,)``.
 
+        The input is checked once (shape, feature names) and converted to float64 and checked for
+        NaN a batch at a time, so scoring a large float32 matrix never holds a float64 copy of it.
+
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+        batch_size : int, default=65536
+            Rows converted and scored at a time.
 
         Returns
         -------
@@ -392,7 +417,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         out = np.empty(Xa.shape[0], dtype=np.float64)
         with torch.no_grad():
             for start in range(0, Xa.shape[0], batch_size):
-                xs = (Xa[start:start + batch_size] - self.mean_) / self.scale_
+                xs = (_finite_rows(Xa, start, start + batch_size) - self.mean_) / self.scale_
                 logits = net(torch.as_tensor(xs, dtype=torch.float32, device=device))
                 out[start:start + batch_size] = torch.sigmoid(logits).double().cpu().numpy()
         return out

@@ -194,6 +194,46 @@ def btyd_summary(
     return pa.table(columns).replace_schema_metadata(meta)
 
 
+#: the churn label derived from the events when the customers table has none
+HOLDOUT_CHURN = "no_purchase_in_holdout"
+
+
+def holdout_end_after(last_event: Any, as_of: Any) -> np.datetime64 | None:
+    """End (exclusive) of the hold-out: the day after the last event, when the data reach past as_of.
+
+    Parameters
+    ----------
+    last_event : str, datetime or None
+        The last event's time (``schema.json``'s ``events.last``); None, "None" or "NaT": no events.
+    as_of : str, date or datetime
+        Start of the hold-out.
+
+    Returns
+    -------
+    numpy.datetime64 or None
+        Microsecond precision; None when no event falls after ``as_of``.
+    """
+    if last_event is None or str(last_event) in ("None", "NaT", ""):
+        return None
+    last = np.datetime64(str(last_event).replace(" ", "T"), "us")
+    if last <= np.datetime64(to_microseconds(as_of), "us"):
+        return None
+    return (last.astype("datetime64[D]") + 1).astype("datetime64[us]")
+
+
+def no_purchase_in_holdout(summary: pa.Table) -> np.ndarray | None:
+    """1.0 for a customer who bought before as_of and not in the hold-out, 0.0 if they bought again.
+
+    NaN for customers with no purchase before as_of (there is nothing to churn from); None when
+    ``summary`` (from :func:`btyd_summary`) has no hold-out.
+    """
+    if "holdout_purchases" not in summary.column_names:
+        return None
+    t = summary["T"].to_numpy(zero_copy_only=False)
+    held = summary["holdout_purchases"].to_numpy(zero_copy_only=False).astype(float)
+    return np.where(np.isfinite(t), (held == 0).astype(float), np.nan)
+
+
 def holdout_by_frequency(frequency: Any, predicted: Any, actual: Any, *, max_group: int = 7
                          ) -> list[dict[str, Any]]:
     """Mean predicted vs actual hold-out purchases by calibration frequency (FHL 2005, fig. 4).
