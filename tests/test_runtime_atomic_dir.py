@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from gpuseg.runtime.io import atomic_dir
+from gpuseg.runtime.io import atomic_dir, umask
 from gpuseg.runtime.publish import staged_outputs
 
 
@@ -17,7 +17,7 @@ def test_atomic_dir_swaps_a_whole_folder_in_and_keeps_the_old_one_on_failure(tmp
         (stage / "a.txt").write_text("first")
         assert not final.exists()  # nothing under the final name before the block succeeds
     assert (final / "a.txt").read_text() == "first"
-    assert os.stat(final).st_mode & 0o777 == 0o777 & ~_umask()  # not mkdtemp's 0700
+    assert os.stat(final).st_mode & 0o777 == 0o777 & ~umask()  # not mkdtemp's 0700
 
     with pytest.raises(RuntimeError):
         with atomic_dir(final) as stage:
@@ -40,9 +40,3 @@ def test_a_leftover_atomic_dir_folder_is_removed_at_the_next_start(tmp_path):
         assert not list(stage.rglob(".*.tmp"))
         (stage / "embeddings.parquet").write_bytes(b"x")
     assert sorted(p.name for p in (work / "text").iterdir()) == [".publish.json", "embeddings.parquet"]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -28,6 +28,7 @@ from gpuseg.runtime.manifest import run_manifest
 from gpuseg.runtime.publish import staged_outputs
 from gpuseg.runtime.seeding import seed_everything
 from gpuseg.runtime.tables import join_on_customer_id
+from gpuseg.runtime.validation import check_real
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,17 @@ def matrix_input(configured: str | None, key: str, work: Path) -> Path:
             return artifact(work, job, name)
     raise UserInputError(f"no customer matrix in '{work}': run `gpuseg features` (and `gpuseg fuse`) or "
                          "`gpuseg run` first", config_key="paths.work_dir")
+
+
+def memory_budget(cfg: DictConfig, job: str, default_mb: float = 1024) -> int:
+    """``<job>.memory_mb`` in bytes, checked: how large a matrix the job reads whole.
+
+    Used by the jobs that read the fused matrix (segment, profile); a larger matrix is read
+    from disk by blocks (:func:`gpuseg.runtime.matrix.matrix_within`).
+    """
+    budget = cfg[job].get("memory_mb", default_mb)
+    check_real(job, "memory_mb", budget, low=0.0, closed_low=False, config_key=f"{job}.memory_mb")
+    return int(float(budget) * 2**20)
 
 
 def segments_with_scores(work: Path) -> pa.Table:

@@ -28,6 +28,7 @@ from gpuseg.jobs.common import (
     finish,
     has_validated_table,
     load_validated,
+    memory_budget,
     staged,
     start,
     work_dir,
@@ -198,13 +199,6 @@ def _baseline(work: Path, segmentation: dict[str, Any], has_events: bool) -> tup
     return read_matrix(features)[1], None
 
 
-def _memory_budget(cfg: DictConfig) -> int:
-    """``profile.memory_mb`` in bytes (checked)."""
-    budget = cfg.profile.get("memory_mb", 1024)
-    check_real("profile", "memory_mb", budget, low=0.0, closed_low=False, config_key="profile.memory_mb")
-    return int(float(budget) * 2**20)
-
-
 def _churn(cfg, x: np.ndarray | MatrixFile, x_rfm: np.ndarray | None, y: np.ndarray, device, seed,
            notes: list[str]) -> dict[str, Any]:
     """Fit on a customer split; report held-out AUC + calibration next to a logistic model on RFM+."""
@@ -308,7 +302,7 @@ def _score_customers(cfg: DictConfig, work: Path, inputs: dict[str, Any], device
     pa.default_memory_pool().release_unused()
     # the churn model and the projection use the matrix that was segmented: whole within
     # profile.memory_mb, else read from disk (the model fits on a sample and scores by blocks)
-    _, x, _ = matrix_within(inputs["segmentation"]["input"], _memory_budget(cfg), scratch)
+    _, x, _ = matrix_within(inputs["segmentation"]["input"], memory_budget(cfg, "profile"), scratch)
     if isinstance(x, MatrixFile):
         cleanup.callback(x.close)
         log.info("profile: the %d x %d matrix is above profile.memory_mb: read from %s by blocks",

@@ -33,6 +33,7 @@ from gpuseg.jobs.common import (
     finish,
     load_validated,
     matrix_input,
+    memory_budget,
     staged,
     start,
     work_dir,
@@ -45,7 +46,7 @@ from gpuseg.runtime.layout import ARTIFACTS, JOB_DIRS, artifact, job_dir
 from gpuseg.runtime.logistic import fit_logistic
 from gpuseg.runtime.matrix import BlockFile, MatrixFile, matrix_within
 from gpuseg.runtime.tables import join_on_customer_id
-from gpuseg.runtime.validation import check_int, check_real
+from gpuseg.runtime.validation import check_int
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +123,6 @@ class _FileSource(Source):
         n = self.n_samples
         idx = np.arange(n) if m >= n else np.sort(rng.choice(n, size=m, replace=False))
         return torch.from_numpy(self.data.take(idx)).to(self.device)
-
-
-def _memory_budget(cfg: DictConfig) -> int:
-    """``segment.memory_mb`` in bytes (checked)."""
-    budget = cfg.segment.get("memory_mb", 1024)
-    check_real("segment", "memory_mb", budget, low=0.0, closed_low=False, config_key="segment.memory_mb")
-    return int(float(budget) * 2**20)
 
 
 def _open_input(source: Path, budget: int, device: torch.device, scratch: contextlib.ExitStack,
@@ -460,7 +454,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = job_dir(work, "segment")
     out.mkdir(parents=True, exist_ok=True)
     source = matrix_input(cfg.segment.input, "segment.input", work)
-    budget = _memory_budget(cfg)
+    budget = memory_budget(cfg, "segment")
     with contextlib.ExitStack() as scratch:  # a streamed input's temporary matrix goes at the end
         ids, x, names = _open_input(source, budget, ctx["device"], scratch, out)
         t0 = time.perf_counter()

@@ -40,7 +40,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         # mkstemp creates 0600 files; artifacts get the usual permissions (0666 less the umask)
-        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.chmod(tmp_path, 0o666 & ~umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -62,7 +62,7 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     old = tmp.with_name(f"{tmp.name[:-len('.tmp')]}.old.tmp")
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700 folders
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp creates 0700 folders
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
@@ -71,7 +71,8 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's file-creation mask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

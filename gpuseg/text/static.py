@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import torch
 
 from gpuseg.runtime.device import resolve_device
 from gpuseg.runtime.errors import UserInputError
-from gpuseg.runtime.io import read_json, write_json
+from gpuseg.runtime.io import atomic_dir, read_json, umask, write_json
 from gpuseg.runtime.progress import progress_bar
 from gpuseg.runtime.validation import check_int, check_real
 from gpuseg.text.embedder import _as_strings, _load, _torch_threads, _unique_texts, _valid_utf8
@@ -400,28 +399,24 @@ def _distill_to(cache: Path, base_path: str, settings: dict[str, Any], fingerpri
                 device: torch.device, progress: bool, num_threads: int | None) -> dict[str, Any]:
     """Distill the base model into ``cache``: staged beside it, then renamed into place."""
     cache.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in cache.parent.glob(f"{cache.name}.staging-*"):
-        shutil.rmtree(leftover, ignore_errors=True)  # of a distillation killed half-way
-    stage = cache.parent / f"{cache.name}.staging-{uuid.uuid4().hex[:8]}"
+    for leftover in cache.parent.glob(f".{cache.name}.*.tmp"):
+        shutil.rmtree(leftover, ignore_errors=True)  # of a distillation killed half-way (io.atomic_dir's names)
     log.info("distilling a static text model from %s (pca_dims=%s); this runs once per base model",
              base_path, settings["pca_dims"])
     start = time.perf_counter()
-    try:
+    with atomic_dir(cache) as stage:
         with _torch_threads(num_threads):
             model = _distill(base_path, settings, device=device, progress=progress)
         seconds = time.perf_counter() - start
         model.save_pretrained(stage)
         for path in stage.rglob("*"):
             if path.is_file():
-                os.chmod(path, 0o666 & ~_umask())  # safetensors writes 0600 files
+                os.chmod(path, 0o666 & ~umask())  # safetensors writes 0600 files
         record = {"fingerprint": fingerprint, "base_model": base_path, "settings": settings,
                   "dim": int(model.dim), "vocab_size": int(model.embedding.shape[0]),
                   "max_seq_length": read_model_info(base_path)["max_seq_length"],
                   "distill_seconds": round(seconds, 3), "device": str(device)}
         write_json(stage / RECORD, record)  # last: a folder without it is not a finished cache
-        _replace_dir(stage, cache)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     log.info("distilled %d token vectors of %d dimensions in %.1fs into %s", record["vocab_size"],
              record["dim"], seconds, cache)
     return record
@@ -458,15 +453,6 @@ def _quiet_tqdm(module: Any, progress: bool) -> Iterator[None]:
         module.tqdm = original
 
 
-def _replace_dir(new: Path, final: Path) -> None:
-    """Put folder ``new`` at ``final``; an older ``final`` is moved aside first, then removed."""
-    old = final.parent / f"{final.name}.old-{uuid.uuid4().hex[:8]}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(new, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _unknown_id(tokenizer: Any) -> int | None:
     """Id of the tokenizer's unknown token (dropped from every text, as model2vec does)."""
     token = getattr(tokenizer.model, "unk_token", None)
@@ -475,9 +461,3 @@ def _unknown_id(tokenizer: Any) -> int | None:
     import json
 
     return json.loads(tokenizer.to_str())["model"].get("unk_id")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
