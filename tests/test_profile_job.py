@@ -155,16 +155,21 @@ def test_churn_support_counts_labelled_customers_and_flags_thin_rates():
 
     from gpuseg.jobs.profile import _churn_support
 
-    labels = np.array([0] * 50 + [1] * 40 + [2] * 10)
-    y = np.r_[np.zeros(50), np.full(35, np.nan), np.ones(5), np.full(10, np.nan)]
+    # segment 0: 50 labelled (20 churned); 1: 5 labelled, 1 churned (within chance of the base
+    # rate); 2: nobody labelled; 3: 12 labelled, all churned (far beyond chance, despite < 30)
+    labels = np.array([0] * 50 + [1] * 40 + [2] * 10 + [3] * 12)
+    y = np.r_[np.ones(20), np.zeros(30), np.full(35, np.nan), [1.0, 0, 0, 0, 0], np.full(10, np.nan), np.ones(12)]
     notes: list[str] = []
     pcfg = OmegaConf.create({"churn": {"min_labelled": 30}})
-    labelled, reliable = _churn_support(pcfg, y, labels, 3, notes)
-    assert labelled.tolist() == [50, 5, 0] and reliable.tolist() == [True, False, False]
+    labelled, reliable = _churn_support(pcfg, y, labels, 4, notes)
+    assert labelled.tolist() == [50, 5, 0, 12] and reliable.tolist() == [True, False, False, True]
     assert len(notes) == 1 and "segment 1" in notes[0] and "5 labelled" in notes[0]
-    assert _churn_support(pcfg, None, labels, 3, [])[1].tolist() == [False, False, False]
+    assert _churn_support(pcfg, None, labels, 4, [])[1].tolist() == [False] * 4
+    # with a floor no segment reaches, only the rate far from the base rate (12 of 12) is used
+    assert _churn_support(OmegaConf.create({"churn": {"min_labelled": 1000}}), y, labels, 4, [])[1].tolist() \
+        == [False, False, False, True]
     with pytest.raises(ConfigError, match="profile.churn.min_labelled"):
-        _churn_support(OmegaConf.create({"churn": {"min_labelled": 0}}), y, labels, 3, [])
+        _churn_support(OmegaConf.create({"churn": {"min_labelled": 0}}), y, labels, 4, [])
 
 
 def test_a_matrix_above_the_memory_budget_is_read_from_disk_with_the_same_results(project):

@@ -415,19 +415,38 @@ def _churn_support(pcfg: DictConfig, y: np.ndarray | None, labels: np.ndarray, k
     """Labelled customers per segment, and whether its observed churn rate rests on enough of them.
 
     A rate over a handful of labelled customers (a segment of newcomers, say, where only the few
-    with a history before as_of have a label) reads 0% or 100% by chance: it is kept with its
-    count, and names and actions do not use it (``profile.churn.min_labelled``).
+    with a history before as_of have a label) can read 0% or 100% by chance: below
+    ``profile.churn.min_labelled`` it is kept with its count, and names and actions do not use
+    it, unless it differs from the base rate beyond chance (the base rate lies outside its 95%
+    Wilson interval): 12 churners out of 12 against a base of 24% is a finding, not noise, and a
+    name implying loyalty must not ignore it.
     """
     minimum = pcfg.churn.get("min_labelled", 30)
     check_int("profile", "churn.min_labelled", minimum, low=1, config_key="profile.churn.min_labelled")
     if y is None:
         return np.zeros(k, dtype=np.int64), np.zeros(k, dtype=bool)
-    labelled = np.bincount(labels[np.isfinite(y)], minlength=k)
-    reliable = labelled >= minimum
+    known = np.isfinite(y)
+    labelled = np.bincount(labels[known], minlength=k)
+    churned = np.bincount(labels[known], weights=y[known], minlength=k)
+    low, high = _wilson_interval(churned, labelled)
+    base = float(np.mean(y[known])) if known.any() else float("nan")
+    reliable = (labelled >= minimum) | ((labelled > 0) & ((base < low) | (base > high)))
     for s in np.flatnonzero((labelled > 0) & ~reliable):
         _note(notes, f"segment {int(s)}: its observed churn rate rests on {int(labelled[s])} labelled customers "
-                     f"(fewer than profile.churn.min_labelled={minimum}): reported, not used for its name or action")
+                     f"(fewer than profile.churn.min_labelled={minimum}) and is within chance of the base rate: "
+                     "reported, not used for its name or action")
     return labelled, reliable
+
+
+def _wilson_interval(successes: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """95% Wilson score interval of a proportion per entry (``[0, 1]`` where ``n`` is 0)."""
+    n = np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(n > 0, successes / np.maximum(n, 1), 0.5)
+        denom = 1 + z * z / np.maximum(n, 1)
+        centre = (p + z * z / (2 * np.maximum(n, 1))) / denom
+        half = z * np.sqrt(p * (1 - p) / np.maximum(n, 1) + z * z / (4 * np.maximum(n, 1) ** 2)) / denom
+    return np.where(n > 0, centre - half, 0.0), np.where(n > 0, centre + half, 1.0)
 
 
 def _without_history(features: pa.Table, labels: np.ndarray, k: int, as_of: str,
