@@ -260,6 +260,28 @@ def _file_error(exc: OSError) -> str:
             "(a folder gpuseg can write to)")
 
 
+def _rank_log_overrides(overrides: list[str]) -> list[str]:
+    """Under torchrun, ranks other than 0 log to ``<job>.rank<r>.log`` beside rank 0's ``<job>.log``.
+
+    Every rank composes the same run folder; without this they would append to one log file, the
+    lines interleaved, and each write the same ``.hydra`` config (rank 0's copy is the record).
+    A user's own setting of either key is left as it is.
+    """
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    if "WORLD_SIZE" not in os.environ and "SLURM_JOB_ID" in os.environ:  # a Slurm task, its variables set later
+        rank, world = os.environ.get("SLURM_PROCID", "0"), os.environ.get("SLURM_STEP_NUM_TASKS", "1")
+    if not (rank.isdigit() and world.isdigit()) or int(world) <= 1 or int(rank) == 0:
+        return []
+    keys = {line.split("=", 1)[0].lstrip("+~") for line in overrides}
+    extra = []
+    if "hydra.job_logging.handlers.file.filename" not in keys:
+        extra.append(f"hydra.job_logging.handlers.file.filename=${{hydra.runtime.output_dir}}/"
+                     f"${{hydra.job.name}}.rank{int(rank)}.log")
+    if "hydra.output_subdir" not in keys:
+        extra.append("hydra.output_subdir=null")
+    return extra
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gpuseg`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -313,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     task.__name__ = job
     app = hydra.main(version_base="1.3", config_path="conf", config_name=job)(task)
     saved = sys.argv
-    sys.argv = [f"gpuseg {job}", *overrides]
+    sys.argv = [f"gpuseg {job}", *overrides, *_rank_log_overrides(overrides)]
     try:
         app()
     except _FILE_ERRORS as exc:  # Hydra creates the run's log folder before the job starts

@@ -98,3 +98,26 @@ def test_run_skips_the_text_job_for_data_without_texts(make_cfg):
     cfg = make_cfg("run", "data.generator.n_customers=300", "data.texts.path=null", "stages=[validate,text,features]")
     result = run.run(cfg)
     assert result["stages"] == ["generate", "validate", "features"]
+
+
+def test_ranks_other_than_0_log_to_their_own_file(monkeypatch):
+    from gpuseg.cli import _rank_log_overrides
+
+    for name in ("RANK", "WORLD_SIZE", "SLURM_JOB_ID", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(name, raising=False)
+    assert _rank_log_overrides([]) == []  # one process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert _rank_log_overrides([]) == []  # rank 0 keeps <job>.log and the .hydra record
+    monkeypatch.setenv("RANK", "1")
+    extra = _rank_log_overrides(["seed=1"])
+    assert "hydra.output_subdir=null" in extra
+    assert any(e.startswith("hydra.job_logging.handlers.file.filename=") and e.endswith(".rank1.log") for e in extra)
+    assert _rank_log_overrides(["hydra.output_subdir=mine"]) == [e for e in extra if "output_subdir" not in e]
+    # a Slurm task whose torchrun variables are set later, inside the job
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("RANK")
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    assert any(e.endswith(".rank3.log") for e in _rank_log_overrides([]))

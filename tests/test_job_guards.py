@@ -170,6 +170,9 @@ def test_run_reuses_unchanged_stages_and_reruns_what_changed(make_cfg, tmp_path)
     assert first["reused"] == []
     again = run.run(make_cfg("run", *base))
     assert again["reused"] == ["validate", "features", "fuse", "segment"]
+    # a memory budget changes how segment reads its matrix, not what it writes: still reused
+    budget = run.run(make_cfg("run", *base, "segment.memory_mb=0.01"))
+    assert budget["reused"] == ["validate", "features", "fuse", "segment"]
     # a changed setting re-runs its stage and what depends on it, nothing upstream
     changed = run.run(make_cfg("run", *base[:-2], "segment.n_clusters=4", "segment.confidence.n_bootstrap=1"))
     assert changed["reused"] == ["validate", "features", "fuse"]
@@ -179,6 +182,20 @@ def test_run_reuses_unchanged_stages_and_reruns_what_changed(make_cfg, tmp_path)
     assert after["reused"] == ["validate", "features", "fuse"]
     forced = run.run(make_cfg("run", *base, "force=true"))
     assert forced["reused"] == []
+
+
+def test_only_result_neutral_settings_leave_a_fingerprint_unchanged(make_cfg):
+    from gpuseg.jobs import reuse
+
+    upstream = {"fuse": "f", "features": "x", "validate": "v", "journeys": "j", "segment": "s"}
+    for stage, key in (("segment", "segment.memory_mb"), ("profile", "profile.memory_mb"),
+                       ("text", "text.aggregate_memory_mb"), ("validate", "data.memory_mb")):
+        assert key in reuse.RESULT_NEUTRAL
+        plain = reuse.fingerprint(make_cfg(stage), stage, upstream)
+        assert reuse.fingerprint(make_cfg(stage, f"{key}=64"), stage, upstream) == plain, key
+    segment = reuse.fingerprint(make_cfg("segment"), "segment", upstream)
+    assert reuse.fingerprint(make_cfg("segment", "segment.n_clusters=7"), "segment", upstream) != segment
+    assert reuse.fingerprint(make_cfg("segment"), "segment", {**upstream, "fuse": "g"}) != segment
 
 
 def test_most_segments_tiny_is_a_warning_and_k_equal_to_n_still_segments(make_cfg, caplog):

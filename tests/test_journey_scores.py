@@ -85,6 +85,15 @@ def test_scores_use_the_same_targets_and_flag_short_sequences():
     short = _seqs([[3], [4, 3], [5], [3], [4]])
     out = next_event_scores(_Oracle(MarkovBaseline().fit(train)), train, short)
     assert out["too_short"] and "too short" in out["note"] and out["mean_length"] == pytest.approx(1.2)
+    assert not scores["trivial"]
+
+
+def test_a_single_next_event_is_flagged_trivial():
+    """A shop whose only event is a purchase (Chinook): accuracy 1 for everyone says nothing."""
+    one = _seqs([[3] * n for n in (4, 6, 5, 7, 3, 8)], vocab=4)
+    out = next_event_scores(_Oracle(MarkovBaseline().fit(one)), one, one)
+    assert out["accuracy"]["markov"] == out["accuracy"]["unigram"] == 1.0
+    assert out["trivial"] and "say nothing about the encoder" in out["note"] and not out["too_short"]
 
 
 def test_encoder_probabilities_line_up_with_the_baselines_and_start_at_markov(tmp_path):

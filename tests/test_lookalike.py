@@ -264,9 +264,9 @@ def test_why_similar_lists_the_closest_distinctive_features():
 
 def test_identical_seeds_are_detected():
     V = np.array([[1.0, 2.0], [1.0, 2.0], [0.0, 1.0]])
-    assert seeds_identical(V, np.array([0, 1]))
-    assert not seeds_identical(V, np.array([0, 2]))
-    assert not seeds_identical(V, np.array([0]))  # one seed is not "all identical"
+    assert seeds_identical(V[[0, 1]])
+    assert not seeds_identical(V[[0, 2]])
+    assert not seeds_identical(V[[0]])  # one seed is not "all identical"
 
 
 def test_cpu_exact_index_keeps_one_copy_of_the_vectors_and_earlier_views_survive_add():

@@ -106,8 +106,8 @@ def _env(log: Path, **extra: str) -> dict[str, str]:
 
 
 def _gpuseg(launcher: Path, work: Path, data: Path, nproc: int, log: Path, *, timeout: int = 300,
-            **env: str) -> subprocess.CompletedProcess:
-    args = ["run", f"paths.work_dir={work}", f"paths.data_dir={data}", *SETTINGS]
+            extra: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess:
+    args = ["run", f"paths.work_dir={work}", f"paths.data_dir={data}", *SETTINGS, *extra]
     if nproc == 1:
         command = [sys.executable, str(launcher), *args]
     else:
@@ -136,7 +136,9 @@ def runs(tmp_path_factory):
         work = root / name
         work.mkdir()
         t0 = time.perf_counter()
-        proc = _gpuseg(launcher, work, data, nproc, root / f"{name}.writes")
+        # two ranks: segment reads the fused matrix from disk by blocks (the path a large base takes)
+        extra = ("segment.memory_mb=0.25",) if nproc == 2 else ()
+        proc = _gpuseg(launcher, work, data, nproc, root / f"{name}.writes", extra=extra)
         assert proc.returncode == 0, proc.stderr[-4000:]
         out[name] = {"work": work, "log": root / f"{name}.writes", "seconds": time.perf_counter() - t0}
     out["root"], out["launcher"], out["data"] = root, launcher, data
@@ -155,6 +157,9 @@ def test_two_ranks_segment_the_same_customers_as_one(runs):
     assert found[0] > 0.5 and abs(found[0] - found[1]) <= 0.05, found  # both find the groups as well
     metrics = json.loads((runs["two"]["work"] / "segment" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["n_customers"] == customers.num_rows
+    # the two-rank fit read its shards from the matrix file, the single one held the matrix
+    assert metrics["read_by_blocks"] and metrics["read_by_blocks"] < customers.num_rows
+    assert json.loads((runs["single"]["work"] / "segment" / "metrics.json").read_text())["read_by_blocks"] is None
     # the data-parallel stages did run on both ranks
     text = json.loads((runs["two"]["work"] / "text" / "metrics.json").read_text())
     journeys = json.loads((runs["two"]["work"] / "journeys" / "metrics.json").read_text())
@@ -193,6 +198,55 @@ def test_every_artifact_is_written_once_by_rank_0_and_published(runs):
         assert sorted(one) == sorted(two), stage
     manifest = json.loads((work / "manifests" / "run.json").read_text())
     assert manifest["result"]["world_size"] == 2 and manifest["result"]["stages"][-len(STAGES):] == list(STAGES)
+
+
+def _lookalike(runs, nproc: int, log: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``gpuseg lookalike`` over the two-rank run's fused matrix, in ``nproc`` processes."""
+    work = runs["two"]["work"]
+    args = ["lookalike", f"paths.work_dir={work}", "progress=false", "device=cpu", "seed=0",
+            "lookalike.seeds=[c00001,c00002,c30005]", "lookalike.size=60", "lookalike.mode=max", *extra]
+    if nproc == 1:
+        command = [sys.executable, str(runs["launcher"]), *args]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                   "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}",
+                   str(runs["launcher"]), *args]
+    return subprocess.run(command, cwd=work.parent, env=_env(log), capture_output=True, text=True, timeout=300)
+
+
+def test_two_ranks_each_holding_an_index_shard_find_the_single_process_audience(runs):
+    work, root = runs["two"]["work"], runs["root"]
+    audiences = {}
+    for nproc in (1, 2):
+        proc = _lookalike(runs, nproc, root / f"lookalike{nproc}.writes")
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        audiences[nproc] = pq.read_table(work / "lookalike" / "audience.parquet").drop(["why_similar"])
+        metrics = json.loads((work / "lookalike" / "metrics.json").read_text())
+        assert metrics["world_size"] == nproc and metrics["n_customers"] == 4 * N_PER_GROUP
+    # exact search: the same customers, in the same order, with the same nearest seeds
+    one, two = audiences[1], audiences[2]
+    assert one.num_rows == 60
+    assert two["customer_id"].to_pylist() == one["customer_id"].to_pylist()
+    assert two["nearest_seed"].to_pylist() == one["nearest_seed"].to_pylist()
+    np.testing.assert_allclose(two["score"].to_numpy(), one["score"].to_numpy(), rtol=1e-5, atol=1e-6)
+    # each rank built and saved its own shard, rank 1 nothing but its shard; rank 0 wrote the rest once
+    log = root / "lookalike2.writes"
+    rank0, rank1 = _writes(log, 0, work), _writes(log, 1, work)
+    assert rank1 and all(f"{os.sep}index{os.sep}shard-1-of-2{os.sep}" in w for w in rank1), rank1
+    assert not set(rank0) & set(rank1)
+    shards = [json.loads((work / "lookalike" / "index" / f"shard-{r}-of-2" / "source.json").read_text())["rows"]
+              for r in (0, 1)]
+    assert shards == [[0, 200], [200, 400]]
+    # each rank logged to its own file in the run's log folder; rank 0's config is the record
+    folder = sorted((work / "logs" / "lookalike").iterdir())[-1]
+    assert "rank 0 of 2" in (folder / "lookalike.log").read_text()
+    assert "rank 1 of 2" not in (folder / "lookalike.log").read_text()
+    rank1_logs = list((work / "logs" / "lookalike").glob("*/lookalike.rank1.log"))
+    assert rank1_logs and "rank 1 of 2" in rank1_logs[-1].read_text()
+    # run again: every shard is reused
+    proc = _lookalike(runs, 2, root / "lookalike2b.writes")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads((work / "lookalike" / "metrics.json").read_text())["index_reused"] is True
 
 
 def test_a_rank_failing_in_the_shared_fit_stops_the_job(runs, tmp_path):

@@ -131,6 +131,7 @@ def _outputs(work: Path) -> tuple[pa.Table, np.ndarray, dict, dict]:
     assert not list(folder.glob(".matrix-*")), "the temporary matrix outlived the run"
     metrics = json.loads((folder / "metrics.json").read_text())
     metrics.pop("seconds")
+    metrics["read_by_blocks"] = metrics["read_by_blocks"] is not None  # the block size is the budget's
     segmentation = json.loads((folder / "segmentation.json").read_text())
     segmentation.pop("config_hash")  # memory_mb is part of the config
     return (pq.read_table(folder / "segments.parquet"),
@@ -151,6 +152,7 @@ def test_streamed_segments_equal_resident_ones(project, caplog, overrides):
     streamed = _outputs(work)
     assert streamed[0].equals(resident[0])
     np.testing.assert_array_equal(streamed[1], resident[1])
+    assert streamed[3].pop("read_by_blocks") and not resident[3].pop("read_by_blocks")
     assert streamed[2] == resident[2] and streamed[3] == resident[3]
 
 

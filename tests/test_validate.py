@@ -201,6 +201,60 @@ def test_duplicate_events_policy(tmp_path):
     assert not (tmp_path / "work" / "validated" / ".events.pass1.parquet").exists()
 
 
+def test_duplicate_events_above_the_memory_budget_are_found_on_disk(tmp_path, caplog):
+    """The same duplicates whether the row hashes are sorted in memory or spilled to disk."""
+    n = 30_000
+    rng = np.random.default_rng(4)
+    ids = np.array([f"c{i}" for i in range(300)])
+    cid, day, amount = ids[rng.integers(0, 300, n)], rng.integers(0, 200, n), rng.integers(1, 50, n).astype(float)
+    repeat = rng.choice(n, 900, replace=False)  # 900 later rows copy an earlier one
+    source = rng.integers(0, n, 900)
+    cid[repeat], day[repeat], amount[repeat] = cid[source], day[source], amount[source]
+    ts = pa.array(np.datetime64("2024-01-01") + day.astype("timedelta64[D]"), pa.timestamp("us"))
+    events = {"cid": cid, "ts": ts, "type": ["purchase"] * n, "amount": amount}
+    customers = {"cid": ids, "age": rng.random(300), "region": ["n"] * 300, "churned": [0] * 300}
+    texts = {"cid": ["c1"], "ts": ["2024-01-02"], "src": ["review"], "body": ["great"], "stars": [5.0]}
+    paths = _files(tmp_path, customers=customers, events=events, texts=texts)
+    kept, rejected = {}, {}
+    for name, budget in (("memory", 1024), ("disk", 0.05)):
+        mapping = _mapping(paths)
+        mapping.batch_size, mapping.memory_mb = 4096, budget
+        with caplog.at_level("INFO", logger="gpuseg.data.repeats"):
+            report = _run(tmp_path / name, mapping)
+        assert ("sorted on disk" in caplog.text) == (name == "disk")
+        caplog.clear()
+        kept[name] = pq.read_table(tmp_path / name / "work" / "validated" / "events.parquet")
+        rejected[name] = report["tables"]["events"]["rejected"]["duplicate event"]
+        assert not list((tmp_path / name / "work" / "validated").glob(".repeats-*"))  # spill files removed
+    assert kept["disk"].equals(kept["memory"]) and rejected["disk"] == rejected["memory"]
+    # every row left is distinct, and no distinct row was lost
+    frame = pa.table({"cid": cid, "ts": ts, "amount": amount}).to_pandas()
+    assert rejected["memory"] == int(frame.duplicated().sum()) and kept["memory"].num_rows == n - rejected["memory"]
+    with pytest.raises(UserInputError, match=r"\d+ duplicate event"):
+        mapping = _mapping(paths, policy={"duplicate_event": "error"})
+        mapping.memory_mb = 0.05
+        _run(tmp_path / "error", mapping)
+    with pytest.raises(ConfigError, match="data.memory_mb must be a positive number"):
+        _mapping(paths, memory_mb=0)
+
+
+def test_repeat_finder_keeps_the_first_of_each_hash_in_memory_and_on_disk(tmp_path):
+    from gpuseg.data.repeats import RepeatFinder
+
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, 5000, dtype=np.uint64) * np.uint64(2)  # the top bits pick the spill file
+    hashes[rng.choice(5000, 400)] = hashes[rng.choice(5000, 400)]
+    first = {}
+    want = [i for i, h in enumerate(hashes.tolist()) if first.setdefault(h, i) != i]
+    for budget in (1 << 30, 1000):
+        with RepeatFinder(tmp_path, budget) as finder:
+            for start in range(0, 5000, 700):
+                finder.add(hashes[start:start + 700])
+            assert finder.spilled == (budget == 1000)
+            assert finder.repeats().tolist() == want
+        assert not list(tmp_path.iterdir())
+
+
 def test_missing_customer_ids_rejected_with_reason(tmp_path):
     events = {"cid": ["a", None, " ", "b"], "ts": ["2024-01-01"] * 4, "type": ["purchase"] * 4,
               "amount": [1.0, 2.0, 3.0, 4.0]}

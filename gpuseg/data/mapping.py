@@ -133,6 +133,8 @@ class DataMapping:
     policy: Policy
     batch_size: int = 262_144
     sources: dict[str, SourceSpec] = field(default_factory=dict)
+    #: MiB validation's duplicate-event check may hold (about 32 bytes per event); above it, on disk
+    memory_mb: float = 1024.0
 
     @property
     def uses_queries(self) -> bool:
@@ -161,7 +163,7 @@ class DataMapping:
             ``query``, no events and no customers) or a value out of range, naming the key.
         """
         _known(d, {"dir", "as_of", "sources", "customers", "events", "texts", "policy", "roles", "batch_size",
-                   "generate_if_missing", "name", "description", "generator",
+                   "memory_mb", "generate_if_missing", "name", "description", "generator",
                    "journey"}, prefix)  # journey: the source's journey fields, read by `gpuseg journeys`
         customers = d.get("customers") or {}
         events = d.get("events") or {}
@@ -180,7 +182,17 @@ class DataMapping:
             policy=_policy(d.get("policy") or {}, f"{prefix}.policy"),
             batch_size=int(d.get("batch_size") or 262_144),
             sources=_sources(d.get("sources") or {}, f"{prefix}.sources"),
+            memory_mb=_memory_mb(d.get("memory_mb"), f"{prefix}.memory_mb"),
         )
+
+
+def _memory_mb(value: Any, key: str) -> float:
+    """``data.memory_mb``: a positive number of MiB (null: 1024)."""
+    if value is None:
+        return 1024.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+        raise ConfigError(f"{key} must be a positive number of MiB, got {value!r}", config_key=key)
+    return float(value)
 
 
 def _given(d: dict[str, Any], prefix: str) -> bool:

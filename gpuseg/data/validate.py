@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from gpuseg.data import convert
 from gpuseg.data.mapping import CustomersSpec, DataMapping, EventsSpec, FileSpec, Policy, TextsSpec
+from gpuseg.data.repeats import RepeatFinder
 from gpuseg.data.schema import EVENTS, REJECTS, SCHEMA_VERSION, TEXTS, validated_dir
 from gpuseg.data.sources import QueryStream, SourceDatabase
 from gpuseg.runtime.errors import ConfigError, UserInputError
@@ -566,62 +567,67 @@ def _validate_events(spec: EventsSpec, batch_size: int, out: Path, rejects: _Rej
     report = TableReport()
     policy = mapping.policy
     tally = _UnknownIds("events")
-    hashes = []
+    finder = RepeatFinder(out, int(mapping.memory_mb * 2**20))
     attr_counts: dict[str, list[pa.Table]] = {}
     pass1 = out / ".events.pass1.parquet"
     schema = pa.schema(list(EVENTS) + [(name, pa.string()) for name in spec.extra_columns])
     bar = progress_bar(show, desc="validate events", unit="rows")
-    with ParquetStreamWriter(pass1, schema) as writer:
-        for batch in batches:
-            raw = batch.raw
-            report.rows_read += raw.num_rows
-            ids = convert.to_customer_id(raw.column(spec.columns["customer_id"]))
-            keep = _apply_policy(policy.missing_customer_id, _null_mask(ids), batch, "missing customer_id",
-                                 spec.columns["customer_id"], "data.policy.missing_customer_id", rejects, ids, report)
-            if known_ids is not None:
-                keep &= _unknown_customers(batch, ids, keep, known_ids, policy.unknown_customer,
-                                           spec.columns["customer_id"], rejects, report, tally)
-            ts = _timestamps(raw.column(spec.columns["timestamp"]), spec.timestamp_format, spec.timestamp_unit,
-                             batch, spec.columns["timestamp"], key)
-            _fail_on(keep & _null_mask(ts), batch, "missing timestamp", spec.columns["timestamp"],
-                     f"{key}.columns.timestamp")
-            amount = _event_amount(spec, raw, batch)
-            columns = {
-                "customer_id": ids,
-                "timestamp": ts,
-                "event_type": _event_types(spec, raw, amount, batch),
-                "amount": amount,
-            }
-            for name in ("category", "channel"):
-                src = spec.columns[name]
-                columns[name] = convert.to_string(raw.column(src))[0] if src else pa.nulls(raw.num_rows, pa.string())
-            for name, src in spec.extra_columns.items():
-                values, repaired = convert.to_string(raw.column(src))
-                report.repaired_utf8 += repaired
-                columns[name] = values
-            part = pa.table(columns).filter(pa.array(keep))
-            writer.write(part)
-            hashes.append(convert.hash_rows([part[c].combine_chunks() for c in part.column_names]))
-            if known_ids is None:
-                _count_attributes(spec, raw, ids, keep, attr_counts)
-            bar.update(raw.num_rows)
+    try:
+        with ParquetStreamWriter(pass1, schema) as writer:
+            for batch in batches:
+                raw = batch.raw
+                report.rows_read += raw.num_rows
+                ids = convert.to_customer_id(raw.column(spec.columns["customer_id"]))
+                keep = _apply_policy(policy.missing_customer_id, _null_mask(ids), batch, "missing customer_id",
+                                     spec.columns["customer_id"], "data.policy.missing_customer_id", rejects, ids, report)
+                if known_ids is not None:
+                    keep &= _unknown_customers(batch, ids, keep, known_ids, policy.unknown_customer,
+                                               spec.columns["customer_id"], rejects, report, tally)
+                ts = _timestamps(raw.column(spec.columns["timestamp"]), spec.timestamp_format, spec.timestamp_unit,
+                                 batch, spec.columns["timestamp"], key)
+                _fail_on(keep & _null_mask(ts), batch, "missing timestamp", spec.columns["timestamp"],
+                         f"{key}.columns.timestamp")
+                amount = _event_amount(spec, raw, batch)
+                columns = {
+                    "customer_id": ids,
+                    "timestamp": ts,
+                    "event_type": _event_types(spec, raw, amount, batch),
+                    "amount": amount,
+                }
+                for name in ("category", "channel"):
+                    src = spec.columns[name]
+                    columns[name] = convert.to_string(raw.column(src))[0] if src else pa.nulls(raw.num_rows, pa.string())
+                for name, src in spec.extra_columns.items():
+                    values, repaired = convert.to_string(raw.column(src))
+                    report.repaired_utf8 += repaired
+                    columns[name] = values
+                part = pa.table(columns).filter(pa.array(keep))
+                writer.write(part)
+                finder.add(convert.hash_rows([part[c].combine_chunks() for c in part.column_names]))
+                if known_ids is None:
+                    _count_attributes(spec, raw, ids, keep, attr_counts)
+                bar.update(raw.num_rows)
+    except BaseException:
+        finder.close()  # its spill files, when a batch stops the job
+        raise
     bar.close()
-    if tally.mismatched():
-        pass1.unlink(missing_ok=True)
-        written = rejects.write(out / "rejects")
-        raise tally.error(known_ids, written.get("events"))
-    if writer.rows == 0:
-        pass1.unlink(missing_ok=True)
-        raise UserInputError(f"no usable events in {_where(spec.file)} (the table is empty or every row was "
-                             "rejected; see the rejects folder)", table="events",
-                             config_key=_input_key(spec.file, key))
-    duplicates = _duplicate_mask(np.concatenate(hashes))
+    with finder:
+        if tally.mismatched():
+            pass1.unlink(missing_ok=True)
+            written = rejects.write(out / "rejects")
+            raise tally.error(known_ids, written.get("events"))
+        if writer.rows == 0:
+            pass1.unlink(missing_ok=True)
+            raise UserInputError(f"no usable events in {_where(spec.file)} (the table is empty or every row was "
+                                 "rejected; see the rejects folder)", table="events",
+                                 config_key=_input_key(spec.file, key))
+        duplicates = finder.repeats()
     final = out / "events.parquet"
-    if duplicates.any():
+    if len(duplicates):
         _handle_duplicate_events(pass1, final, duplicates, policy.duplicate_event, rejects, report, batch_size)
     else:
         pass1.replace(final)
-    report.rows_kept = writer.rows - int(duplicates.sum())
+    report.rows_kept = writer.rows - len(duplicates)
     return report, attr_counts
 
 
@@ -646,38 +652,42 @@ def _count_attributes(spec: EventsSpec, raw: pa.RecordBatch, ids: pa.Array, keep
         attr_counts.setdefault(name, []).append(t.group_by(["customer_id", "value"]).aggregate([([], "count_all")]))
 
 
-def _duplicate_mask(hashes: np.ndarray) -> np.ndarray:
-    """True for every row whose full content repeats an earlier row (the first one is kept)."""
-    order = np.argsort(hashes, kind="stable")
-    same = hashes[order][1:] == hashes[order][:-1]
-    mask = np.zeros(len(hashes), dtype=bool)
-    mask[order[1:][same]] = True
-    return mask
-
-
 def _handle_duplicate_events(pass1: Path, final: Path, duplicates: np.ndarray, policy: str,
                              rejects: _Rejects, report: TableReport, batch_size: int) -> None:
+    """Stop on duplicate events, or set them aside; ``duplicates`` are sorted rows of ``pass1``."""
     pf = pq.ParquetFile(pass1)
     try:
         if policy == "error":
-            first = pf.read_row_groups([0]) if pf.num_row_groups else None
-            idx = np.flatnonzero(duplicates)[:MAX_ROWS_SHOWN]
-            table = pq.read_table(pass1).take(pa.array(idx)) if first is not None else None
-            shown = [f"validated row {int(i)}: {r}" for i, r in zip(idx, table.to_pylist(), strict=True)]
+            idx = duplicates[:MAX_ROWS_SHOWN]
+            shown = [f"validated row {int(i)}: {r}" for i, r in zip(idx, _rows_at(pf, idx), strict=True)]
             raise UserInputError(
-                f"{int(duplicates.sum())} duplicate event(s) (same customer, time, type, amount and other "
+                f"{len(duplicates)} duplicate event(s) (same customer, time, type, amount and other "
                 "columns as an earlier row); set the policy to 'reject' to set them aside",
                 table="events", rows=shown, config_key="data.policy.duplicate_event")
         offset = 0
         with ParquetStreamWriter(final, pf.schema_arrow) as writer:
             for raw in pf.iter_batches(batch_size=batch_size):
-                dup = duplicates[offset:offset + raw.num_rows]
+                dup = np.zeros(raw.num_rows, dtype=bool)
+                lo, hi = np.searchsorted(duplicates, [offset, offset + raw.num_rows])
+                dup[duplicates[lo:hi] - offset] = True
                 batch = _Batch("events", raw, offset)
                 report.rejected["duplicate event"] += rejects.add(batch, dup, "duplicate event", raw.column("customer_id"))
                 writer.write(pa.Table.from_batches([raw]).filter(pa.array(~dup)))
                 offset += raw.num_rows
     finally:
         pass1.unlink(missing_ok=True)
+
+
+def _rows_at(pf: pq.ParquetFile, rows: np.ndarray) -> list[dict[str, Any]]:
+    """The given sorted rows of a Parquet file as dicts, reading only the row groups that hold them."""
+    out, start = [], 0
+    for group in range(pf.num_row_groups):
+        size = pf.metadata.row_group(group).num_rows
+        inside = rows[(rows >= start) & (rows < start + size)] - start
+        if len(inside):
+            out.extend(pf.read_row_group(group).take(pa.array(inside)).to_pylist())
+        start += size
+    return out
 
 
 def _derive_customers(out: Path, spec: EventsSpec, attr_counts: dict[str, list[pa.Table]]) -> tuple[pa.Array, dict]:

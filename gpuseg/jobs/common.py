@@ -226,9 +226,9 @@ def customer_label(setting: Any, schema: dict[str, Any], customers: pa.Table, *,
 
 
 #: jobs that share their work across torchrun's ranks: every rank runs them (text: alternate
-#: chunks; journeys: DDP training; segment: the k-means fit on each rank's rows), rank 0 writes.
-#: Every other job runs on rank 0 alone while the other ranks wait.
-EVERY_RANK = frozenset({"text", "journeys", "segment"})
+#: chunks; journeys: DDP training; segment: the k-means fit on each rank's rows; lookalike: an
+#: index shard per rank), rank 0 writes. Every other job runs on rank 0 alone while the others wait.
+EVERY_RANK = frozenset({"text", "journeys", "segment", "lookalike"})
 
 
 def join_process_group(cfg: DictConfig) -> ddp.Rank:

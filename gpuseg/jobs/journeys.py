@@ -107,7 +107,10 @@ def _next_event_metrics(encoder: JourneyEncoder, train: Sequences, test: Sequenc
     acc, ll = scores["accuracy"], scores["log_loss"]
     accuracy = {**acc, "n_steps": scores["n_steps"], "model_beats_both": bool(acc["model"] > max(acc["unigram"],
                                                                                                  acc["markov"])),
-                "top_k": scores["top_k_accuracy"]}
+                "top_k": scores["top_k_accuracy"], "trivial": scores["trivial"]}
+    if scores["trivial"]:
+        accuracy["note"] = scores["note"]
+        log.warning("journeys: %s", scores["note"])
     log_loss = {**ll, "n_steps": scores["n_steps"], "markov_prior": scores["markov_prior"],
                 "model_beats_both": bool(ll["model"] < min(ll["unigram"], ll["markov"])),
                 "too_short": scores["too_short"], "versus_markov": scores["versus_markov"],

@@ -23,10 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gpuseg.jobs.common import finish, matrix_input, staged, start, work_dir
@@ -39,12 +41,14 @@ from gpuseg.lookalike.explain import (
     seeds_identical,
     why_similar,
 )
+from gpuseg.lookalike.sharded import ShardedIndex
 from gpuseg.report.lookalike import render_lookalike
 from gpuseg.report.svg import small_multiples
+from gpuseg.runtime import distributed as ddp
 from gpuseg.runtime.errors import ConfigError, UserInputError
 from gpuseg.runtime.io import atomic_path, read_json, write_json, write_parquet
 from gpuseg.runtime.layout import artifact, job_dir
-from gpuseg.runtime.matrix import read_matrix
+from gpuseg.runtime.matrix import read_matrix, read_matrix_rows
 from gpuseg.runtime.validation import is_int, is_real
 
 log = logging.getLogger(__name__)
@@ -129,15 +133,27 @@ def _fingerprint(source: Path, icfg: DictConfig) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _index(cfg: DictConfig, work: Path, device) -> tuple[LookalikeIndex, bool, Path]:
+def _index(cfg: DictConfig, work: Path, device) -> tuple[LookalikeIndex | ShardedIndex, bool, Path]:
+    """The index over the job's matrix, reused from ``lookalike/index/`` when built from the same
+    bytes and settings; under torchrun each rank builds (and keeps) an index of its own rows."""
     icfg = cfg.lookalike.index
     folder = artifact(work, "lookalike", "index")
     source = matrix_input(cfg.lookalike.input, "lookalike.input", work)
+    rank, world = ddp.rank_and_world()
+    if world > 1:
+        return (*_shard_index(cfg, source, folder / f"shard-{rank}-of-{world}", device), source)
     fingerprint = _fingerprint(source, icfg)
     stamp = folder / "source.json"
     if not bool(icfg.rebuild) and stamp.exists() and read_json(stamp).get("fingerprint") == fingerprint:
         return LookalikeIndex.load(folder, device=device), True, source
     ids, matrix, _ = read_matrix(source)
+    index = _built(icfg, matrix, ids, device)
+    index.save(folder)
+    write_json(stamp, {"fingerprint": fingerprint, "input": str(source)})
+    return index, False, source
+
+
+def _built(icfg: DictConfig, matrix, ids, device) -> LookalikeIndex:
     params = OmegaConf.to_container(icfg.params, resolve=True)
     index = LookalikeIndex(str(icfg.backend), str(icfg.metric), device=device, **params)
     try:
@@ -146,12 +162,35 @@ def _index(cfg: DictConfig, work: Path, device) -> tuple[LookalikeIndex, bool, P
         if exc.config_key is None:
             exc.config_key = "lookalike.index"
         raise
-    index.save(folder)
-    write_json(stamp, {"fingerprint": fingerprint, "input": str(source)})
-    return index, False, source
+    return index
 
 
-def _available(index: LookalikeIndex, seeds: list[str], exclude: list[str] | None, include_seeds: bool) -> int:
+def _shard_index(cfg: DictConfig, source: Path, folder: Path, device) -> tuple[ShardedIndex, bool]:
+    """This rank's shard of the base (``shard_bounds`` rows of the matrix), cached in ``folder``."""
+    icfg = cfg.lookalike.index
+    ids = pq.read_table(source, columns=["customer_id"])["customer_id"].combine_chunks().cast(pa.string())
+    n = len(ids)
+    world = ddp.rank_and_world()[1]
+    if n < world:
+        raise UserInputError(f"'{source}' has {n} customers, fewer than the {world} torchrun ranks that would "
+                             "each hold a shard of the lookalike index: run it with fewer processes")
+    lo, hi = ddp.shard_bounds(n)
+    fingerprint = f"{_fingerprint(source, icfg)}|{lo}:{hi}"
+    stamp = folder / "source.json"
+    reused = not bool(icfg.rebuild) and stamp.exists() and read_json(stamp).get("fingerprint") == fingerprint
+    if reused:
+        local = LookalikeIndex.load(folder, device=device)
+    else:
+        shard_ids, matrix, _ = read_matrix_rows(source, lo, hi)
+        local = _built(icfg, matrix, shard_ids, device)
+        local.save(folder)
+        write_json(stamp, {"fingerprint": fingerprint, "input": str(source), "rows": [lo, hi]})
+    # reused only where every rank's shard was: a report that says so speaks for all of them
+    every = int(ddp.all_reduce_(torch.tensor([int(reused)], dtype=torch.int64)).item()) == world
+    return ShardedIndex(local, ids, lo), every
+
+
+def _available(index: LookalikeIndex | ShardedIndex, seeds: list[str], exclude: list[str] | None, include_seeds: bool) -> int:
     banned = set() if include_seeds else set(index.rows_of(seeds)[0].tolist())
     if exclude:
         banned |= set(index.rows_of(exclude)[0].tolist())
@@ -215,7 +254,7 @@ def _note(notes: list[str], label: str | None, text: str) -> None:
         notes.append(text)
 
 
-def _audience(index: LookalikeIndex, ids: list[str], size: int | None, threshold: float | None,
+def _audience(index: LookalikeIndex | ShardedIndex, ids: list[str], size: int | None, threshold: float | None,
               curve_size: int, kwargs: dict[str, Any]) -> tuple[pa.Table, pa.Table]:
     """The audience and the (longer) ranked list its reach curve is read from."""
     if size is None:
@@ -231,7 +270,7 @@ def _audience(index: LookalikeIndex, ids: list[str], size: int | None, threshold
     return curve_table.filter(keep), curve_table
 
 
-def _one_query(index: LookalikeIndex, name: str | None, ids: list[str], plan: dict[str, Any],
+def _one_query(index: LookalikeIndex | ShardedIndex, name: str | None, ids: list[str], plan: dict[str, Any],
                base: pa.Table | None, notes: list[str]) -> tuple[pa.Table, dict[str, Any], dict[str, Any]]:
     """Expand one seed list: its audience (with why_similar), reach curve and summary."""
     label = "audience" if name is None else str(name)
@@ -255,7 +294,7 @@ def _one_query(index: LookalikeIndex, name: str | None, ids: list[str], plan: di
             exc.config_key = "lookalike.seeds"
         raise
     seed_rows, _ = index.rows_of(ids)
-    if seeds_identical(index.vectors_, seed_rows):
+    if seeds_identical(index.vectors_of(np.unique(seed_rows))):
         _note(notes, where, f"all {len(seed_rows)} seeds have the same vector: the audience is the neighbours of "
                             f"one point, whatever lookalike.mode; give seeds that differ")
     if size is not None and threshold is not None and table.num_rows < min(size, available):
@@ -312,7 +351,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seeds = read_seeds(lcfg.seeds)
     exclude = _excluded(cfg, work)
     notes: list[str] = []
-    base = _explain_base(work, int(lcfg.explain.top_n), notes)
+    # under torchrun every rank holds a shard and takes part in each expansion; rank 0 explains and writes
+    rank, world = ddp.rank_and_world()
+    base = _explain_base(work, int(lcfg.explain.top_n), notes) if rank == 0 else None
     t0 = time.perf_counter()
     index, reused, source = _index(cfg, work, device)
     t_index = time.perf_counter() - t0
@@ -335,6 +376,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         audiences.append(table)
         curves[label], queries[label] = curve, summary
     t_expand = time.perf_counter() - t1
+    if rank != 0:
+        return {"rank": rank, "world_size": world, "shard_rows": index.local.ntotal}
     audience = pa.concat_tables(audiences)
     write_parquet(artifact(work, "lookalike", "audience"), audience)
     write_json(artifact(work, "lookalike", "reach_curve"), {"mode": str(lcfg.mode), "metric": index.metric,
@@ -364,6 +407,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "index_reused": reused,
         "input": str(source),
         "device": str(device),
+        "world_size": world,
         "queries": queries,
         "notes": notes,
         "seconds": {"index": round(t_index, 3), "expand": round(t_expand, 3)},

@@ -31,6 +31,11 @@ CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "lookalike": ("lookalike", "device", "seed"),
 }
 
+#: settings inside those sections that change how a job works, never what it writes (each is tested
+#: to give the same outputs): changing one does not make ``run`` redo the stage
+RESULT_NEUTRAL: tuple[str, ...] = ("data.memory_mb", "segment.memory_mb", "profile.memory_mb",
+                                   "text.aggregate_memory_mb")
+
 #: the stages whose outputs each job reads
 UPSTREAM: dict[str, tuple[str, ...]] = {
     "validate": (),
@@ -74,11 +79,20 @@ def _input_files(cfg: DictConfig) -> list[str]:
     return lines
 
 
+def _without_neutral(config: dict[str, Any]) -> dict[str, Any]:
+    """The selected config sections less the :data:`RESULT_NEUTRAL` settings."""
+    for dotted in RESULT_NEUTRAL:
+        section, _, name = dotted.rpartition(".")
+        if isinstance(config.get(section), dict):
+            config[section] = {k: v for k, v in config[section].items() if k != name}
+    return config
+
+
 def fingerprint(cfg: DictConfig, stage: str, upstream: dict[str, str]) -> str:
     """Hash of what the stage's result depends on; ``upstream`` maps stages to their fingerprints."""
     parts = {
         "stage": stage,
-        "config": {key: _select(cfg, key) for key in CONFIG_KEYS.get(stage, ())},
+        "config": _without_neutral({key: _select(cfg, key) for key in CONFIG_KEYS.get(stage, ())}),
         "upstream": {name: upstream.get(name) for name in UPSTREAM.get(stage, ())},
         "inputs": _input_files(cfg) if stage == "validate" else [],
     }

@@ -539,6 +539,8 @@ def _describe(cfg: DictConfig, ctx: dict[str, Any], work: Path, out: Path, sourc
     metrics = {
         "n_customers": n,
         "n_features": x.shape[1],
+        # above segment.memory_mb the matrix is read from disk by blocks (same results)
+        "read_by_blocks": None if isinstance(x.data, torch.Tensor) else x.block_rows,
         "n_clusters": k,
         "n_macro": int(macro_info["n_clusters"]),
         "k_chosen_by": evidence["rule"] if evidence else "config",

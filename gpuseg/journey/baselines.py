@@ -191,7 +191,8 @@ def next_event_scores(model, train: Sequences, test: Sequences,
         (test customers with a next step), ``mean_length`` (events per test customer with
         events), ``markov_prior``, ``model_beats_markov`` ({accuracy, log_loss}) and
         ``too_short`` with a ``note`` when sequences are too short for a sequence model to
-        show anything, and ``versus_markov``: per metric the model-minus-Markov difference,
+        show anything, ``trivial`` (with a ``note``) when every held-out next event is the same
+        one, and ``versus_markov``: per metric the model-minus-Markov difference,
         its paired standard error and a ``win``/``tie``/``loss`` verdict at two standard errors.
 
     Raises
@@ -223,9 +224,17 @@ def next_event_scores(model, train: Sequences, test: Sequences,
         "too_short": bool(mean_length < SHORT_SEQUENCES),
         "versus_markov": _paired_verdicts(proba, m_proba, actual),
     }
+    notes = []
     if result["too_short"]:
-        result["note"] = (f"mean sequence length {mean_length:.2f} events: most customers have no next event, "
-                          "too short for a sequence model to beat the baselines meaningfully")
+        notes.append(f"mean sequence length {mean_length:.2f} events: most customers have no next event, "
+                     "too short for a sequence model to beat the baselines meaningfully")
+    # one outcome (a shop whose only event is a purchase): every predictor is right every time
+    result["trivial"] = bool(len(actual) and len(np.unique(actual)) == 1)
+    if result["trivial"]:
+        notes.append(f"every one of the {len(actual)} held-out next events is the same event: any predictor "
+                     "gets it right, so these next-event figures say nothing about the encoder")
+    if notes:
+        result["note"] = "; ".join(notes)
     return result
 
 

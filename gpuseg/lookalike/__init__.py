@@ -9,6 +9,7 @@ from gpuseg.lookalike.index import (
            faiss_has_gpu,
            torch_knn,
 )
+from gpuseg.lookalike.sharded import ShardedIndex
 
-__all__ = ["BACKENDS", "DEFAULTS", "METRICS", "MODES", "LookalikeIndex", "expand_rows", "faiss_has_gpu",
+__all__ = ["BACKENDS", "DEFAULTS", "METRICS", "MODES", "LookalikeIndex", "ShardedIndex", "expand_rows", "faiss_has_gpu",
            "reach_curve", "torch_knn"]

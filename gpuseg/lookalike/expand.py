@@ -15,6 +15,7 @@ all queries share each tile's matmul; with ``"index"`` only the index's neighbou
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ import pyarrow as pa
 import torch
 
 from gpuseg.cluster._validation import InvalidParameterError
+from gpuseg.runtime import distributed as ddp
 from gpuseg.runtime.errors import UserInputError
 from gpuseg.runtime.validation import str_options
 
@@ -82,7 +84,13 @@ class _Query:
             self._trim(self.cap)
 
     def _trim(self, n: int) -> None:
-        top = self.scores.topk(n).indices
+        # the best n by score, ties at the cut broken by the lower row: the same set whatever the
+        # tiles or shards the rows came in (topk alone keeps an arbitrary one of tied rows)
+        cut = self.scores.topk(n).values[-1]
+        above = torch.nonzero(self.scores > cut).squeeze(1)
+        tied = torch.nonzero(self.scores == cut).squeeze(1)
+        tied = tied[torch.argsort(self.found[tied], stable=True)[:n - len(above)]]
+        top = torch.cat([above, tied])
         self.scores, self.found = self.scores[top], self.found[top]
         self.nearest, self.nearest_score = self.nearest[top], self.nearest_score[top]
 
@@ -122,9 +130,54 @@ def _score_tile(tile_rows: torch.Tensor, tile: torch.Tensor, queries: list[_Quer
         q.keep(tile_rows, score, torch.as_tensor(q.rows, device=tile.device)[arg], best, threshold)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Where a rank's index sits in the whole base under torchrun (see :mod:`gpuseg.lookalike.sharded`).
+
+    Attributes
+    ----------
+    offset : int
+        Row of the whole base that the index's row 0 is.
+    n_total : int
+        Rows of the whole base.
+    ids : pyarrow.Array
+        Customer ids of the whole base, in row order.
+    """
+
+    offset: int
+    n_total: int
+    ids: pa.Array
+
+
+def _seed_vectors(index, rows: np.ndarray, shard: Shard | None) -> np.ndarray:
+    """float32 vectors of seed rows of the whole base: each rank gives those of its shard."""
+    if shard is None:
+        return index.vectors_of(rows)
+    n = len(index.ids_)
+    mine = (rows >= shard.offset) & (rows < shard.offset + n)
+    out = np.zeros((len(rows), index.d_), dtype=np.float32)
+    out[mine] = index.vectors_of(rows[mine] - shard.offset)
+    # every seed is held by exactly one rank: a sum of zeros and one vector is that vector, exactly
+    return ddp.all_reduce_(torch.from_numpy(out)).numpy()
+
+
+def _merged(result: tuple[np.ndarray, ...], cap: int | None, shard: Shard | None) -> tuple[np.ndarray, ...]:
+    """Every rank's kept rows of one query, merged in the single-process order (score, then row)."""
+    if shard is None or not ddp.is_distributed():
+        return result
+    rows, scores, nearest, nearest_score = result
+    ints = ddp.all_gather_rows(torch.from_numpy(np.stack([rows, nearest], 1).astype(np.int64))).numpy()
+    floats = ddp.all_gather_rows(torch.from_numpy(np.stack([scores, nearest_score], 1).astype(np.float32))).numpy()
+    order = np.lexsort((ints[:, 0], -floats[:, 0]))
+    if cap is not None:
+        order = order[:cap]
+    return ints[order, 0], floats[order, 0], ints[order, 1], floats[order, 1]
+
+
 def expand_rows(index, seed_rows: dict[Any, np.ndarray], *, size: int | None, threshold: float | None,
                 mode: str = "max", top_m: int = 5, exclude_rows: np.ndarray | None = None,
-                candidates: str = "auto", include_seeds: bool = False) -> dict[Any, pa.Table]:
+                candidates: str = "auto", include_seeds: bool = False,
+                shard: Shard | None = None) -> dict[Any, pa.Table]:
     """Score and rank the audiences of several seed lists (rows of ``index``); see the module doc.
 
     Parameters
@@ -139,6 +192,11 @@ def expand_rows(index, seed_rows: dict[Any, np.ndarray], *, size: int | None, th
         Rows never returned.
     include_seeds : bool
         Rank the seed rows among the audience too (by default they are never returned).
+    shard : Shard, optional
+        Under torchrun: ``index`` holds this rank's rows of the whole base; ``seed_rows`` and
+        ``exclude_rows`` are rows of the whole base. Every rank must call with the same
+        arguments; each scores its shard and all get the same tables, those of one process
+        over the whole base.
 
     Returns
     -------
@@ -149,12 +207,13 @@ def expand_rows(index, seed_rows: dict[Any, np.ndarray], *, size: int | None, th
     device = index._device
     V = index.vectors_
     n = len(index.ids_)
+    offset, n_total = (0, n) if shard is None else (shard.offset, shard.n_total)
     metric = "l2" if index.metric == "l2" else "ip"
+    excluded_all = np.unique(np.asarray(exclude_rows if exclude_rows is not None else [], dtype=np.int64))
     excluded = np.zeros(n, dtype=bool)
-    if exclude_rows is not None and len(exclude_rows):
-        excluded[np.asarray(exclude_rows, dtype=np.int64)] = True
+    excluded[_local(excluded_all, offset, n)] = True
     names = list(seed_rows)
-    queries, offset = [], 0
+    queries, start = [], 0
     for name in names:
         rows = np.unique(np.asarray(seed_rows[name], dtype=np.int64))
         if len(rows) == 0:
@@ -162,18 +221,19 @@ def expand_rows(index, seed_rows: dict[Any, np.ndarray], *, size: int | None, th
                                  else "the seed list is empty: give at least one customer id")
         banned = excluded.copy()
         if not include_seeds:
-            banned[rows] = True
-        available = int(n - banned.sum())
+            banned[_local(rows, offset, n)] = True
+        n_banned = len(excluded_all) if include_seeds else len(np.union1d(excluded_all, rows))
+        available = int(n_total - n_banned)
         cap = size
         if size is not None and size > available:
             log.warning("size=%d is more than the %d customers that are neither %sexcluded%s: the audience "
                         "is capped at %d", size, available, "" if include_seeds else "seeds nor ",
                         "" if name is None else f" (query {name!r})", available)
             cap = available
-        queries.append(_Query(name, rows, offset, banned, cap, device))
-        offset += len(rows)
+        queries.append(_Query(name, rows, start, banned, cap, device))
+        start += len(rows)
     all_seeds = np.concatenate([q.rows for q in queries])
-    seeds = torch.as_tensor(np.array(V[all_seeds], dtype=np.float32), device=device)
+    seeds = torch.as_tensor(_seed_vectors(index, all_seeds, shard), device=device)
     seeds_sq = seeds.pow(2).sum(1)[None, :] if metric == "l2" else None
     centroids = cent_sq = None
     if mode == "centroid":
@@ -183,21 +243,21 @@ def expand_rows(index, seed_rows: dict[Any, np.ndarray], *, size: int | None, th
         cent_sq = centroids.pow(2).sum(1)[None, :] if metric == "l2" else None
 
     if candidates == "auto":
-        candidates = "index" if size is not None and n * len(all_seeds) > _ALL_BUDGET else "all"
+        candidates = "index" if size is not None and n_total * len(all_seeds) > _ALL_BUDGET else "all"
     if candidates == "all":
         tile_rows = max(1024, _TILE_ELEMENTS // max(len(all_seeds) + len(queries), 1))
-        for start in range(0, n, tile_rows):
-            rows = torch.arange(start, min(n, start + tile_rows), device=device)
-            tile = torch.as_tensor(np.array(V[start:start + tile_rows], dtype=np.float32), device=device)
+        for first in range(0, n, tile_rows):
+            rows = torch.arange(first, min(n, first + tile_rows), device=device)
+            tile = torch.as_tensor(np.array(V[first:first + tile_rows], dtype=np.float32), device=device)
             _score_tile(rows, tile, queries, seeds, seeds_sq, centroids, cent_sq, metric, mode, top_m, threshold)
     else:
         if size is None:
             raise InvalidParameterError(f"{_OWNER} with candidates='index' needs a 'size'.")
         for j, q in enumerate(queries):
-            k = min(n, (q.cap or 0) + len(q.rows) + int(excluded.sum()))
+            # every customer of the answer held here is among this shard's nearest
+            k = min(n, (q.cap or 0) + int(q.banned.sum()))
             probe = (centroids[j:j + 1] if mode == "centroid" else seeds[q.offset:q.offset + len(q.rows)])
-            _, cand = index._search_rows(probe.cpu().numpy().astype(np.float32), max(k, 1))
-            cand = np.unique(cand[cand >= 0])
+            cand = _neighbours_with_ties(index, probe.cpu().numpy().astype(np.float32), max(k, 1), n)
             tile = torch.as_tensor(np.array(V[cand], dtype=np.float32), device=device)
             single = _Query(q.name, q.rows, 0, q.banned.cpu().numpy(), q.cap, device)
             _score_tile(torch.as_tensor(cand, device=device), tile, [single], seeds[q.offset:q.offset + len(q.rows)],
@@ -205,18 +265,44 @@ def expand_rows(index, seed_rows: dict[Any, np.ndarray], *, size: int | None, th
                         None if centroids is None else centroids[j:j + 1],
                         None if cent_sq is None else cent_sq[:, j:j + 1], metric, mode, top_m, threshold)
             queries[j] = single
-    ids = np.asarray(index.ids_.to_numpy(zero_copy_only=False), dtype=object)
+    ids = (index.ids_ if shard is None else shard.ids).cast(pa.string())
     out = {}
     for q in queries:
         rows, scores, nearest, nearest_score = q.result()
+        rows, scores, nearest, nearest_score = _merged((rows + offset, scores, nearest, nearest_score), q.cap, shard)
         out[q.name] = pa.table({
             "rank": pa.array(np.arange(1, len(rows) + 1, dtype=np.int64)),
-            "customer_id": pa.array(ids[rows].tolist(), pa.string()),
+            "customer_id": ids.take(pa.array(rows, pa.int64())),
             "score": pa.array(scores.astype(np.float32)),
-            "nearest_seed": pa.array(ids[nearest].tolist(), pa.string()),
+            "nearest_seed": ids.take(pa.array(nearest, pa.int64())),
             "nearest_seed_score": pa.array(nearest_score.astype(np.float32)),
         })
     return out
+
+
+def _neighbours_with_ties(index, probe: np.ndarray, k: int, n: int) -> np.ndarray:
+    """Distinct rows among the ``k`` nearest of each probe, and every row tied with the k-th.
+
+    A search cuts a run of equal scores at an arbitrary row; customers with the same vector are
+    common (the same features), so the search is widened until each probe's list ends on a
+    score worse than its k-th, and the exact scoring then breaks the tie by row as everywhere.
+    """
+    wide = min(n, k + 1)
+    while True:
+        scores, rows = index._search_rows(probe, wide)
+        if wide >= n or wide <= k:
+            break
+        valid = rows[:, -1] >= 0
+        if not (valid & (scores[:, -1] == scores[:, k - 1])).any():
+            break
+        wide = min(n, 2 * wide)
+    return np.unique(rows[rows >= 0])
+
+
+def _local(rows: np.ndarray, offset: int, n: int) -> np.ndarray:
+    """The rows of the whole base that lie in ``[offset, offset + n)``, as rows of that shard."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return rows[(rows >= offset) & (rows < offset + n)] - offset
 
 
 def reach_curve(scores: np.ndarray, n_points: int = 60) -> dict[str, list]:

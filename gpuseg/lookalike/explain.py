@@ -215,11 +215,10 @@ def why_similar(features: pa.Table, member_ids: Any, profile: SeedProfile, *, to
     return pa.ListArray.from_arrays(pa.array(offsets), values, type=WHY_TYPE), notes
 
 
-def seeds_identical(vectors: Any, rows: np.ndarray) -> bool:
-    """Whether two or more seed rows of ``vectors`` are all the same vector (the audience is then the
-    nearest neighbours of one point, whatever the mode)."""
-    rows = np.unique(np.asarray(rows, dtype=np.int64))
-    if len(rows) < 2:
+def seeds_identical(vectors: Any) -> bool:
+    """Whether two or more seed vectors (rows of ``vectors``, one per distinct seed) are all the
+    same vector (the audience is then the nearest neighbours of one point, whatever the mode)."""
+    V = np.asarray(vectors, dtype=np.float64)
+    if len(V) < 2:
         return False
-    V = np.asarray(vectors[rows], dtype=np.float64)
     return bool(np.all(V == V[0]))

@@ -196,7 +196,106 @@ def torch_knn(base: torch.Tensor, queries: torch.Tensor, k: int, *, metric: str 
     return torch.cat(out_s), torch.cat(out_i)
 
 
-class LookalikeIndex:
+class SeedExpansion:
+    """Seed ids -> audiences, for an index of the whole base (:class:`LookalikeIndex`) or of one
+    rank's shard of it (:class:`gpuseg.lookalike.sharded.ShardedIndex`).
+
+    A subclass has ``ids_`` (the ids of every row it answers for, in row order), ``_check_built``
+    and ``_expand_rows(seed_rows, exclude_rows, **kwargs)``, which scores rows of ``ids_``.
+    """
+
+    ids_: pa.Array
+
+    def _check_built(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _expand_rows(self, seed_rows: dict[Any, np.ndarray], exclude_rows: np.ndarray | None,
+                     **kwargs: Any) -> dict[Any, pa.Table]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def rows_of(self, ids: Any) -> tuple[np.ndarray, list[str]]:
+        """Row positions of the known ``ids`` and the list of unknown ones (in input order; repeats ignored)."""
+        self._check_built()
+        arr = _distinct_ids(ids)
+        index = pc.index_in(arr, value_set=self.ids_)
+        known = index.is_valid().to_numpy(zero_copy_only=False)
+        unknown = arr.filter(pa.array(~known)).to_pylist()
+        return index.drop_null().to_numpy(zero_copy_only=False).astype(np.int64), unknown
+
+    def expand(self, seed_ids: Any, size: int | None = None, threshold: float | None = None, mode: str = "centroid",
+               exclude: Any = None, *, top_m: int = 5, on_unknown: str = "error",
+               candidates: str = "auto", include_seeds: bool = False) -> pa.Table:
+        """Expand seed customers into a ranked audience of lookalikes (seeds excluded unless asked).
+
+        Parameters
+        ----------
+        seed_ids : sequence of str, or dict of name -> sequence of str
+            One seed list, or several (one audience per name, computed in one batched pass).
+        size : int, optional
+            Audience size per query; capped (with a warning) at the customers available.
+        threshold : float, optional
+            Keep only customers scoring at least this (for ``l2``: the score is minus the squared
+            distance). At least one of ``size`` and ``threshold`` is needed.
+        mode : {"max", "mean_top_m", "centroid"}
+            Similarity to the nearest seed, mean of the ``top_m`` best seed similarities, or
+            similarity to the seeds' centroid.
+        exclude : sequence of str, optional
+            Customers never returned (e.g. those already in a segment); unknown ids are ignored.
+        top_m : int
+            Seeds averaged by ``mean_top_m``.
+        on_unknown : {"error", "warn"}
+            Seed ids not in the index: a :class:`~gpuseg.runtime.errors.UserInputError` listing a
+            few, or a warning (the known seeds are used).
+        candidates : {"auto", "all", "index"}
+            ``all`` scores every customer exactly (streamed in tiles on the device); ``index``
+            scores only the union of the index's ``size + n_seeds + n_excluded`` neighbours of
+            every seed (or of the centroid), a superset of the exact answer for ``max`` and
+            ``centroid`` when the backend is exact; ``auto``: ``all`` unless that is more than
+            2e9 similarity evaluations and a size is given.
+        include_seeds : bool
+            Rank the seeds among the audience too (each scored like any customer).
+
+        Returns
+        -------
+        pyarrow.Table
+            ``rank`` (1-based), ``customer_id``, ``score``, ``nearest_seed``, ``nearest_seed_score``
+            (plus ``query`` first when ``seed_ids`` is a dict).
+        """
+        self._check_built()
+        queries = seed_ids if isinstance(seed_ids, dict) else {None: seed_ids}
+        seed_rows = {name: self._seed_rows(name, seeds, on_unknown) for name, seeds in queries.items()}
+        exclude_rows = None
+        if exclude is not None:
+            exclude_rows, _ = self.rows_of(exclude)
+        tables = self._expand_rows(seed_rows, exclude_rows, size=size, threshold=threshold, mode=mode, top_m=top_m,
+                                   candidates=candidates, include_seeds=include_seeds)
+        if not isinstance(seed_ids, dict):
+            return tables[None]
+        parts = [t.add_column(0, "query", pa.array([str(name)] * t.num_rows, pa.string()))
+                 for name, t in tables.items()]
+        return pa.concat_tables(parts)
+
+    def _seed_rows(self, name: Any, seeds: Any, on_unknown: str) -> np.ndarray:
+        from gpuseg.runtime.errors import UserInputError
+
+        check_options(f"{_NAME}.expand", "on_unknown", on_unknown, ("error", "warn"))
+        label = "" if name is None else f" of query {name!r}"
+        if isinstance(seeds, str):
+            seeds = [seeds]
+        seeds = list(dict.fromkeys(seeds if not isinstance(seeds, (pa.Array, pa.ChunkedArray)) else seeds.to_pylist()))
+        if not seeds:
+            raise UserInputError(f"the seed list{label} is empty: give at least one customer id")
+        rows, unknown = self.rows_of(seeds)
+        if unknown:
+            listed = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            msg = f"{len(unknown)} of {len(seeds)} seed ids{label} are not in the index: {listed}"
+            if on_unknown == "error" or len(rows) == 0:
+                raise UserInputError(msg + ("" if len(rows) else " (no known seed left)"))
+            log.warning("%s; using the %d known seeds", msg, len(rows))
+        return rows
+
+
+class LookalikeIndex(SeedExpansion):
     """Nearest-neighbour index over customer vectors, with seed-audience expansion.
 
     Parameters
@@ -515,88 +614,16 @@ class LookalikeIndex:
         return scores.astype(np.float32), rows.astype(np.int64)
 
     # ------------------------------------------------------------------ expansion
-    def rows_of(self, ids: Any) -> tuple[np.ndarray, list[str]]:
-        """Row positions of the known ``ids`` and the list of unknown ones (in input order; repeats ignored)."""
+    def vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        """float32 vectors of the given rows (normalised for ``cosine``), as the scoring sees them."""
         self._check_built()
-        arr = _distinct_ids(ids)
-        index = pc.index_in(arr, value_set=self.ids_)
-        known = index.is_valid().to_numpy(zero_copy_only=False)
-        unknown = arr.filter(pa.array(~known)).to_pylist()
-        return index.drop_null().to_numpy(zero_copy_only=False).astype(np.int64), unknown
+        return np.array(self.vectors_[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
 
-    def expand(self, seed_ids: Any, size: int | None = None, threshold: float | None = None, mode: str = "centroid",
-               exclude: Any = None, *, top_m: int = 5, on_unknown: str = "error",
-               candidates: str = "auto", include_seeds: bool = False) -> pa.Table:
-        """Expand seed customers into a ranked audience of lookalikes (seeds excluded unless asked).
-
-        Parameters
-        ----------
-        seed_ids : sequence of str, or dict of name -> sequence of str
-            One seed list, or several (one audience per name, computed in one batched pass).
-        size : int, optional
-            Audience size per query; capped (with a warning) at the customers available.
-        threshold : float, optional
-            Keep only customers scoring at least this (for ``l2``: the score is minus the squared
-            distance). At least one of ``size`` and ``threshold`` is needed.
-        mode : {"max", "mean_top_m", "centroid"}
-            Similarity to the nearest seed, mean of the ``top_m`` best seed similarities, or
-            similarity to the seeds' centroid.
-        exclude : sequence of str, optional
-            Customers never returned (e.g. those already in a segment); unknown ids are ignored.
-        top_m : int
-            Seeds averaged by ``mean_top_m``.
-        on_unknown : {"error", "warn"}
-            Seed ids not in the index: a :class:`~gpuseg.runtime.errors.UserInputError` listing a
-            few, or a warning (the known seeds are used).
-        candidates : {"auto", "all", "index"}
-            ``all`` scores every customer exactly (streamed in tiles on the device); ``index``
-            scores only the union of the index's ``size + n_seeds + n_excluded`` neighbours of
-            every seed (or of the centroid), a superset of the exact answer for ``max`` and
-            ``centroid`` when the backend is exact; ``auto``: ``all`` unless that is more than
-            2e9 similarity evaluations and a size is given.
-        include_seeds : bool
-            Rank the seeds among the audience too (each scored like any customer).
-
-        Returns
-        -------
-        pyarrow.Table
-            ``rank`` (1-based), ``customer_id``, ``score``, ``nearest_seed``, ``nearest_seed_score``
-            (plus ``query`` first when ``seed_ids`` is a dict).
-        """
+    def _expand_rows(self, seed_rows: dict[Any, np.ndarray], exclude_rows: np.ndarray | None,
+                     **kwargs: Any) -> dict[Any, pa.Table]:
         from gpuseg.lookalike.expand import expand_rows
 
-        self._check_built()
-        queries = seed_ids if isinstance(seed_ids, dict) else {None: seed_ids}
-        seed_rows = {name: self._seed_rows(name, seeds, on_unknown) for name, seeds in queries.items()}
-        exclude_rows = None
-        if exclude is not None:
-            exclude_rows, _ = self.rows_of(exclude)
-        tables = expand_rows(self, seed_rows, size=size, threshold=threshold, mode=mode, top_m=top_m,
-                             exclude_rows=exclude_rows, candidates=candidates, include_seeds=include_seeds)
-        if not isinstance(seed_ids, dict):
-            return tables[None]
-        parts = [t.add_column(0, "query", pa.array([str(name)] * t.num_rows, pa.string()))
-                 for name, t in tables.items()]
-        return pa.concat_tables(parts)
-
-    def _seed_rows(self, name: Any, seeds: Any, on_unknown: str) -> np.ndarray:
-        from gpuseg.runtime.errors import UserInputError
-
-        check_options(f"{_NAME}.expand", "on_unknown", on_unknown, ("error", "warn"))
-        label = "" if name is None else f" of query {name!r}"
-        if isinstance(seeds, str):
-            seeds = [seeds]
-        seeds = list(dict.fromkeys(seeds if not isinstance(seeds, (pa.Array, pa.ChunkedArray)) else seeds.to_pylist()))
-        if not seeds:
-            raise UserInputError(f"the seed list{label} is empty: give at least one customer id")
-        rows, unknown = self.rows_of(seeds)
-        if unknown:
-            listed = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-            msg = f"{len(unknown)} of {len(seeds)} seed ids{label} are not in the index: {listed}"
-            if on_unknown == "error" or len(rows) == 0:
-                raise UserInputError(msg + ("" if len(rows) else " (no known seed left)"))
-            log.warning("%s; using the %d known seeds", msg, len(rows))
-        return rows
+        return expand_rows(self, seed_rows, exclude_rows=exclude_rows, **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:

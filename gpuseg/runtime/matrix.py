@@ -157,6 +157,34 @@ def read_matrix(path: str | Path) -> tuple[pa.Array, np.ndarray, list[str]]:
     return block.ids(), matrix, block.names
 
 
+def read_matrix_rows(path: str | Path, lo: int, hi: int) -> tuple[pa.Array, np.ndarray, list[str]]:
+    """Rows ``[lo, hi)`` of a block Parquet file: their ids, float32 matrix and the column names.
+
+    Only the row groups that overlap the range are read (a torchrun rank's shard of the fused
+    matrix, without the rest of it). Columns and checks as :func:`read_matrix`.
+    """
+    names = pq.ParquetFile(path).schema_arrow.names
+    block = BlockFile(path, [c for c in names if c != "customer_id"])
+    if not 0 <= lo <= hi <= block.n_rows:
+        raise UserInputError(f"rows {lo}..{hi} are outside '{path}' ({block.n_rows} rows)")
+    matrix = np.empty((hi - lo, len(block.names)), dtype=np.float32)
+    ids, start, filled = [], 0, 0
+    for group in range(block._file.num_row_groups):
+        size = block._file.metadata.row_group(group).num_rows
+        first, last = max(lo, start), min(hi, start + size)
+        if first < last:
+            table = block._file.read_row_group(group, columns=["customer_id", *block.columns])
+            table = table.slice(first - start, last - first)
+            x = table_matrix(table, block.columns)
+            check_finite(x, block.where, first)
+            matrix[filled:filled + len(x)] = x
+            ids.append(table["customer_id"].combine_chunks().cast(pa.string()))
+            filled += len(x)
+        start += size
+    ids_array = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+    return ids_array, matrix, block.names
+
+
 class NpyStreamWriter:
     """Write a ``(n_rows, n_cols)`` ``.npy`` matrix chunk by chunk, atomically.
 
