@@ -52,6 +52,24 @@ def test_round_trip_torch_numpy_and_memory_map(tmp_path):
     assert isinstance(plain["w"], np.ndarray) and plain["mask"].dtype == bool
 
 
+def test_streamed_file_is_the_one_safetensors_writes(tmp_path, monkeypatch):
+    """Our block-by-block writer and safetensors' own give files that read back the same."""
+    monkeypatch.setattr(artifacts, "_WRITE_BLOCK", 7)  # many blocks, none aligned to an element
+    tensors = {"b": torch.arange(30, dtype=torch.bfloat16).reshape(5, 6), "a": np.random.default_rng(0).random((9, 3)),
+               "empty": np.zeros((0, 4), np.float32), "flag": np.array([True, False, True]),
+               "f16": np.arange(5, dtype=np.float16), "scalar": torch.tensor(3, dtype=torch.int32)}
+    ours = tmp_path / "ours.safetensors"
+    artifacts._write_safetensors(ours, tensors, KIND, 1)
+    theirs = tmp_path / "theirs.safetensors"
+    save_file({k: torch.as_tensor(v) for k, v in tensors.items()}, str(theirs))
+    read_ours, read_theirs = load_file(str(ours)), load_file(str(theirs))
+    assert read_ours.keys() == read_theirs.keys() == tensors.keys()
+    for name in tensors:
+        assert read_ours[name].dtype == read_theirs[name].dtype and torch.equal(read_ours[name], read_theirs[name])
+    header, start = artifacts._header(ours)
+    assert start % 8 == 0 and ours.stat().st_size == start + max(e for _, e in (i["data_offsets"] for i in header.values()))
+
+
 def test_nan_poked_tensor_is_rejected_even_with_a_valid_file(tmp_path):
     files, _ = _save(tmp_path)
     poked = load_file(str(files.tensors))

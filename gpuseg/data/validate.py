@@ -692,9 +692,17 @@ def _rows_at(pf: pq.ParquetFile, rows: np.ndarray) -> list[dict[str, Any]]:
 
 def _derive_customers(out: Path, spec: EventsSpec, attr_counts: dict[str, list[pa.Table]]) -> tuple[pa.Array, dict]:
     """Customers are the distinct ids of the kept events; attributes are each one's most frequent value."""
-    ids = pq.read_table(out / "events.parquet", columns=["customer_id"])["customer_id"]
-    unique = pc.unique(ids)
-    unique = pc.take(unique, pc.sort_indices(unique))
+    # distinct ids row group by row group: memory grows with the customers, not the events
+    events = pq.ParquetFile(out / "events.parquet")
+    seen, parts, pending = pa.array([], events.schema_arrow.field("customer_id").type), [], 0
+    for group in range(events.num_row_groups + 1):
+        if group < events.num_row_groups:
+            parts.append(pc.unique(events.read_row_group(group, columns=["customer_id"])["customer_id"]))
+            pending += len(parts[-1])
+        # merged once the pending ids outgrow those seen: linear in the events, not quadratic
+        if parts and (pending > max(len(seen), 1 << 20) or group == events.num_row_groups):
+            seen, parts, pending = pc.unique(pa.chunked_array([seen, *parts])), [], 0
+    unique = pc.take(seen, pc.sort_indices(seen))
     columns: dict[str, pa.Array] = {"customer_id": unique}
     for name, parts in attr_counts.items():
         counts = pa.concat_tables(parts).group_by(["customer_id", "value"]).aggregate([("count_all", "sum")])

@@ -146,14 +146,15 @@ def _index(cfg: DictConfig, work: Path, device) -> tuple[LookalikeIndex | Sharde
     stamp = folder / "source.json"
     if not bool(icfg.rebuild) and stamp.exists() and read_json(stamp).get("fingerprint") == fingerprint:
         return LookalikeIndex.load(folder, device=device), True, source
-    ids, matrix, _ = read_matrix(source)
-    index = _built(icfg, matrix, ids, device)
+    # no name holds the matrix read here: once faiss has its copy, this one is freed before the save
+    index = _built(icfg, *read_matrix(source)[:2], device)
     index.save(folder)
     write_json(stamp, {"fingerprint": fingerprint, "input": str(source)})
     return index, False, source
 
 
-def _built(icfg: DictConfig, matrix, ids, device) -> LookalikeIndex:
+def _built(icfg: DictConfig, ids, matrix, device) -> LookalikeIndex:
+    """A LookalikeIndex over ``matrix`` (this job's own array: normalised in place for cosine)."""
     params = OmegaConf.to_container(icfg.params, resolve=True)
     index = LookalikeIndex(str(icfg.backend), str(icfg.metric), device=device, **params)
     try:
@@ -181,8 +182,7 @@ def _shard_index(cfg: DictConfig, source: Path, folder: Path, device) -> tuple[S
     if reused:
         local = LookalikeIndex.load(folder, device=device)
     else:
-        shard_ids, matrix, _ = read_matrix_rows(source, lo, hi)
-        local = _built(icfg, matrix, shard_ids, device)
+        local = _built(icfg, *read_matrix_rows(source, lo, hi)[:2], device)
         local.save(folder)
         write_json(stamp, {"fingerprint": fingerprint, "input": str(source), "rows": [lo, hi]})
     # reused only where every rank's shard was: a report that says so speaks for all of them

@@ -251,19 +251,49 @@ def _checksum(tensor_file: Path, sides: Mapping[str, Path], doc: Mapping[str, An
     return h.hexdigest()
 
 
+#: torch dtype -> safetensors dtype code
+_TORCH_CODES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                torch.bool: "BOOL", **{getattr(torch, f"uint{b}"): f"U{b}" for b in (16, 32, 64)
+                                       if hasattr(torch, f"uint{b}")}}
+#: bytes written per call: a large tensor is streamed from its own memory, never copied whole
+_WRITE_BLOCK = 1 << 26
+
+
 def _write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor | np.ndarray], kind: str,
                        version: int) -> None:
-    from safetensors.torch import save_file
+    """Write a safetensors file block by block from the tensors' own memory.
 
-    out = {}
-    for name, value in tensors.items():
+    The format is an 8-byte little-endian header length, a JSON header (dtype, shape and byte
+    offsets per tensor, padded with spaces to 8 bytes) and the raw bytes in header order.
+    ``safetensors.save_file`` builds the whole file in memory first: for a lookalike index that
+    is one more copy of the matrix at the moment memory is tightest.
+    """
+    raw, header, offset = [], {}, 0
+    for name in sorted(tensors):
+        value = tensors[name]
         if isinstance(value, np.ndarray):
             with warnings.catch_warnings():
                 # a read-only array (a view of a faiss index's storage) is only read here
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 value = torch.from_numpy(np.ascontiguousarray(value))
-        out[name] = value.detach().cpu().contiguous()
-    save_file(out, str(path), metadata={"gpuseg.kind": kind, "gpuseg.schema_version": str(version)})
+        value = value.detach().cpu().contiguous()
+        if value.dtype not in _TORCH_CODES:
+            raise TypeError(f"tensor {name!r}: dtype {value.dtype} cannot be saved")
+        data = value.reshape(-1).view(torch.uint8).numpy() if value.numel() else np.zeros(0, np.uint8)
+        header[name] = {"dtype": _TORCH_CODES[value.dtype], "shape": list(value.shape),
+                        "data_offsets": [offset, offset + data.nbytes]}
+        raw.append(data)
+        offset += data.nbytes
+    header["__metadata__"] = {"gpuseg.kind": kind, "gpuseg.schema_version": str(version)}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(text)))
+        fh.write(text)
+        for data in raw:
+            for start in range(0, data.nbytes, _WRITE_BLOCK):
+                fh.write(memoryview(data[start:start + _WRITE_BLOCK]))
 
 
 def _header(path: Path) -> tuple[dict[str, Any], int]:
