@@ -140,17 +140,35 @@ def _index(cfg: DictConfig, work: Path, device) -> tuple[LookalikeIndex | Sharde
     folder = artifact(work, "lookalike", "index")
     source = matrix_input(cfg.lookalike.input, "lookalike.input", work)
     rank, world = ddp.rank_and_world()
-    if world > 1:
-        return (*_shard_index(cfg, source, folder / f"shard-{rank}-of-{world}", device), source)
-    fingerprint = _fingerprint(source, icfg)
-    stamp = folder / "source.json"
-    if not bool(icfg.rebuild) and stamp.exists() and read_json(stamp).get("fingerprint") == fingerprint:
-        return LookalikeIndex.load(folder, device=device), True, source
+    if world == 1:
+        index, reused = _cached(icfg, folder, _fingerprint(source, icfg), lambda: read_matrix(source)[:2],
+                                device, {"input": str(source)})
+        return index, reused, source
+    ids = pq.read_table(source, columns=["customer_id"])["customer_id"].combine_chunks().cast(pa.string())
+    if len(ids) < world:
+        raise UserInputError(f"'{source}' has {len(ids)} customers, fewer than the {world} torchrun ranks that "
+                             "would each hold a shard of the lookalike index: run it with fewer processes")
+    lo, hi = ddp.shard_bounds(len(ids))
+    local, reused = _cached(icfg, folder / f"shard-{rank}-of-{world}", f"{_fingerprint(source, icfg)}|{lo}:{hi}",
+                            lambda: read_matrix_rows(source, lo, hi)[:2], device,
+                            {"input": str(source), "rows": [lo, hi]})
+    # reused only where every rank's shard was: a report that says so speaks for all of them
+    every = int(ddp.all_reduce_(torch.tensor([int(reused)], dtype=torch.int64)).item()) == world
+    return ShardedIndex(local, ids, lo), every, source
+
+
+def _cached(icfg: DictConfig, folder: Path, fingerprint: str, read, device,
+            stamp: dict[str, Any]) -> tuple[LookalikeIndex, bool]:
+    """The index saved in ``folder`` when its stamp has ``fingerprint``, else one built from
+    ``read()`` (ids, matrix) and saved there with the stamp; and whether it was reused."""
+    stamp_path = folder / "source.json"
+    if not bool(icfg.rebuild) and stamp_path.exists() and read_json(stamp_path).get("fingerprint") == fingerprint:
+        return LookalikeIndex.load(folder, device=device), True
     # no name holds the matrix read here: once faiss has its copy, this one is freed before the save
-    index = _built(icfg, *read_matrix(source)[:2], device)
+    index = _built(icfg, *read(), device)
     index.save(folder)
-    write_json(stamp, {"fingerprint": fingerprint, "input": str(source)})
-    return index, False, source
+    write_json(stamp_path, {"fingerprint": fingerprint, **stamp})
+    return index, False
 
 
 def _built(icfg: DictConfig, ids, matrix, device) -> LookalikeIndex:
@@ -158,36 +176,12 @@ def _built(icfg: DictConfig, ids, matrix, device) -> LookalikeIndex:
     params = OmegaConf.to_container(icfg.params, resolve=True)
     index = LookalikeIndex(str(icfg.backend), str(icfg.metric), device=device, **params)
     try:
-        index.build(matrix, ids, copy=False)  # the matrix is this job's own: normalised in place
+        index.build(matrix, ids, copy=False)
     except UserInputError as exc:
         if exc.config_key is None:
             exc.config_key = "lookalike.index"
         raise
     return index
-
-
-def _shard_index(cfg: DictConfig, source: Path, folder: Path, device) -> tuple[ShardedIndex, bool]:
-    """This rank's shard of the base (``shard_bounds`` rows of the matrix), cached in ``folder``."""
-    icfg = cfg.lookalike.index
-    ids = pq.read_table(source, columns=["customer_id"])["customer_id"].combine_chunks().cast(pa.string())
-    n = len(ids)
-    world = ddp.rank_and_world()[1]
-    if n < world:
-        raise UserInputError(f"'{source}' has {n} customers, fewer than the {world} torchrun ranks that would "
-                             "each hold a shard of the lookalike index: run it with fewer processes")
-    lo, hi = ddp.shard_bounds(n)
-    fingerprint = f"{_fingerprint(source, icfg)}|{lo}:{hi}"
-    stamp = folder / "source.json"
-    reused = not bool(icfg.rebuild) and stamp.exists() and read_json(stamp).get("fingerprint") == fingerprint
-    if reused:
-        local = LookalikeIndex.load(folder, device=device)
-    else:
-        local = _built(icfg, *read_matrix_rows(source, lo, hi)[:2], device)
-        local.save(folder)
-        write_json(stamp, {"fingerprint": fingerprint, "input": str(source), "rows": [lo, hi]})
-    # reused only where every rank's shard was: a report that says so speaks for all of them
-    every = int(ddp.all_reduce_(torch.tensor([int(reused)], dtype=torch.int64)).item()) == world
-    return ShardedIndex(local, ids, lo), every
 
 
 def _available(index: LookalikeIndex | ShardedIndex, seeds: list[str], exclude: list[str] | None, include_seeds: bool) -> int:

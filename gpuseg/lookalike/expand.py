@@ -290,7 +290,7 @@ def _neighbours_with_ties(index, probe: np.ndarray, k: int, n: int) -> np.ndarra
     wide = min(n, k + 1)
     while True:
         scores, rows = index._search_rows(probe, wide)
-        if wide >= n or wide <= k:
+        if wide >= n:
             break
         valid = rows[:, -1] >= 0
         if not (valid & (scores[:, -1] == scores[:, k - 1])).any():
