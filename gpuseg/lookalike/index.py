@@ -200,8 +200,9 @@ class SeedExpansion:
     """Seed ids -> audiences, for an index of the whole base (:class:`LookalikeIndex`) or of one
     rank's shard of it (:class:`gpuseg.lookalike.sharded.ShardedIndex`).
 
-    A subclass has ``ids_`` (the ids of every row it answers for, in row order), ``_check_built``
-    and ``_expand_rows(seed_rows, exclude_rows, **kwargs)``, which scores rows of ``ids_``.
+    A subclass has ``ids_`` (the ids of every row it answers for, in row order), ``_check_built``,
+    ``_expand_rows(seed_rows, exclude_rows, **kwargs)``, which scores rows of ``ids_``, and
+    ``vectors_of(rows)``, the vectors of rows of ``ids_`` as the scoring sees them.
     """
 
     ids_: pa.Array
@@ -249,9 +250,10 @@ class SeedExpansion:
         candidates : {"auto", "all", "index"}
             ``all`` scores every customer exactly (streamed in tiles on the device); ``index``
             scores only the union of the index's ``size + n_seeds + n_excluded`` neighbours of
-            every seed (or of the centroid), a superset of the exact answer for ``max`` and
-            ``centroid`` when the backend is exact; ``auto``: ``all`` unless that is more than
-            2e9 similarity evaluations and a size is given.
+            every seed (or of the centroid), widened until no score tied with the last is cut
+            off, a superset of the exact answer for ``max`` and ``centroid`` when the backend is
+            exact; ``auto``: ``all`` unless that is more than 2e9 similarity evaluations and a
+            size is given.
         include_seeds : bool
             Rank the seeds among the audience too (each scored like any customer).
 
